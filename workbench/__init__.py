@@ -1,0 +1,14 @@
+"""workbench: defend image classifiers against model inversion with BiDO and BiDO+."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load_registry"]
+
+
+def load_registry(*, plugins_dir: str | None = None):
+    """The component registry: built-in plugins plus installed `workbench` entry points."""
+    from workbench.registry import load_registry as _load
+
+    return _load(plugins_dir=plugins_dir)

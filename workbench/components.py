@@ -1,0 +1,164 @@
+"""What each component kind must provide. Plugins implement these; the runner relies on them.
+
+These are structural contracts (duck-typed); subclassing the small base classes here is
+optional but saves writing the obvious parts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+# ---------------------------------------------------------------- datasets
+
+
+@dataclass
+class DataSplits:
+    """What a `dataset` component's `load(seed)` returns.
+
+    Every dataset yields `(image, label)` with `image` a float tensor `[C, H, W]` in [0, 1] and
+    `label` an int. Private labels run 0..num_classes-1.
+    """
+
+    train: Dataset
+    """Private training split: the target model learns it, the attacker wants it."""
+    test: Dataset
+    """Private test split: utility is the target's accuracy here."""
+    public: Dataset | None
+    """The attacker's public data: same domain, other classes (labels are not private classes)."""
+    num_classes: int
+    in_channels: int
+    image_size: int
+    class_names: list[str] = field(default_factory=list)
+    evaluation_train: Dataset | None = None
+    """Training data for the evaluation model E (defaults to `train`)."""
+    evaluation_test: Dataset | None = None
+    """Test data for E (defaults to `test`)."""
+    evaluation_num_classes: int | None = None
+    """E's number of classes (defaults to `num_classes`); private class k is E's class k."""
+
+
+@runtime_checkable
+class DatasetComponent(Protocol):
+    def load(self, seed: int) -> DataSplits: ...
+
+
+@runtime_checkable
+class OODDatasetComponent(Protocol):
+    def load(self, image_size: int, in_channels: int, seed: int) -> Dataset: ...
+
+
+# ---------------------------------------------------------------- backbones
+
+
+@runtime_checkable
+class HiddenModule(Protocol):
+    """A classifier that exposes its hidden representations in the same forward pass."""
+
+    def forward(self, x: Tensor) -> Tensor: ...
+
+    def forward_hidden(self, x: Tensor) -> tuple[Tensor, list[Tensor]]: ...
+
+
+@runtime_checkable
+class BackboneComponent(Protocol):
+    def build(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module: ...
+
+
+# ---------------------------------------------------------------- dependency measures
+
+
+@runtime_checkable
+class DependencyMeasure(Protocol):
+    """`measure(a, b)` on `[m, d_a]`, `[m, d_b]`: a differentiable 0-d tensor.
+
+    Measures that can share work across layers also offer `prepare(t, kernel)` (the
+    per-variable part: kernel matrix and its centred/normalised form) and `pair(pa, pb)`;
+    then `measure(a, b) == pair(prepare(a, kernel_a), prepare(b, kernel_b))`.
+    """
+
+    def __call__(self, a: Tensor, b: Tensor) -> Tensor: ...
+
+
+# ---------------------------------------------------------------- defenses
+
+
+@dataclass
+class LossOutput:
+    """A defense's training loss and the figures to log for this step (floats)."""
+
+    loss: Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Defense:
+    """Base for defenses: the trainer calls `prepare_model` once, `loss` every step.
+
+    `loss` gets the ID part of the batch only (BiDO+ concatenates OOD images into the same
+    forward pass; the trainer slices them off before calling this).
+    """
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def loss(self, *, x: Tensor, y: Tensor, logits: Tensor, hiddens: Sequence[Tensor], model: nn.Module) -> LossOutput:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@dataclass
+class EvalContext:
+    """What a metric sees: the trained target on the private data."""
+
+    model: nn.Module
+    data: DataSplits
+    device: torch.device
+    batch_size: int = 256
+
+
+class Metric:
+    """Base for metrics: `evaluate(ctx)` returns figures (fractions, not percent) for `section`."""
+
+    section: str = "utility"
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        raise NotImplementedError
+
+
+@runtime_checkable
+class OODScore(Protocol):
+    """Per-sample scores for a batch, higher = more in-distribution."""
+
+    def __call__(self, model: nn.Module, x: Tensor) -> Tensor: ...
+
+
+@dataclass
+class AttackContext:
+    """What an attack sees: white-box target, public prior data, and the evaluation model."""
+
+    target: nn.Module
+    data: DataSplits
+    evaluation_model: nn.Module | None
+    device: torch.device
+    seed: int
+    cache_dir: Any = None
+    emit: Callable[..., None] = lambda *args, **kwargs: None
+    """`emit(type, **fields)` streams progress events (per-class loss, target confidence)."""
+
+
+@dataclass
+class AttackResult:
+    """Reconstructions `[n, C, H, W]` in [0, 1] with the private class each one targets."""
+
+    images: Tensor
+    targets: Tensor
+    restarts: Tensor | None = None
+    """Index of the random restart each image came from (for mean/std over restarts)."""
+    figures: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,88 @@
+"""The run's event stream: `events.jsonl`, append-only, one JSON object a line, flushed per line.
+
+The runner writes; the CLI and the TUI only read. Every event has `t` (unix seconds) and
+`type`. Types and their fields:
+
+- `run_started`: `recipe` (path), `run_dir`, `variants` (names), `seed`, `version`, `resumed`
+- `stage_started`: `stage`, `variant` (or null), `total` (steps/epochs, or null)
+- `stage_finished`: `stage`, `variant`, `seconds`
+- `epoch`: `stage`, `variant`, `epoch` (1-based), `epochs`, `metrics` (name -> float; losses,
+  accuracies, per-layer dependency terms such as `dep_x/0`, `dep_y/0`, the OOD loss)
+- `checkpoint`: `variant`, `stage`, `path`, `epoch`
+- `progress`: `stage`, `variant`, `step`, `total`, plus free numeric fields (attack loss...)
+- `result`: `variant`, `section` (`utility`, `ood`, `attacks`), `figures`
+- `log`: `level`, `message`
+- `run_finished`: `seconds`; `run_failed`: `error`; `run_interrupted`: `message`
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+EVENTS_FILE = "events.jsonl"
+
+TERMINAL_EVENTS = ("run_finished", "run_failed", "run_interrupted")
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as null so every line parses everywhere."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class EventWriter:
+    """Appends events to a run directory's `events.jsonl`; listeners see each event too."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / EVENTS_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: TextIO = self.path.open("a", encoding="utf-8")
+        self.listeners: list = []
+
+    def emit(self, type: str, **fields: Any) -> dict[str, Any]:
+        event = {"t": round(time.time(), 3), "type": type, **_clean(fields)}
+        self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
+        self._file.flush()
+        for listener in self.listeners:
+            listener(event)
+        return event
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> EventWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_events(path: Path) -> Iterator[dict[str, Any]]:
+    """Events from a file, skipping lines that are half-written or not JSON objects."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / EVENTS_FILE
+    try:
+        handle = path.open(encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        return
+    with handle:
+        for line in handle:
+            if not line.endswith("\n"):
+                return  # still being written
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(event, dict) and "type" in event:
+                yield event

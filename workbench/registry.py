@@ -1,0 +1,175 @@
+"""The component registry: every backbone, measure, dataset, defense, attack, metric and score.
+
+Built from the plugin manager by calling each registration hook once per plugin, so each
+component knows which plugin registered it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from workbench.errors import WorkbenchError, did_you_mean
+from workbench.params import ComponentTable, NoParams, StrictModel, nested_fields
+from workbench.plugins import PluginManager, get_plugin_manager
+
+# kind -> registration hook; the kinds are a contract (DESIGN.md), so is their order in listings.
+KIND_HOOKS: dict[str, str] = {
+    "backbone": "register_backbones",
+    "dependency": "register_dependency_measures",
+    "dataset": "register_datasets",
+    "ood_dataset": "register_ood_datasets",
+    "defense": "register_defenses",
+    "attack": "register_attacks",
+    "metric": "register_metrics",
+    "ood_score": "register_ood_scores",
+}
+KINDS: tuple[str, ...] = tuple(KIND_HOOKS)
+
+
+class UnknownComponentError(WorkbenchError):
+    """A name that no plugin registered for that kind."""
+
+
+@dataclass(frozen=True)
+class Component:
+    """One registered component: how to build it and how to describe it."""
+
+    kind: str
+    name: str
+    factory: Callable[[Any], Any]
+    params: type[StrictModel]
+    summary: str
+    plugin: str
+
+    def params_schema(self) -> dict[str, Any]:
+        return self.params.model_json_schema()
+
+
+def format_validation_error(exc: ValidationError, prefix: str) -> list[str]:
+    """pydantic errors as 'key.path: message' lines, prefixed with where the table sits."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        where = ".".join(p for p in (prefix, loc) if p)
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown key {where!r}")
+        else:
+            value = err.get("input")
+            shown = f" (got {value!r})" if not isinstance(value, dict) and value is not None else ""
+            lines.append(f"{where}: {err['msg']}{shown}")
+    return lines
+
+
+class Registry:
+    """Components by kind and name, with validation and creation from recipe tables."""
+
+    def __init__(self, manager: PluginManager):
+        self.manager = manager
+        self.problems: list[str] = list(manager.problems)
+        self._components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
+        for kind, hook_name in KIND_HOOKS.items():
+            hook = getattr(manager.pm.hook, hook_name)
+            for impl in reversed(hook.get_hookimpls()):  # registration order
+                self._collect(kind, hook_name, impl)
+
+    def _collect(self, kind: str, hook_name: str, impl) -> None:
+        plugin_name = impl.plugin_name
+
+        def register(name: str, factory: Callable[[Any], Any], params: type[BaseModel] = NoParams,
+                     summary: str | None = None) -> None:
+            existing = self._components[kind].get(name)
+            if existing is not None:
+                self.problems.append(
+                    f"plugin {plugin_name!r} registers {kind} {name!r}, already registered by "
+                    f"{existing.plugin!r}; kept the first; rename yours"
+                )
+                return
+            doc = summary or inspect.getdoc(factory) or ""
+            self._components[kind][name] = Component(
+                kind, name, factory, params, doc.strip().splitlines()[0] if doc.strip() else "", plugin_name
+            )
+
+        try:
+            impl.function(register=register)
+        except Exception as exc:
+            self.problems.append(
+                f"plugin {plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc}"
+            )
+
+    def names(self, kind: str) -> list[str]:
+        self._check_kind(kind)
+        return sorted(self._components[kind])
+
+    def components(self, kind: str | None = None) -> list[Component]:
+        kinds = [kind] if kind else list(KINDS)
+        return [c for k in kinds for _, c in sorted(self._components[k].items())]
+
+    def get(self, kind: str, name: str) -> Component:
+        self._check_kind(kind)
+        try:
+            return self._components[kind][name]
+        except KeyError:
+            known = self.names(kind)
+            hint = did_you_mean(name, known) or (f"; known: {', '.join(known)}" if known else "; none registered")
+            raise UnknownComponentError(f"unknown {kind} {name!r}{hint}") from None
+
+    def _check_kind(self, kind: str) -> None:
+        if kind not in self._components:
+            raise UnknownComponentError(f"unknown component kind {kind!r}{did_you_mean(kind, KINDS)}")
+
+    def validate(self, kind: str, table: ComponentTable | dict, where: str = "") -> list[str]:
+        """Every problem with one component table (and the components nested in it)."""
+        table = table if isinstance(table, ComponentTable) else ComponentTable.model_validate(table)
+        try:
+            component = self.get(kind, table.use)
+        except UnknownComponentError as exc:
+            return [f"{where + '.use' if where else 'use'}: {exc}"]
+        try:
+            params = component.params.model_validate(table.params)
+        except ValidationError as exc:
+            return format_validation_error(exc, where)
+        problems = []
+        for field_name, nested_kind in nested_fields(component.params).items():
+            nested = getattr(params, field_name)
+            if nested is not None:
+                problems += self.validate(nested_kind, nested, f"{where}.{field_name}" if where else field_name)
+        return problems
+
+    def resolve(self, kind: str, table: ComponentTable | dict) -> dict[str, Any]:
+        """The table with every default filled in (nested components too), as plain data."""
+        table = table if isinstance(table, ComponentTable) else ComponentTable.model_validate(table)
+        component = self.get(kind, table.use)
+        params = component.params.model_validate(table.params)
+        data = {"use": table.use, **params.model_dump(mode="json")}
+        for field_name, nested_kind in nested_fields(component.params).items():
+            nested = getattr(params, field_name)
+            if nested is not None:
+                data[field_name] = self.resolve(nested_kind, nested)
+        return data
+
+    def create(self, kind: str, name: str, /, **params: Any) -> Any:
+        """Validate `params` with the component's model and build it (nested components first)."""
+        component = self.get(kind, name)
+        try:
+            config = component.params.model_validate(params)
+        except ValidationError as exc:
+            raise WorkbenchError(f"{kind} {name!r}: " + "; ".join(format_validation_error(exc, ""))) from None
+        for field_name, nested_kind in nested_fields(component.params).items():
+            nested: ComponentTable | None = getattr(config, field_name)
+            if nested is not None:
+                nested._instance = self.create(nested_kind, nested.use, **nested.params)
+        return component.factory(config)
+
+    def create_from(self, kind: str, table: ComponentTable | dict) -> Any:
+        table = table if isinstance(table, ComponentTable) else ComponentTable.model_validate(table)
+        return self.create(kind, table.use, **table.params)
+
+
+def load_registry(*, plugins_dir: str | None = None, manager: PluginManager | None = None) -> Registry:
+    """The registry with built-ins and installed plugins (and a local plugin folder if given)."""
+    return Registry(manager or get_plugin_manager(plugins_dir=plugins_dir))
