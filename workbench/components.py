@@ -103,7 +103,8 @@ class Defense:
     forward pass; the trainer slices them off before calling this).
     """
 
-    def prepare_model(self, model: nn.Module) -> nn.Module:
+    def prepare_model(self, model: nn.Module, num_classes: int) -> nn.Module:
+        """Wrap or extend the backbone (MID adds a bottleneck head); default: unchanged."""
         return model
 
     def loss(self, *, x: Tensor, y: Tensor, logits: Tensor, hiddens: Sequence[Tensor], model: nn.Module) -> LossOutput:
@@ -121,6 +122,10 @@ class EvalContext:
     data: DataSplits
     device: torch.device
     batch_size: int = 256
+    evaluation_model: nn.Module | None = None
+    """The separately trained evaluation classifier E (for privacy metrics)."""
+    attack: AttackResult | None = None
+    """Set for metrics of section `attacks`: the reconstructions to judge."""
 
 
 class Metric:
@@ -148,7 +153,9 @@ class AttackContext:
     evaluation_model: nn.Module | None
     device: torch.device
     seed: int
-    cache_dir: Any = None
+    cache: Any = None
+    """A `workbench.cache.StageCache`: `load_state(stage, key)` / `save_state(stage, key, tensors, meta)`
+    so target-independent stages (the GMI GAN) train once across variants and runs."""
     emit: Callable[..., None] = lambda *args, **kwargs: None
     """`emit(type, **fields)` streams progress events (per-class loss, target confidence)."""
 

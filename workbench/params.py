@@ -6,7 +6,7 @@ tooltips and JSON Schema descriptions, so write them for a researcher reading a 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
@@ -41,6 +41,17 @@ class ComponentTable(BaseModel):
 
     _instance: Any = PrivateAttr(default=None)
 
+    kind: ClassVar[str | None] = None
+    """Set on the per-kind subclasses made by `ComponentTable.of(kind)`."""
+
+    @classmethod
+    def of(cls, kind: str) -> type[ComponentTable]:
+        """The table type for one kind, so validation and JSON Schema know what `use` may name."""
+        if kind not in _TABLE_TYPES:
+            title = "".join(part.title() for part in kind.split("_")) + "Component"
+            _TABLE_TYPES[kind] = type(title, (cls,), {"kind": kind, "__doc__": f"A `{kind}` component: `use` plus its params."})
+        return _TABLE_TYPES[kind]
+
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -52,10 +63,14 @@ class ComponentTable(BaseModel):
         return self._instance
 
 
+_TABLE_TYPES: dict[str, type[ComponentTable]] = {}
+
+
 class NestedComponent:
     """Marks a `ComponentTable` field as holding a component of `kind`.
 
-    Use as `measure: Annotated[ComponentTable, NestedComponent("dependency")]`; the registry
+    Use as `measure: Annotated[ComponentTable, NestedComponent("dependency")]` (or simply
+    `measure: ComponentTable.of("dependency")`); the registry
     validates and creates the nested component with the outer one.
     """
 
@@ -70,6 +85,9 @@ def nested_fields(model: type[BaseModel]) -> dict[str, str]:
     """Field name -> kind for every field marked with `NestedComponent`."""
     found = {}
     for name, field in model.model_fields.items():
+        for arg in (field.annotation, *getattr(field.annotation, "__args__", ())):
+            if isinstance(arg, type) and issubclass(arg, ComponentTable) and arg.kind:
+                found[name] = arg.kind
         for meta in field.metadata:
             if isinstance(meta, NestedComponent):
                 found[name] = meta.kind

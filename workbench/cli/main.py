@@ -1,0 +1,329 @@
+"""The `workbench` command. One Typer sub-app per command group; Textual is imported only by `tui`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from workbench import __version__
+from workbench.errors import WorkbenchError
+
+PLUGINS_DIR_ENV = "WORKBENCH_PLUGINS_DIR"
+
+app = typer.Typer(
+    name="workbench",
+    help="Defend image classifiers against model inversion with BiDO and BiDO+: train, attack, measure.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+recipes_app = typer.Typer(help="Validate, show, create and describe recipes.", no_args_is_help=True)
+plugins_app = typer.Typer(help="Registered components and the plugins that provide them.", no_args_is_help=True)
+runs_app = typer.Typer(help="Read run directories.", no_args_is_help=True)
+cache_app = typer.Typer(help="The stage cache (evaluation models, GAN priors).", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+app.add_typer(plugins_app, name="plugins")
+app.add_typer(runs_app, name="runs")
+app.add_typer(cache_app, name="cache")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def registry():
+    """The registry, with plugin-loading problems shown once as warnings."""
+    from workbench import load_registry
+
+    reg = load_registry(plugins_dir=os.environ.get(PLUGINS_DIR_ENV))
+    for problem in reg.problems:
+        err.print(f"[yellow]warning:[/] {problem}", highlight=False)
+    return reg
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"workbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    plugins_dir: Annotated[Optional[Path], typer.Option(
+        "--plugins-dir", help="Load every *.py in this folder as a plugin (quick local research).")] = None,
+    version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    if plugins_dir is not None:
+        os.environ[PLUGINS_DIR_ENV] = str(plugins_dir)
+
+
+# ------------------------------------------------------------------ run
+
+
+@app.command()
+def run(
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML file, or a run directory to resume.")],
+    run_dir: Annotated[Optional[Path], typer.Option(help="Where the run is written (default runs/<recipe>-<time>).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override a recipe value: key.path=value (TOML value), repeatable.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --run-dir from its last checkpoint.")] = False,
+    force: Annotated[bool, typer.Option(help="Move an existing run in --run-dir aside and start over.")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option(
+        help="Stage cache folder (default $WORKBENCH_CACHE_DIR or the user cache dir).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress output; results table only.")] = False,
+) -> None:
+    """Run a whole experiment from a recipe: train every variant, evaluate, report."""
+    from workbench.cli.progress import ConsoleReporter
+    from workbench.runner import RunOptions, Runner
+
+    registry()  # surfaces plugin warnings before the run starts
+    options = RunOptions(recipe=recipe, run_dir=run_dir, overrides=set_ or [], resume=resume, force=force,
+                         cache_dir=cache_dir,
+                         plugins_dir=Path(os.environ[PLUGINS_DIR_ENV]) if os.environ.get(PLUGINS_DIR_ENV) else None)
+    reporter = ConsoleReporter(err, quiet=quiet)
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        runner = Runner.start(options, listeners=[reporter])
+        with reporter:
+            results = runner.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    from workbench.cli.tables import results_table
+
+    out.print(results_table(results))
+    out.print(f"run directory: {runner.run_dir}  (report: {runner.run_dir / 'report.md'})", highlight=False)
+
+
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    """SIGTERM (a cancel from the TUI) stops a run like Ctrl-C: cleanly and resumable."""
+    raise KeyboardInterrupt
+
+
+# ------------------------------------------------------------------ recipes
+
+
+@recipes_app.command("validate")
+def recipes_validate(files: Annotated[list[Path], typer.Argument(help="Recipe files to check.")]) -> None:
+    """Check recipes: structure, every component name and every param. Lists all problems."""
+    from workbench.errors import RecipeError
+    from workbench.recipe import load_recipe
+
+    reg = registry()
+    failed = False
+    for path in files:
+        try:
+            load_recipe(path, registry=reg)
+        except RecipeError as exc:
+            failed = True
+            for problem in exc.problems:
+                err.print(f"{path}: {problem}", highlight=False, soft_wrap=True)
+            continue
+        out.print(f"{path}: ok", highlight=False)
+    if failed:
+        raise typer.Exit(2)
+
+
+@recipes_app.command("show")
+def recipes_show(
+    file: Annotated[Path, typer.Argument(help="Recipe file.")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value.")] = None,
+) -> None:
+    """Print the recipe as it will run: every default filled in, overrides applied."""
+    from workbench.recipe import load_recipe, recipe_hash, resolve, to_toml
+
+    reg = registry()
+    recipe = load_recipe(file, set_ or [], reg)
+    resolved = resolve(recipe, reg)
+    sys.stdout.write(to_toml(resolved, f"{file}, resolved (hash {recipe_hash(resolved)})"))
+
+
+@recipes_app.command("new")
+def recipes_new(
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+) -> None:
+    """A commented starter recipe to copy and edit."""
+    from workbench.recipe_template import STARTER_RECIPE
+
+    if output is None:
+        sys.stdout.write(STARTER_RECIPE)
+        return
+    if output.exists():
+        raise WorkbenchError(f"{output}: already exists; choose another --output")
+    output.write_text(STARTER_RECIPE)
+    out.print(f"wrote {output}; check it with: workbench recipes validate {output}", highlight=False)
+
+
+@recipes_app.command("schema")
+def recipes_schema() -> None:
+    """JSON Schema of recipes (component tables narrowed to registered names) for editors."""
+    from workbench.recipe import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(registry()), indent=2) + "\n")
+
+
+# ------------------------------------------------------------------ plugins
+
+
+@plugins_app.command("list")
+def plugins_list(
+    as_json: Annotated[bool, typer.Option("--json", help="JSON rows: kind, name, plugin, summary, params.")] = False,
+    kind: Annotated[Optional[str], typer.Option(help="Only this kind.")] = None,
+) -> None:
+    """Every registered component by kind, with the plugin that provides it and its params."""
+    from workbench.registry import KINDS
+
+    reg = registry()
+    kinds = [kind] if kind else list(KINDS)
+    rows = []
+    for k in kinds:
+        reg.names(k)  # unknown kind -> clear error
+        for component in reg.components(k):
+            info = reg.manager.info.get(component.plugin)
+            rows.append({
+                "kind": component.kind, "name": component.name, "plugin": component.plugin,
+                "distribution": info.distribution if info else None, "version": info.version if info else None,
+                "summary": component.summary, "params": _params_rows(component.params),
+            })
+    if as_json:
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    for k in kinds:
+        table = Table(title=f"{k}", title_justify="left", show_lines=False, expand=False)
+        table.add_column("name", style="bold cyan", no_wrap=True)
+        table.add_column("plugin", style="dim")
+        table.add_column("summary")
+        table.add_column("params", style="green")
+        kind_rows = [r for r in rows if r["kind"] == k]
+        for r in kind_rows:
+            params = ", ".join(f"{p['name']}={p['default']}" if p["default"] is not None else p["name"]
+                               for p in r["params"])
+            plugin = r["plugin"] + (f" ({r['distribution']} {r['version']})" if r["distribution"] else "")
+            table.add_row(r["name"], plugin, r["summary"], params)
+        if not kind_rows:
+            table.add_row("(none registered)", "", "", "")
+        out.print(table)
+
+
+def _params_rows(model) -> list[dict]:
+    rows = []
+    for name, field in model.model_fields.items():
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        if hasattr(default, "model_dump"):
+            default = default.model_dump(mode="json")
+        rows.append({
+            "name": name, "type": _type_name(field.annotation), "default": _jsonable(default),
+            "required": field.is_required(), "help": field.description or "",
+        })
+    return rows
+
+
+def _type_name(annotation) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _jsonable(value):
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return str(value)
+
+
+# ------------------------------------------------------------------ runs
+
+
+@runs_app.command("list")
+def runs_list(
+    runs_dir: Annotated[Path, typer.Option(help="Folder holding run directories.")] = Path("runs"),
+    as_json: Annotated[bool, typer.Option("--json", help="JSON rows.")] = False,
+) -> None:
+    """Every run under the runs folder: status, recipe, start, duration, headline figures."""
+    from workbench.runs import list_runs
+
+    runs = list_runs(runs_dir)
+    if as_json:
+        sys.stdout.write(json.dumps([r.as_dict() for r in runs], indent=2) + "\n")
+        return
+    table = Table(title=f"runs in {runs_dir}", title_justify="left")
+    for column in ("run", "status", "recipe", "started", "duration", "variants", "headline"):
+        table.add_column(column)
+    for r in runs:
+        table.add_row(r.name, r.status, r.recipe, r.started_text, r.duration_text, str(len(r.variants)), r.headline)
+    out.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
+    """One run: status, stages, and its results table."""
+    from workbench.cli.tables import results_table
+    from workbench.runs import summarize
+
+    info = summarize(run)
+    out.print(f"[bold]{info.name}[/]  {info.status}  recipe {info.recipe}  started {info.started_text}  "
+              f"duration {info.duration_text}", highlight=False)
+    if info.error:
+        out.print(f"[red]error:[/] {info.error}", highlight=False)
+    if info.results:
+        out.print(results_table(info.results))
+    else:
+        out.print(f"no results yet; last event: {info.last_event}", highlight=False)
+
+
+# ------------------------------------------------------------------ cache
+
+
+@cache_app.command("list")
+def cache_list(cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder.")] = None) -> None:
+    """Cached stages (evaluation models, GAN priors) with their size."""
+    from workbench.cache import StageCache, default_cache_dir
+
+    cache = StageCache(cache_dir or default_cache_dir())
+    table = Table(title=f"stage cache {cache.root}", title_justify="left")
+    for column in ("stage", "key", "size", "what"):
+        table.add_column(column)
+    for entry in cache.entries():
+        what = entry["meta"].get("summary", "")
+        table.add_row(entry["stage"], entry["key"], f"{entry['bytes'] / 1e6:.1f} MB", what)
+    out.print(table)
+
+
+@cache_app.command("clear")
+def cache_clear(
+    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder.")] = None,
+    stage: Annotated[Optional[str], typer.Option(help="Only this stage.")] = None,
+) -> None:
+    """Remove cached stages; they are rebuilt when next needed."""
+    from workbench.cache import StageCache, default_cache_dir
+
+    removed = StageCache(cache_dir or default_cache_dir()).clear(stage)
+    out.print(f"removed {removed} cache entr{'y' if removed == 1 else 'ies'}")
+
+
+# ------------------------------------------------------------------ tui
+
+
+@app.command()
+def tui(runs_dir: Annotated[Path, typer.Option(help="Folder holding run directories.")] = Path("runs")) -> None:
+    """Compose recipes and watch runs live (Textual)."""
+    try:
+        from workbench.tui.app import WorkbenchApp
+    except ImportError as exc:
+        raise WorkbenchError(f"the TUI could not start: {exc}") from None
+    WorkbenchApp(runs_dir=runs_dir).run()
+
+
+def main() -> None:
+    """Console entry point: user errors end in one line on stderr and a non-zero exit."""
+    try:
+        app()
+    except WorkbenchError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)

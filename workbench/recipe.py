@@ -1,0 +1,454 @@
+"""Recipes: one TOML file describes a whole experiment.
+
+Loading is two passes, and both report every problem at once: the structure is checked by
+the strict models below, then each component table is checked by its own component's model
+through the registry. Errors name the file, the key path and the nearest valid name.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import tomlkit
+from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+
+from workbench.errors import RecipeError, did_you_mean
+from workbench.params import ComponentTable, StrictModel
+
+DatasetTable = ComponentTable.of("dataset")
+OODDatasetTable = ComponentTable.of("ood_dataset")
+BackboneTable = ComponentTable.of("backbone")
+DefenseTable = ComponentTable.of("defense")
+AttackTable = ComponentTable.of("attack")
+MetricTable = ComponentTable.of("metric")
+OODScoreTable = ComponentTable.of("ood_score")
+
+
+class OptimizerConfig(StrictModel):
+    """The optimizer the papers use for this model."""
+
+    name: Literal["adam", "sgd"] = "adam"
+    """`adam`, or `sgd` (momentum, optionally Nesterov)."""
+    lr: PositiveFloat = 1e-3
+    """Learning rate."""
+    momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD momentum."""
+    nesterov: bool = False
+    """SGD with Nesterov momentum."""
+    weight_decay: float = Field(0.0, ge=0)
+    """L2 weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam's betas."""
+
+
+class ScheduleConfig(StrictModel):
+    """Learning-rate schedule, stepped once per epoch."""
+
+    name: Literal["constant", "multistep"] = "constant"
+    """`constant`, or `multistep` (multiply by `gamma` at each milestone epoch)."""
+    milestones: list[PositiveInt] = []
+    """Epochs after which the learning rate is multiplied by `gamma`."""
+    gamma: PositiveFloat = 0.1
+    """Decay factor at each milestone."""
+
+
+class BalancedBatches(StrictModel):
+    """Identity-balanced batches: `classes` classes × `per_class` images each (BiDO: 16 × 4)."""
+
+    classes: PositiveInt = 16
+    """Classes per batch."""
+    per_class: PositiveInt = 4
+    """Images per class in a batch."""
+
+
+class TrainConfig(StrictModel):
+    """How a classifier is trained. Every defense uses this same trainer."""
+
+    epochs: PositiveInt = 30
+    """Training epochs."""
+    batch_size: PositiveInt = 64
+    """Mini-batch size (ignored when `balanced_batches` is set)."""
+    optimizer: OptimizerConfig = OptimizerConfig()
+    """Optimizer settings."""
+    schedule: ScheduleConfig = ScheduleConfig()
+    """Learning-rate schedule."""
+    balanced_batches: BalancedBatches | None = None
+    """Identity-balanced sampling for many-class data; unset = shuffled batches."""
+    grad_clip: PositiveFloat | None = None
+    """Clip the gradient norm to this value; unset = no clipping."""
+
+
+class TargetConfig(StrictModel):
+    """The classifier to defend."""
+
+    backbone: BackboneTable = BackboneTable(use="mcnn")
+    """Target backbone (kind `backbone`)."""
+    train: TrainConfig = TrainConfig()
+    """Training settings shared by every variant."""
+
+
+class OODTrainingConfig(StrictModel):
+    """Unknown-aware training: auxiliary OOD data joins after a warm-up (BiDO+ with `bido`)."""
+
+    dataset: OODDatasetTable
+    """Auxiliary OOD data (kind `ood_dataset`); must be disjoint from the OOD test sets."""
+    loss: Literal["entropy", "energy", "oe"] = "entropy"
+    """`entropy` (authors' default: −γ Σ entropy), `energy` (energy margin), `oe` (CE to uniform)."""
+    gamma: PositiveFloat = 1e-3
+    """Weight γ of the entropy loss."""
+    batch_factor: PositiveFloat = 0.5
+    """OOD batch size as a fraction of the ID batch size."""
+    warmup_epochs: int = Field(0, ge=0)
+    """Epochs of plain training before OOD data joins."""
+    energy_weight: PositiveFloat = 0.1
+    """Weight of the energy-margin loss."""
+    m_in: float | None = None
+    """Energy margin for ID data; unset = estimated at the end of warm-up."""
+    m_out: float | None = None
+    """Energy margin for OOD data; unset = estimated at the end of warm-up."""
+    oe_weight: PositiveFloat = 0.5
+    """Weight of Hendrycks' outlier-exposure loss."""
+
+
+class VariantConfig(StrictModel):
+    """One trained target: a defense, optionally with unknown-aware (OOD) training."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
+    """Variant name; also its folder in the run directory (`none`, `bido-hsic`, `bido-hsic+` ...)."""
+    defense: DefenseTable = DefenseTable(use="none")
+    """The defense (kind `defense`)."""
+    ood_training: OODTrainingConfig | None = None
+    """Auxiliary OOD data in training (BiDO+ / outlier exposure); unset = none."""
+
+
+class EvaluationConfig(StrictModel):
+    """The evaluation model E that judges reconstructions; trained once, cached by its config."""
+
+    backbone: BackboneTable = BackboneTable(use="scnn")
+    """E's backbone (kind `backbone`)."""
+    train: TrainConfig = TrainConfig()
+    """E's training settings."""
+
+
+class OODEvaluationConfig(StrictModel):
+    """How OOD detection is measured (ID positive, the BiDO+ convention)."""
+
+    score: OODScoreTable = OODScoreTable(use="msp")
+    """OOD score (kind `ood_score`); higher = more in-distribution."""
+    test_sets: dict[str, OODDatasetTable] = {}
+    """OOD test sets by the name they get in results."""
+
+
+class Recipe(StrictModel):
+    """A whole experiment: data, target, variants, evaluation model, attacks, OOD evaluation."""
+
+    title: str = ""
+    """What this experiment is, shown in reports."""
+    seed: int = 0
+    """Seed for data splits, initialisation and batching; runs are deterministic on CPU."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """`auto` uses CUDA (with bf16 autocast) when present, else the CPU."""
+    data: DatasetTable = DatasetTable(use="digits")
+    """Private/public data (kind `dataset`)."""
+    target: TargetConfig = TargetConfig()
+    """The classifier to defend."""
+    variants: list[VariantConfig] = Field(default_factory=lambda: [VariantConfig(name="none")], min_length=1)
+    """The variants compared; each trains its own target."""
+    metrics: list[MetricTable] = [MetricTable(use="accuracy")]
+    """Metrics (kind `metric`): utility metrics judge each target, attack metrics each attack."""
+    evaluation: EvaluationConfig | None = None
+    """Evaluation model for attack metrics; required when `attacks` is set."""
+    attacks: dict[str, AttackTable] = {}
+    """Model-inversion attacks by the name they get in results (kind `attack`)."""
+    ood: OODEvaluationConfig | None = None
+    """OOD evaluation; unset = none."""
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Recipe:
+        names = [v.name for v in self.variants]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"variant names must be unique; repeated: {', '.join(duplicates)}")
+        if self.attacks and self.evaluation is None:
+            raise ValueError("`attacks` needs an `[evaluation]` table (the model that judges reconstructions)")
+        return self
+
+    def component_tables(self) -> Iterator[tuple[str, ComponentTable]]:
+        """Every component table with its key path, for validation and resolution."""
+        yield "data", self.data
+        yield "target.backbone", self.target.backbone
+        for i, variant in enumerate(self.variants):
+            yield f"variants[{i}].defense", variant.defense
+            if variant.ood_training:
+                yield f"variants[{i}].ood_training.dataset", variant.ood_training.dataset
+        for i, metric in enumerate(self.metrics):
+            yield f"metrics[{i}]", metric
+        if self.evaluation:
+            yield "evaluation.backbone", self.evaluation.backbone
+        for name, attack in self.attacks.items():
+            yield f"attacks.{name}", attack
+        if self.ood:
+            yield "ood.score", self.ood.score
+            for name, table in self.ood.test_sets.items():
+                yield f"ood.test_sets.{name}", table
+
+    def variant(self, name: str) -> VariantConfig:
+        for variant in self.variants:
+            if variant.name == name:
+                return variant
+        raise KeyError(name)
+
+
+# ------------------------------------------------------------------ loading
+
+
+def _field_names_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The field names of the model that sits at `loc` (for 'did you mean' on unknown keys)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:  # list[Model] / dict[str, Model]
+            for c in candidates:
+                for inner in getattr(c, "__args__", ()):
+                    if isinstance(inner, type) and issubclass(inner, BaseModel):
+                        nxt = inner
+        current = nxt
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _loc_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def structure_problems(exc: ValidationError, model: type[BaseModel] = None) -> list[str]:
+    """pydantic errors as 'key.path: message', unknown keys with the nearest valid key."""
+    model = model or Recipe
+    problems = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+        where = _loc_path(loc)
+        if err["type"] == "extra_forbidden":
+            hint = did_you_mean(str(loc[-1]), _field_names_at(model, loc[:-1]))
+            problems.append(f"unknown key {where!r}{hint}")
+        elif err["type"] == "missing":
+            problems.append(f"{where}: required key missing")
+        else:
+            value = err.get("input")
+            shown = f" (got {value!r})" if not isinstance(value, (dict, list)) and value is not None else ""
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{where}: {message}{shown}" if where else message)
+    return problems
+
+
+def parse_toml(path: Path) -> dict[str, Any]:
+    """The raw TOML of a recipe file, or a RecipeError naming the file and the line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError(str(path), ["file not found"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(str(path), [f"cannot read: {exc}"]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(str(path), [f"malformed TOML: {exc}"]) from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
+    """Apply `key.path=value` overrides (value parsed as TOML, else taken as a string).
+
+    List items are addressed by index or, for variants, by name: `variants.bido-hsic.defense.lambda_x`.
+    """
+    raw = copy.deepcopy(raw)
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"{item!r}: expected key.path=value")
+            continue
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        parts = key.strip().split(".")
+        node: Any = raw
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                index = _list_index(node, part)
+                if index is None:
+                    problems.append(f"{key}: no item {part!r} in {'.'.join(parts[:i]) or 'recipe'}")
+                    break
+                if last:
+                    node[index] = value
+                else:
+                    node = node[index]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                problems.append(f"{key}: {'.'.join(parts[:i])} is a value, not a table")
+                break
+    if problems:
+        raise RecipeError(source, problems)
+    return raw
+
+
+def _list_index(items: list, part: str) -> int | None:
+    if part.lstrip("-").isdigit():
+        index = int(part)
+        return index if -len(items) <= index < len(items) else None
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == part:
+            return i
+    return None
+
+
+def validate_raw(raw: dict[str, Any], source: str, registry=None) -> Recipe:
+    """Check structure then every component; a RecipeError lists all problems at once."""
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise RecipeError(source, structure_problems(exc)) from None
+    if registry is None:
+        from workbench import load_registry
+
+        registry = load_registry()
+    problems = []
+    for where, table in recipe.component_tables():
+        problems += registry.validate(table.kind, table, where)
+    if problems:
+        raise RecipeError(source, problems)
+    return recipe
+
+
+def load_recipe(path: Path | str, overrides: list[str] | None = None, registry=None) -> Recipe:
+    """Read, override and validate a recipe file."""
+    raw = parse_toml(Path(path))
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return validate_raw(raw, str(path), registry)
+
+
+# ------------------------------------------------------------------ resolving and writing
+
+
+def resolve(recipe: Recipe, registry) -> dict[str, Any]:
+    """The recipe as plain data with every default filled in, components included."""
+    data = recipe.model_dump(mode="json", exclude_none=True)
+
+    def put(where: str, value: dict[str, Any]) -> None:
+        node: Any = data
+        tokens = where.replace("[", ".").replace("]", "").split(".")
+        for token in tokens[:-1]:
+            node = node[int(token)] if isinstance(node, list) else node[token]
+        last = tokens[-1]
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+
+    for where, table in recipe.component_tables():
+        put(where, registry.resolve(table.kind, table))
+    return data
+
+
+def recipe_hash(resolved: dict[str, Any]) -> str:
+    """A short stable hash of a resolved recipe (what a run directory belongs to)."""
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def to_toml(data: dict[str, Any], header: str = "") -> str:
+    """Plain recipe data as TOML text (tomlkit keeps key order and nests tables readably)."""
+    document = tomlkit.document()
+    if header:
+        for line in header.strip().splitlines():
+            document.add(tomlkit.comment(line.lstrip("# ").rstrip()))
+        document.add(tomlkit.nl())
+    for key, value in data.items():
+        document[key] = _toml_value(value)
+    return tomlkit.dumps(document)
+
+
+def _toml_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        table = tomlkit.table()
+        for k, v in value.items():
+            table[k] = _toml_value(v)
+        return table
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        array = tomlkit.aot()
+        for v in value:
+            array.append(_toml_value(v))
+        return array
+    return value
+
+
+def update_toml_text(text: str, data: dict[str, Any]) -> str:
+    """Write `data` into an existing TOML text, keeping its comments and key order."""
+    document = tomlkit.parse(text)
+    _merge(document, data)
+    return tomlkit.dumps(document)
+
+
+def _merge(container: Any, data: dict[str, Any]) -> None:
+    for key in list(container.keys()):
+        if key not in data:
+            del container[key]
+    for key, value in data.items():
+        current = container.get(key)
+        if isinstance(value, dict) and isinstance(current, dict):
+            _merge(current, value)
+        else:
+            container[key] = _toml_value(value)
+
+
+def json_schema(registry) -> dict[str, Any]:
+    """JSON Schema of recipes for editors, with each component table narrowed to its kind's names."""
+    schema = Recipe.model_json_schema()
+    defs = schema.get("$defs", {})
+    for name, definition in list(defs.items()):
+        kind = next((t.kind for t in _table_types() if t.__name__ == name), None)
+        if kind is None:
+            continue
+        options = []
+        for component in registry.components(kind):
+            params = component.params.model_json_schema()
+            for sub_name, sub_def in params.pop("$defs", {}).items():
+                defs.setdefault(sub_name, sub_def)
+            properties = {"use": {"const": component.name, "description": component.summary}}
+            properties.update(params.get("properties", {}))
+            options.append({
+                "title": component.name,
+                "type": "object",
+                "properties": properties,
+                "required": ["use", *params.get("required", [])],
+                "additionalProperties": False,
+            })
+        defs[name] = {"description": definition.get("description", ""), "oneOf": options} if options else definition
+    return schema
+
+
+def _table_types() -> list[type[ComponentTable]]:
+    return [DatasetTable, OODDatasetTable, BackboneTable, DefenseTable, AttackTable, MetricTable, OODScoreTable]

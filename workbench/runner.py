@@ -1,0 +1,322 @@
+"""The headless runner: a recipe in, a run directory out.
+
+Stages per variant: train the target (checkpoint every epoch), evaluate utility, OOD and
+attacks; each stage writes its outcome into the variant's folder before the next begins, so
+`--resume` skips what is done and continues training from the last epoch. Everything a user
+or the TUI sees comes from `events.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from workbench import __version__
+from workbench.cache import StageCache, default_cache_dir
+from workbench.checkpoint import (
+    CheckpointError,
+    atomic_write_text,
+    load_checkpoint,
+    save_checkpoint,
+    tensors_with_prefix,
+)
+from workbench.components import DataSplits, EvalContext
+from workbench.device import describe_machine, resolve_device
+from workbench.errors import RunError, WorkbenchError
+from workbench.events import EVENTS_FILE, EventWriter, read_events
+from workbench.recipe import Recipe, VariantConfig, load_recipe, recipe_hash, resolve, to_toml
+from workbench.registry import Registry, load_registry
+from workbench.trainer import train_classifier
+
+RECIPE_FILE = "recipe.toml"
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.md"
+RUN_FILE = "run.json"
+TARGET_FILE = "target.safetensors"
+
+
+class RunInterrupted(WorkbenchError):
+    """Ctrl-C or a cancel from the TUI: the run stopped cleanly and can be resumed."""
+
+    exit_code = 130
+
+
+@dataclass
+class RunOptions:
+    """What `workbench run` was asked to do."""
+
+    recipe: Path
+    run_dir: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    resume: bool = False
+    force: bool = False
+    cache_dir: Path | None = None
+    plugins_dir: Path | None = None
+
+
+def default_run_dir(recipe_path: Path) -> Path:
+    return Path("runs") / f"{recipe_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_run_dir(run_dir: Path, digest: str, *, resume: bool, force: bool) -> bool:
+    """Check the run directory against this recipe; returns True when continuing a run.
+
+    Never deletes anything: `--force` moves an existing run aside.
+    """
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return False
+    saved = _saved_hash(run_dir)
+    if force:
+        aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(aside)
+        run_dir.mkdir(parents=True)
+        return False
+    if saved is None:
+        raise RunError(f"{run_dir}: exists and is not a workbench run directory; choose another --run-dir "
+                       "or pass --force to move it aside")
+    if saved != digest:
+        raise RunError(f"{run_dir}: holds a run of a different recipe (hash {saved}, this one {digest}); "
+                       "choose another --run-dir, or pass --force to move the old run aside")
+    if not resume:
+        state = run_status(run_dir)
+        raise RunError(f"{run_dir}: already holds a {state} run of this recipe; pass --resume to continue it "
+                       "or --force to start over")
+    return True
+
+
+def _saved_hash(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / RUN_FILE).read_text())["recipe_hash"]
+    except (OSError, json.JSONDecodeError, KeyError):
+        return None
+
+
+def run_status(run_dir: Path) -> str:
+    """running / finished / failed / interrupted, from the event stream and the run's pid."""
+    last = None
+    for event in read_events(run_dir / EVENTS_FILE):
+        if event["type"] in ("run_started", "run_finished", "run_failed", "run_interrupted"):
+            last = event["type"]
+    if last in ("run_finished",):
+        return "finished"
+    if last == "run_failed":
+        return "failed"
+    if last == "run_interrupted":
+        return "interrupted"
+    try:
+        pid = json.loads((run_dir / RUN_FILE).read_text()).get("pid")
+    except (OSError, json.JSONDecodeError):
+        pid = None
+    if last == "run_started" and pid and _pid_alive(pid):
+        return "running"
+    return "interrupted" if last else "unknown"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Runner:
+    """Runs one recipe into one run directory. Create with `Runner.start(options)`."""
+
+    def __init__(self, recipe: Recipe, registry: Registry, run_dir: Path, digest: str,
+                 resolved: dict[str, Any], events: EventWriter, cache: StageCache, resumed: bool,
+                 source: Path):
+        self.recipe = recipe
+        self.registry = registry
+        self.run_dir = run_dir
+        self.digest = digest
+        self.resolved = resolved
+        self.events = events
+        self.cache = cache
+        self.resumed = resumed
+        self.source = source
+        self.device = resolve_device(recipe.device)
+        self.data: DataSplits | None = None
+        self._evaluation_model = None
+
+    # -------------------------------------------------------------- setup
+
+    @classmethod
+    def start(cls, options: RunOptions, listeners: list | None = None) -> Runner:
+        registry = load_registry(plugins_dir=str(options.plugins_dir) if options.plugins_dir else None)
+        source = Path(options.recipe)
+        if source.is_dir():  # `workbench run RUN_DIR --resume`
+            options.run_dir = options.run_dir or source
+            source = source / RECIPE_FILE
+        recipe = load_recipe(source, options.overrides, registry)
+        resolved = resolve(recipe, registry)
+        digest = recipe_hash(resolved)
+        run_dir = Path(options.run_dir) if options.run_dir else default_run_dir(source)
+        resumed = prepare_run_dir(run_dir, digest, resume=options.resume, force=options.force)
+        if not resumed:
+            header = (f"Resolved recipe of this run (from {source}); every default filled in.\n"
+                      f"Resume with: workbench run {run_dir} --resume")
+            atomic_write_text(run_dir / RECIPE_FILE, to_toml(resolved, header))
+        atomic_write_text(run_dir / RUN_FILE, json.dumps({
+            "recipe_hash": digest, "source": str(source), "pid": os.getpid(), "host": socket.gethostname(),
+            "started": time.time(), "version": __version__,
+        }, indent=2))
+        events = EventWriter(run_dir)
+        events.listeners.extend(listeners or [])
+        cache = StageCache(options.cache_dir or default_cache_dir())
+        return cls(recipe, registry, run_dir, digest, resolved, events, cache, resumed, source)
+
+    def emit(self, type: str, **fields: Any) -> None:
+        self.events.emit(type, **fields)
+
+    # -------------------------------------------------------------- the run
+
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        recipe = self.recipe
+        self.emit("run_started", recipe=str(self.source), run_dir=str(self.run_dir),
+                  variants=[v.name for v in recipe.variants], seed=recipe.seed, version=__version__,
+                  resumed=self.resumed, device=str(self.device), recipe_hash=self.digest)
+        try:
+            self.data = self._load_data()
+            for variant in recipe.variants:
+                self._run_variant(variant)
+            results = self.collect_results()
+            self._write_report(results)
+        except KeyboardInterrupt:
+            self.emit("run_interrupted", message="stopped by the user; resumable")
+            self.events.close()
+            raise RunInterrupted(f"interrupted; continue with: workbench run {self.run_dir} --resume") from None
+        except WorkbenchError as exc:
+            self.emit("run_failed", error=str(exc))
+            self.events.close()
+            raise
+        except Exception as exc:
+            self.emit("run_failed", error=f"{type(exc).__name__}: {exc}")
+            self.events.close()
+            raise
+        self.emit("run_finished", seconds=round(time.perf_counter() - started, 3))
+        self.events.close()
+        return results
+
+    def _load_data(self) -> DataSplits:
+        self.emit("stage_started", stage="data", variant=None, total=None)
+        t0 = time.perf_counter()
+        dataset = self.registry.create_from("dataset", self.recipe.data)
+        data = dataset.load(self.recipe.seed)
+        self.emit("stage_finished", stage="data", variant=None, seconds=round(time.perf_counter() - t0, 3))
+        self.emit("log", level="info", message=(
+            f"data {self.recipe.data.use}: {len(data.train)} train / {len(data.test)} test private images, "
+            f"{data.num_classes} classes, {data.in_channels}×{data.image_size}×{data.image_size}"))
+        return data
+
+    def variant_dir(self, variant: VariantConfig) -> Path:
+        return self.run_dir / variant.name
+
+    def _run_variant(self, variant: VariantConfig) -> None:
+        folder = self.variant_dir(variant)
+        folder.mkdir(parents=True, exist_ok=True)
+        if (folder / RESULTS_FILE).exists():
+            self.emit("log", level="info", message=f"{variant.name}: already evaluated, skipped")
+            return
+        model = self.train_target(variant)
+        figures = self.evaluate(variant, model)
+        atomic_write_text(folder / RESULTS_FILE, json.dumps({"name": variant.name, **figures}, indent=2))
+
+    def build_target(self, variant: VariantConfig):
+        data = self.data
+        backbone = self.registry.create_from("backbone", self.recipe.target.backbone)
+        torch.manual_seed(self.recipe.seed)
+        model = backbone.build(data.num_classes, data.in_channels, data.image_size)
+        defense = self.registry.create_from("defense", variant.defense)
+        return defense.prepare_model(model, data.num_classes), defense
+
+    def train_target(self, variant: VariantConfig):
+        """Train (or load, when a finished target is on disk) one variant's target model."""
+        folder = self.variant_dir(variant)
+        model, defense = self.build_target(variant)
+        final = folder / TARGET_FILE
+        if final.exists():
+            try:
+                tensors, _ = load_checkpoint(final)
+                model.load_state_dict(tensors_with_prefix(tensors, "model"))
+                model.to(self.device).eval()
+                self.emit("log", level="info", message=f"{variant.name}: trained target loaded from {final}")
+                return model
+            except (CheckpointError, RuntimeError):
+                self.emit("log", level="warning", message=f"{final}: unusable, training again")
+        ood_feed = self._ood_feed(variant) if variant.ood_training else None
+        result = train_classifier(
+            model, defense, self.data.train, self.recipe.target.train,
+            device=self.device, seed=self.recipe.seed, checkpoint_dir=folder, resume=self.resumed,
+            test_data=self.data.test, ood=ood_feed, emit=self.emit, stage="train", variant=variant.name,
+            meta={"recipe_hash": self.digest, "variant": variant.name},
+        )
+        save_checkpoint(final, {f"model.{k}": v for k, v in model.state_dict().items()}, {
+            "kind": "target", "variant": variant.name, "recipe_hash": self.digest,
+            "defense": self.resolved["variants"][self._variant_index(variant)]["defense"],
+            "backbone": self.resolved["target"]["backbone"], "epochs": self.recipe.target.train.epochs,
+            "final_metrics": result.history[-1] if result.history else {}, "versions": describe_machine(),
+        })
+        self.emit("checkpoint", stage="train", variant=variant.name, path=str(final),
+                  epoch=self.recipe.target.train.epochs)
+        return model
+
+    def _variant_index(self, variant: VariantConfig) -> int:
+        return [v.name for v in self.recipe.variants].index(variant.name)
+
+    def _ood_feed(self, variant: VariantConfig):
+        raise RunError(f"variant {variant.name}: ood_training needs the BiDO+ plugin, which is not installed")
+
+    def evaluate(self, variant: VariantConfig, model) -> dict[str, Any]:
+        """Utility (and, where configured, OOD and attack) figures for one trained target."""
+        self.emit("stage_started", stage="evaluate", variant=variant.name, total=None)
+        t0 = time.perf_counter()
+        model.eval()
+        ctx = EvalContext(model=model, data=self.data, device=self.device)
+        figures: dict[str, Any] = {"utility": {}}
+        for table in self.recipe.metrics:
+            metric = self.registry.create_from("metric", table)
+            if getattr(metric, "section", "utility") != "utility":
+                continue
+            figures["utility"].update(metric.evaluate(ctx))
+        self.emit("result", variant=variant.name, section="utility", figures=figures["utility"])
+        self.emit("stage_finished", stage="evaluate", variant=variant.name,
+                  seconds=round(time.perf_counter() - t0, 3))
+        return figures
+
+    # -------------------------------------------------------------- results
+
+    def collect_results(self) -> dict[str, Any]:
+        variants = []
+        for variant in self.recipe.variants:
+            path = self.variant_dir(variant) / RESULTS_FILE
+            variants.append(json.loads(path.read_text()))
+        results = {
+            "recipe": str(self.source), "recipe_hash": self.digest, "seed": self.recipe.seed,
+            "title": self.recipe.title, "machine": describe_machine(), "device": str(self.device),
+            "variants": variants,
+        }
+        atomic_write_text(self.run_dir / RESULTS_FILE, json.dumps(results, indent=2))
+        return results
+
+    def _write_report(self, results: dict[str, Any]) -> None:
+        from workbench.report import write_report
+
+        write_report(self.run_dir, results, self.recipe)
+
+
+def run_recipe(options: RunOptions, listeners: list | None = None) -> tuple[Path, dict[str, Any]]:
+    """Start and run; returns the run directory and the results."""
+    runner = Runner.start(options, listeners)
+    return runner.run_dir, runner.run()

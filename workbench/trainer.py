@@ -1,0 +1,327 @@
+"""The one trainer every defense goes through, so baselines differ only in their loss.
+
+Reads top to bottom: set up, then per epoch: (phase 2 of BiDO+: draw an OOD batch and run
+one forward pass over ID and OOD together), the defense's loss on the ID part, the OOD loss,
+a step, epoch figures as an event, and a checkpoint that makes the run resumable.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+
+from workbench.checkpoint import load_checkpoint, save_checkpoint, tensors_with_prefix
+from workbench.components import Defense
+from workbench.device import autocast
+from workbench.errors import RunError
+from workbench.recipe import OODTrainingConfig, TrainConfig
+
+CHECKPOINT_NAME = "last.safetensors"
+
+
+# ------------------------------------------------------------------ batching
+
+
+def iterate_batches(
+    dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
+    drop_last: bool = False,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """(x, y) batches; in-memory TensorDatasets are sliced directly (much faster on CPU)."""
+    if isinstance(dataset, TensorDataset):
+        x, y = dataset.tensors[0], dataset.tensors[1]
+        n = len(x)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        stop = n - n % batch_size if drop_last and n >= batch_size else n
+        for start in range(0, stop, batch_size):
+            index = order[start : start + batch_size]
+            yield x[index], y[index]
+        return
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
+                        drop_last=drop_last and len(dataset) >= batch_size)
+    for x, y in loader:
+        yield x, torch.as_tensor(y)
+
+
+def balanced_batches(labels: Tensor, classes: int, per_class: int, generator: torch.Generator
+                     ) -> Iterator[Tensor]:
+    """Index batches of `classes` classes × `per_class` images (identity-balanced sampling)."""
+    by_class = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
+    by_class = [idx for idx in by_class if len(idx) > 0]
+    classes = min(classes, len(by_class))
+    n_batches = max(1, len(labels) // (classes * per_class))
+    for _ in range(n_batches):
+        chosen = torch.randperm(len(by_class), generator=generator)[:classes]
+        parts = []
+        for c in chosen.tolist():
+            pool = by_class[c]
+            pick = torch.randint(len(pool), (per_class,), generator=generator)
+            parts.append(pool[pick])
+        yield torch.cat(parts)
+
+
+def take(dataset: Dataset, index: Tensor) -> tuple[Tensor, Tensor]:
+    """The (x, y) batch of the given indices."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[0][index], dataset.tensors[1][index]
+    x, y = default_collate([dataset[i] for i in index.tolist()])
+    return x, torch.as_tensor(y)
+
+
+def dataset_labels(dataset: Dataset) -> Tensor:
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1]
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return torch.as_tensor(targets)
+    return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 512) -> float:
+    """Top-1 accuracy of `model` on `dataset`."""
+    was_training = model.training
+    model.eval()
+    correct = total = 0
+    for x, y in iterate_batches(dataset, batch_size, shuffle=False):
+        with autocast(device):
+            logits = model(x.to(device))
+        correct += (logits.argmax(1).cpu() == y).sum().item()
+        total += len(y)
+    model.train(was_training)
+    return correct / max(total, 1)
+
+
+# ------------------------------------------------------------------ optimizer and schedule
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    opt = config.optimizer
+    params = [p for p in model.parameters() if p.requires_grad]
+    if opt.name == "sgd":
+        return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
+                               weight_decay=opt.weight_decay)
+    return torch.optim.Adam(params, lr=opt.lr, betas=opt.betas, weight_decay=opt.weight_decay)
+
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    """The learning rate for 0-based `epoch`: a pure function of the epoch, so resuming needs no
+    scheduler state beyond the epoch counter."""
+    schedule = config.schedule
+    if schedule.name == "multistep":
+        passed = sum(1 for m in schedule.milestones if epoch >= m)
+        return config.optimizer.lr * schedule.gamma**passed
+    return config.optimizer.lr
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
+    state = optimizer.state_dict()
+    tensors = {}
+    for index, param_state in state["state"].items():
+        for key, value in param_state.items():
+            if isinstance(value, Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value
+            elif value is not None:
+                tensors[f"optimizer.{index}.{key}"] = torch.tensor(value)
+    return tensors, state["param_groups"]
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor],
+                       param_groups: list[dict[str, Any]]) -> None:
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, value in tensors_with_prefix(tensors, "optimizer").items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": param_groups})
+
+
+@dataclass
+class TrainResult:
+    """What training produced: the figures of the last epoch and the history."""
+
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class OODFeed:
+    """Auxiliary OOD images for unknown-aware training (BiDO+ phase 2)."""
+
+    dataset: Dataset
+    config: OODTrainingConfig
+    loss_fn: Callable[..., Tensor]
+    """`loss_fn(id_logits, ood_logits, config, margins) -> Tensor`."""
+    margin_fn: Callable[..., tuple[float, float]] | None = None
+    """`margin_fn(model, id_data, ood_data, device) -> (m_in, m_out)` at the end of warm-up."""
+
+
+def train_classifier(
+    model: nn.Module,
+    defense: Defense,
+    train_data: Dataset,
+    config: TrainConfig,
+    *,
+    device: torch.device,
+    seed: int,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    test_data: Dataset | None = None,
+    ood: OODFeed | None = None,
+    emit: Callable[..., Any] = lambda *a, **k: None,
+    stage: str = "train",
+    variant: str | None = None,
+    meta: dict[str, Any] | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> TrainResult:
+    """Train `model` (already through `defense.prepare_model`) and return its history.
+
+    A checkpoint after every epoch (model, optimizer, RNG, epoch, history) makes an interrupted
+    run resume to the same figures as an uninterrupted one on CPU.
+    """
+    started = time.perf_counter()
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, config)
+    history: list[dict[str, float]] = []
+    margins: dict[str, float] = {}
+    first_epoch = 0
+    checkpoint = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir else None
+
+    torch.manual_seed(seed)
+    if resume and checkpoint is not None and checkpoint.exists():
+        tensors, saved = load_checkpoint(checkpoint)
+        try:
+            model.load_state_dict(tensors_with_prefix(tensors, "model"))
+            _restore_optimizer(optimizer, tensors, saved["param_groups"])
+        except (RuntimeError, KeyError, ValueError) as exc:
+            raise RunError(f"{checkpoint}: does not match this recipe's model ({str(exc).splitlines()[0]}); "
+                           "start over with --force") from None
+        torch.set_rng_state(tensors["rng.cpu"])
+        first_epoch = int(saved["epoch"])
+        history = saved.get("history", [])
+        margins = saved.get("margins", {})
+
+    labels = dataset_labels(train_data) if config.balanced_batches else None
+    ood_batch = max(1, round(config.batch_size * ood.config.batch_factor)) if ood else 0
+    emit("stage_started", stage=stage, variant=variant, total=config.epochs)
+
+    for epoch in range(first_epoch, config.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(config, epoch)
+        # Per-epoch generators: the shuffle order depends only on (seed, epoch), so a resumed
+        # run sees exactly the batches an uninterrupted one would.
+        shuffle = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        ood_phase = ood is not None and epoch >= ood.config.warmup_epochs
+        if ood_phase and ood.config.loss == "energy" and "m_in" not in margins:
+            margins = _energy_margins(ood, model, train_data, device)
+        ood_batches = (iterate_batches(ood.dataset, ood_batch, shuffle=True, drop_last=True,
+                                       generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
+                       if ood_phase else None)
+        if config.balanced_batches:
+            bb = config.balanced_batches
+            batches = (take(train_data, idx) for idx in balanced_batches(labels, bb.classes, bb.per_class, shuffle))
+        else:
+            batches = iterate_batches(train_data, config.batch_size, shuffle=True, generator=shuffle)
+
+        model.train()
+        sums: dict[str, float] = {}
+        seen = correct = 0
+        for step, (x, y) in enumerate(batches):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            m = len(x)
+            x_ood = None
+            if ood_batches is not None:
+                x_ood = next(ood_batches, None)
+                if x_ood is None:  # auxiliary set exhausted: start it over
+                    ood_batches = iterate_batches(ood.dataset, ood_batch, shuffle=True, drop_last=True,
+                                                  generator=torch.Generator().manual_seed(seed + epoch + step))
+                    x_ood = next(ood_batches)
+                x_ood = x_ood[0].to(device, non_blocking=True)
+            inputs = x if x_ood is None else torch.cat([x, x_ood])
+            if device.type == "cuda":
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            with autocast(device):
+                logits, hiddens = model.forward_hidden(inputs)
+            # The defense sees the ID part only (dependency terms on ID data, as BiDO+ does).
+            out = defense.loss(x=x, y=y, logits=logits[:m], hiddens=[h[:m] for h in hiddens], model=model)
+            loss = out.loss
+            logs = dict(out.logs)
+            if x_ood is not None:
+                ood_loss = ood.loss_fn(logits[:m].float(), logits[m:].float(), ood.config, margins)
+                logs["ood_loss"] = float(ood_loss.detach())
+                loss = loss + ood_loss
+                logs["ood_share"] = abs(logs["ood_loss"]) / max(abs(float(loss.detach())), 1e-12)
+            if not torch.isfinite(loss):
+                kept = f"; the last good checkpoint is {checkpoint}" if checkpoint and checkpoint.exists() else ""
+                raise RunError(f"{stage}{' ' + variant if variant else ''}: loss became {float(loss)} at epoch "
+                               f"{epoch + 1} step {step + 1}; lower the learning rate or the defense's weights{kept}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * m
+            for key, value in logs.items():
+                sums[key] = sums.get(key, 0.0) + float(value) * m
+            correct += (logits[:m].detach().argmax(1) == y).sum().item()
+            seen += m
+            if should_stop():
+                raise KeyboardInterrupt
+
+        metrics = {key: value / max(seen, 1) for key, value in sums.items()}
+        metrics["train_accuracy"] = correct / max(seen, 1)
+        metrics["lr"] = optimizer.param_groups[0]["lr"]
+        if test_data is not None:
+            metrics["test_accuracy"] = accuracy(model, test_data, device)
+        history.append(metrics)
+        emit("epoch", stage=stage, variant=variant, epoch=epoch + 1, epochs=config.epochs, metrics=metrics)
+
+        if checkpoint is not None:
+            opt_tensors, param_groups = _optimizer_tensors(optimizer)
+            tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+            tensors.update(opt_tensors)
+            tensors["rng.cpu"] = torch.get_rng_state()
+            save_checkpoint(checkpoint, tensors, {
+                **(meta or {}), "epoch": epoch + 1, "epochs": config.epochs, "history": history,
+                "param_groups": param_groups, "margins": margins, "kind": "training-state",
+            })
+            emit("checkpoint", stage=stage, variant=variant, path=str(checkpoint), epoch=epoch + 1)
+
+    seconds = time.perf_counter() - started
+    emit("stage_finished", stage=stage, variant=variant, seconds=round(seconds, 3))
+    model.eval()
+    return TrainResult(epochs_run=config.epochs - first_epoch, history=history, seconds=seconds)
+
+
+def _energy_margins(ood: OODFeed, model: nn.Module, train_data: Dataset, device: torch.device) -> dict[str, float]:
+    """m_in / m_out from the config, or estimated from the model at the end of warm-up."""
+    cfg = ood.config
+    if cfg.m_in is not None and cfg.m_out is not None:
+        return {"m_in": cfg.m_in, "m_out": cfg.m_out}
+    if ood.margin_fn is None:
+        raise RunError("energy OOD loss: set ood_training.m_in and m_out (no estimator available)")
+    m_in, m_out = ood.margin_fn(model, train_data, ood.dataset, device)
+    return {"m_in": cfg.m_in if cfg.m_in is not None else m_in, "m_out": cfg.m_out if cfg.m_out is not None else m_out}
+
+
+def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """CE in float32 whatever the autocast dtype of the logits."""
+    return F.cross_entropy(logits.float(), y)
+
+
+def finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
