@@ -74,7 +74,7 @@ class Registry:
         self._components: dict[str, dict[str, Component]] = {kind: {} for kind in KINDS}
         for kind, hook_name in KIND_HOOKS.items():
             hook = getattr(manager.pm.hook, hook_name)
-            for impl in reversed(hook.get_hookimpls()):  # registration order
+            for impl in hook.get_hookimpls():  # in registration order: built-ins first
                 self._collect(kind, hook_name, impl)
 
     def _collect(self, kind: str, hook_name: str, impl) -> None:

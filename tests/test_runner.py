@@ -1,0 +1,139 @@
+"""The runner end to end on the embedded data: run directory contents, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from workbench.checkpoint import load_checkpoint, tensors_with_prefix
+from workbench.errors import RunError
+from workbench.events import read_events
+from workbench.runner import RunInterrupted, RunOptions, Runner, run_recipe
+from workbench.testing import TINY_RECIPE
+
+THREE_EPOCHS = TINY_RECIPE.replace("epochs = 2", "epochs = 3")
+
+
+def test_run_writes_the_run_directory(run_tiny_recipe):
+    run_dir, results = run_tiny_recipe()
+    for name in ("recipe.toml", "events.jsonl", "results.json", "report.md", "run.json"):
+        assert (run_dir / name).exists(), name
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["variants"][0]["name"] == "none"
+    accuracy = saved["variants"][0]["utility"]["test_accuracy"]
+    assert 0.5 < accuracy <= 1.0  # two epochs on 5 digit classes are far above chance (0.2)
+    tensors = load_file(str(run_dir / "none" / "target.safetensors"))
+    assert any(k.startswith("model.") for k in tensors)
+    meta = json.loads((run_dir / "none" / "target.json").read_text())
+    assert meta["kind"] == "target" and meta["recipe_hash"] == saved["recipe_hash"]
+    assert "torch" in meta["versions"]
+    types = [e["type"] for e in read_events(run_dir)]
+    assert types[0] == "run_started" and types[-1] == "run_finished"
+    assert types.count("epoch") == 2 and "checkpoint" in types and "result" in types
+    assert "| none |" in (run_dir / "report.md").read_text()
+
+
+def test_same_recipe_twice_gives_the_same_figures(run_tiny_recipe):
+    _, first = run_tiny_recipe()
+    _, second = run_tiny_recipe()
+    assert first["variants"][0]["utility"] == second["variants"][0]["utility"]
+
+
+def test_interrupted_run_resumes_to_the_same_figures_and_weights(run_tiny_recipe, tmp_path, isolated_cache):
+    full_dir, full = run_tiny_recipe(THREE_EPOCHS)
+
+    recipe = tmp_path / "interrupted.toml"
+    recipe.write_text(THREE_EPOCHS)
+    run_dir = tmp_path / "interrupted"
+
+    def stop_in_epoch_two(event):
+        if event["type"] == "epoch" and event["epoch"] == 2:
+            raise KeyboardInterrupt  # like Ctrl-C after epoch 2, before its checkpoint
+
+    runner = Runner.start(RunOptions(recipe=recipe, run_dir=run_dir, cache_dir=isolated_cache),
+                          listeners=[stop_in_epoch_two])
+    with pytest.raises(RunInterrupted, match="--resume"):
+        runner.run()
+    _, meta = load_checkpoint(run_dir / "none" / "last.safetensors")
+    assert meta["epoch"] == 1
+    assert not (run_dir / "results.json").exists()
+
+    _, resumed = run_recipe(RunOptions(recipe=run_dir, resume=True, cache_dir=isolated_cache))
+    assert resumed["variants"] == full["variants"]
+    a = tensors_with_prefix(load_file(str(full_dir / "none" / "target.safetensors")), "model")
+    b = tensors_with_prefix(load_file(str(run_dir / "none" / "target.safetensors")), "model")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    types = [e["type"] for e in read_events(run_dir)]
+    assert "run_interrupted" in types and types[-1] == "run_finished"
+
+
+def test_run_dir_of_a_different_recipe_is_refused_unless_forced(run_tiny_recipe, tmp_path):
+    run_dir, _ = run_tiny_recipe()
+    before = (run_dir / "results.json").read_bytes()
+    with pytest.raises(RunError, match="different recipe"):
+        run_tiny_recipe(THREE_EPOCHS, run_dir=run_dir)
+    assert (run_dir / "results.json").read_bytes() == before
+    with pytest.raises(RunError, match="--resume"):
+        run_tiny_recipe(run_dir=run_dir)  # same recipe, finished: says what to do
+    run_tiny_recipe(THREE_EPOCHS, run_dir=run_dir, force=True)
+    moved = [p for p in tmp_path.iterdir() if p.name.startswith(run_dir.name + ".replaced-")]
+    assert len(moved) == 1 and (moved[0] / "results.json").read_bytes() == before
+
+
+def test_corrupt_checkpoint_on_resume_is_named_and_kept(run_tiny_recipe, tmp_path, isolated_cache):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(THREE_EPOCHS)
+    run_dir = tmp_path / "run"
+
+    def stop(event):
+        if event["type"] == "checkpoint" and event["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    runner = Runner.start(RunOptions(recipe=recipe, run_dir=run_dir, cache_dir=isolated_cache), [stop])
+    with pytest.raises(RunInterrupted):
+        runner.run()
+    checkpoint = run_dir / "none" / "last.safetensors"
+    data = checkpoint.read_bytes()
+    checkpoint.write_bytes(data[: len(data) // 2])
+    with pytest.raises(RunError, match="last.safetensors: truncated or corrupt"):
+        run_recipe(RunOptions(recipe=run_dir, resume=True, cache_dir=isolated_cache))
+    assert checkpoint.stat().st_size == len(data) // 2  # nothing deleted
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_path, isolated_cache):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "nan_defense.py").write_text(textwrap.dedent('''
+        import torch
+        from workbench.components import Defense, LossOutput
+        from workbench.hookspecs import hookimpl
+        from workbench.trainer import cross_entropy
+
+        class NaNAfterOneEpoch(Defense):
+            """Cross-entropy, then NaN from the second epoch on."""
+            def __init__(self, params):
+                self.steps = 0
+            def loss(self, *, x, y, logits, hiddens, model):
+                self.steps += 1
+                ce = cross_entropy(logits, y)
+                return LossOutput(ce * float("nan") if self.steps > 5 else ce)
+
+        @hookimpl
+        def register_defenses(register):
+            register("nan-later", NaNAfterOneEpoch)
+    '''))
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(THREE_EPOCHS.replace('defense = { use = "none" }', 'defense = { use = "nan-later" }')
+                      .replace("batch_size = 64", "batch_size = 128"))
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunError, match=r"loss became nan at epoch 2.*last good checkpoint"):
+        run_recipe(RunOptions(recipe=recipe, run_dir=run_dir, cache_dir=isolated_cache, plugins_dir=plugins))
+    _, meta = load_checkpoint(run_dir / "none" / "last.safetensors")
+    assert meta["epoch"] == 1
+    assert [e for e in read_events(run_dir) if e["type"] == "run_failed"]
