@@ -38,7 +38,7 @@ def one_clear_line(err: str) -> str:
         (lambda t: t + "\n[evalution]\n", "unknown key 'evalution' (did you mean \"evaluation\"?)"),
         (lambda t: t.replace("batch_size = 64", "batch_size = \"big\""), "target.train.batch_size"),
         (lambda t: t.replace('use = "mcnn"', 'use = "mcn"'), "did you mean \"mcnn\""),
-        (lambda t: t.replace("epochs = 2", "epochs = 0"), "target.train.epochs: Input should be greater than 0"),
+        (lambda t: t.replace("epochs = 5", "epochs = 0"), "target.train.epochs: Input should be greater than 0"),
         (lambda t: t.replace("batch_size = 64", "batch_size = -1"), "target.train.batch_size"),
     ],
     ids=["malformed", "unknown-table", "wrong-type", "unknown-component", "zero-epochs", "negative-batch"],
@@ -103,7 +103,7 @@ def test_run_then_runs_list_and_show(tmp_path, monkeypatch, capsys):
     code, out, err = invoke(monkeypatch, capsys, "run", str(recipe), "--run-dir", str(runs / "first"))
     assert code == 0, err
     assert "test acc" in out and "none" in out
-    assert "[train none] epoch 2/2" in err  # plain progress lines when not a terminal
+    assert "[train none] epoch 5/5" in err  # plain progress lines when not a terminal
     code, out, _ = invoke(monkeypatch, capsys, "runs", "list", "--runs-dir", str(runs), "--json")
     rows = json.loads(out)
     assert code == 0 and rows[0]["name"] == "first" and rows[0]["status"] == "finished"
@@ -120,7 +120,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
     import time
 
     recipe = tmp_path / "r.toml"
-    recipe.write_text(TINY_RECIPE.replace("epochs = 2", "epochs = 200"))
+    recipe.write_text(TINY_RECIPE.replace("epochs = 5", "epochs = 60"))
     run_dir = tmp_path / "run"
     env = {**__import__("os").environ, "WORKBENCH_CACHE_DIR": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "workbench", "run", str(recipe), "--run-dir", str(run_dir)]
@@ -139,7 +139,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
         [sys.executable, "-m", "workbench", "run", str(run_dir), "--resume"],
         capture_output=True, text=True, env=env, timeout=600,
     )
-    # The saved recipe says 200 epochs; resuming continues from the checkpoint, not from zero.
+    # The saved recipe says 60 epochs; resuming continues from the checkpoint, not from zero.
     assert shorter.returncode == 0, shorter.stderr
     assert "(resumed)" in shorter.stderr
     assert json.loads((run_dir / "results.json").read_text())["variants"][0]["name"] == "none"

@@ -61,7 +61,7 @@ def format_validation_error(exc: ValidationError, prefix: str) -> list[str]:
         else:
             value = err.get("input")
             shown = f" (got {value!r})" if not isinstance(value, dict) and value is not None else ""
-            lines.append(f"{where}: {err['msg']}{shown}")
+            lines.append(f"{where}: {err['msg']}{shown}" if where else f"{err['msg']}{shown}")
     return lines
 
 
@@ -145,7 +145,7 @@ class Registry:
         table = table if isinstance(table, ComponentTable) else ComponentTable.model_validate(table)
         component = self.get(kind, table.use)
         params = component.params.model_validate(table.params)
-        data = {"use": table.use, **params.model_dump(mode="json")}
+        data = {"use": table.use, **params.model_dump(mode="json", exclude_none=True)}
         for field_name, nested_kind in nested_fields(component.params).items():
             nested = getattr(params, field_name)
             if nested is not None:

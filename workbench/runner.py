@@ -33,7 +33,9 @@ from workbench.errors import RunError, WorkbenchError
 from workbench.events import EVENTS_FILE, EventWriter, read_events
 from workbench.recipe import Recipe, VariantConfig, load_recipe, recipe_hash, resolve, to_toml
 from workbench.registry import Registry, load_registry
-from workbench.trainer import train_classifier
+from workbench.evaluation import OODEvaluator, attack_figures, check_disjoint, evaluation_model, run_attack
+from workbench.ood import estimate_margins, ood_training_loss
+from workbench.trainer import OODFeed, train_classifier
 
 RECIPE_FILE = "recipe.toml"
 RESULTS_FILE = "results.json"
@@ -147,7 +149,8 @@ class Runner:
         self.source = source
         self.device = resolve_device(recipe.device)
         self.data: DataSplits | None = None
-        self._evaluation_model = None
+        self.evaluation_model = None
+        self.ood_evaluator = None
 
     # -------------------------------------------------------------- setup
 
@@ -189,6 +192,11 @@ class Runner:
                   resumed=self.resumed, device=str(self.device), recipe_hash=self.digest)
         try:
             self.data = self._load_data()
+            if recipe.attacks:
+                self.evaluation_model = self._stage("evaluation-model", lambda: evaluation_model(
+                    recipe, self.resolved, self.registry, self.data, self.cache, self.device, self.emit))
+            if recipe.ood and recipe.ood.test_sets:
+                self.ood_evaluator = self._stage("ood-test-sets", lambda: OODEvaluator(recipe, self.registry, self.data))
             for variant in recipe.variants:
                 self._run_variant(variant)
             results = self.collect_results()
@@ -209,12 +217,17 @@ class Runner:
         self.events.close()
         return results
 
-    def _load_data(self) -> DataSplits:
-        self.emit("stage_started", stage="data", variant=None, total=None)
+    def _stage(self, name: str, work, variant: str | None = None):
+        """Run `work()` between stage_started / stage_finished events."""
+        self.emit("stage_started", stage=name, variant=variant, total=None)
         t0 = time.perf_counter()
+        result = work()
+        self.emit("stage_finished", stage=name, variant=variant, seconds=round(time.perf_counter() - t0, 3))
+        return result
+
+    def _load_data(self) -> DataSplits:
         dataset = self.registry.create_from("dataset", self.recipe.data)
-        data = dataset.load(self.recipe.seed)
-        self.emit("stage_finished", stage="data", variant=None, seconds=round(time.perf_counter() - t0, 3))
+        data = self._stage("data", lambda: dataset.load(self.recipe.seed))
         self.emit("log", level="info", message=(
             f"data {self.recipe.data.use}: {len(data.train)} train / {len(data.test)} test private images, "
             f"{data.num_classes} classes, {data.in_channels}×{data.image_size}×{data.image_size}"))
@@ -275,8 +288,12 @@ class Runner:
     def _variant_index(self, variant: VariantConfig) -> int:
         return [v.name for v in self.recipe.variants].index(variant.name)
 
-    def _ood_feed(self, variant: VariantConfig):
-        raise RunError(f"variant {variant.name}: ood_training needs the BiDO+ plugin, which is not installed")
+    def _ood_feed(self, variant: VariantConfig) -> OODFeed:
+        config = variant.ood_training
+        dataset = self.registry.create_from("ood_dataset", config.dataset)
+        check_disjoint(dataset, self.data)
+        aux = dataset.load(self.data.image_size, self.data.in_channels, self.recipe.seed)
+        return OODFeed(dataset=aux, config=config, loss_fn=ood_training_loss, margin_fn=estimate_margins)
 
     def evaluate(self, variant: VariantConfig, model) -> dict[str, Any]:
         """Utility (and, where configured, OOD and attack) figures for one trained target."""
@@ -291,6 +308,26 @@ class Runner:
                 continue
             figures["utility"].update(metric.evaluate(ctx))
         self.emit("result", variant=variant.name, section="utility", figures=figures["utility"])
+        folder = self.variant_dir(variant)
+        if self.ood_evaluator is not None:
+            figures["ood"] = self.ood_evaluator.evaluate(model, self.device, folder, variant.name)
+            self.emit("result", variant=variant.name, section="ood", figures=figures["ood"]["mean"])
+        if self.recipe.attacks:
+            attack_metrics = [m for m in (self.registry.create_from("metric", t) for t in self.recipe.metrics)
+                              if getattr(m, "section", "utility") == "attacks"]
+            figures["attacks"] = {}
+            for name, table in self.recipe.attacks.items():
+                def emit(type, _variant=variant.name, **fields):
+                    self.emit(type, variant=_variant, **fields)
+
+                attack = self.registry.create_from("attack", table)
+                result = self._stage(f"attack:{name}", lambda a=attack, n=name: run_attack(
+                    n, a, model, self.data, self.evaluation_model, self.device, self.recipe.seed, self.cache,
+                    folder, emit), variant=variant.name)
+                figures["attacks"][name] = attack_figures(attack_metrics, model, self.data, self.evaluation_model,
+                                                          result, self.device)
+                self.emit("result", variant=variant.name, section="attacks", attack=name,
+                          figures=figures["attacks"][name])
         self.emit("stage_finished", stage="evaluate", variant=variant.name,
                   seconds=round(time.perf_counter() - t0, 3))
         return figures

@@ -31,9 +31,10 @@ image_size = 16
 
 [target.backbone]
 use = "mcnn"
+width = 16
 
 [target.train]
-epochs = 2
+epochs = 5
 batch_size = 64
 
 [[variants]]

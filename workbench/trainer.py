@@ -266,7 +266,7 @@ def train_classifier(
                 logs["ood_share"] = abs(logs["ood_loss"]) / max(abs(float(loss.detach())), 1e-12)
             if not torch.isfinite(loss):
                 kept = f"; the last good checkpoint is {checkpoint}" if checkpoint and checkpoint.exists() else ""
-                raise RunError(f"{stage}{' ' + variant if variant else ''}: loss became {float(loss)} at epoch "
+                raise RunError(f"{stage}{' ' + variant if variant else ''}: loss became {float(loss.detach())} at epoch "
                                f"{epoch + 1} step {step + 1}; lower the learning rate or the defense's weights{kept}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

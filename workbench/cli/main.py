@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from workbench import __version__
+from workbench.cli.data import app as data_app
 from workbench.errors import WorkbenchError
 
 PLUGINS_DIR_ENV = "WORKBENCH_PLUGINS_DIR"
@@ -33,6 +34,7 @@ app.add_typer(recipes_app, name="recipes")
 app.add_typer(plugins_app, name="plugins")
 app.add_typer(runs_app, name="runs")
 app.add_typer(cache_app, name="cache")
+app.add_typer(data_app, name="data")
 
 out = Console()
 err = Console(stderr=True)

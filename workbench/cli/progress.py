@@ -75,7 +75,9 @@ class ConsoleReporter:
             self._plain(kind, event)
 
     def _plain(self, kind: str, event: dict[str, Any]) -> None:
-        print_ = self.console.print
+        def print_(text: str, **_: object) -> None:
+            self.console.print(text, markup=False, highlight=False)
+
         if kind == "run_started":
             print_(f"run {event['run_dir']}: {', '.join(event['variants'])} on {event.get('device')}"
                    f"{' (resumed)' if event.get('resumed') else ''}", highlight=False)
