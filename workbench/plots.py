@@ -344,6 +344,9 @@ def histogram(
                 round(axes.px(right_edge)) - 1,
                 round(axes.py(0)) - 1,
             ]
+            # Bars thinner or lower than a pixel still get one pixel (Pillow refuses inverted boxes).
+            box[2] = max(box[0], box[2])
+            box[1] = min(box[1], box[3])
             overlay_draw.rectangle(box, fill=(*colour, HISTOGRAM_ALPHA), outline=(*colour, 220))
         suffix = (f"n={values.size}" if values.size else "empty") + (
             f", {dropped} non-finite dropped" if dropped else ""
