@@ -31,7 +31,8 @@ OOD_TEST_SEED_OFFSET = 10_000
 
 
 def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registry, data: DataSplits,
-                     cache: StageCache, device: torch.device, emit: Callable[..., Any]) -> nn.Module:
+                     cache: StageCache, device: torch.device, emit: Callable[..., Any]
+                     ) -> tuple[nn.Module, dict[str, Any]]:
     """E: trained once on the private data (digits: all ten classes), cached by its config."""
     config = recipe.evaluation
     num_classes = data.evaluation_num_classes or data.num_classes
@@ -49,9 +50,9 @@ def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registr
             model.to(device).eval()
             emit("log", level="info", message=f"evaluation model loaded from the stage cache "
                                               f"(test accuracy {meta.get('test_accuracy', float('nan')):.4f})")
-            emit("result", variant=None, section="evaluation_model", figures={
-                "test_accuracy": meta.get("test_accuracy"), "cached": 1.0})
-            return model
+            figures = {"test_accuracy": meta.get("test_accuracy"), "backbone": config.backbone.use, "cached": True}
+            emit("result", variant=None, section="evaluation_model", figures=figures)
+            return model, figures
         except RuntimeError:
             emit("log", level="warning", message="cached evaluation model did not fit; training again")
     defense = registry.create("defense", "none")
@@ -60,8 +61,9 @@ def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registr
     test_accuracy = accuracy(model, test_set, device)
     cache.save_state("evaluation-model", key, {f"model.{k}": v for k, v in model.state_dict().items()},
                      {"test_accuracy": test_accuracy, "summary": f"E {config.backbone.use}, {num_classes} classes"})
-    emit("result", variant=None, section="evaluation_model", figures={"test_accuracy": test_accuracy, "cached": 0.0})
-    return model.eval()
+    figures = {"test_accuracy": test_accuracy, "backbone": config.backbone.use, "cached": False}
+    emit("result", variant=None, section="evaluation_model", figures=figures)
+    return model.eval(), figures
 
 
 # ------------------------------------------------------------------ OOD

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from workbench.checkpoint import atomic_write_text
+from workbench.events import EVENTS_FILE, read_events
+from workbench.plots import line_chart, save_png, scatter
 from workbench.recipe import Recipe
 
 # (section, key, column title, higher is better) — the columns of the results table.
@@ -67,13 +69,66 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _epoch_series(run_dir: Path) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """metric -> variant -> [(epoch, value)] from the target-training epoch events."""
+    series: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    for event in read_events(run_dir / EVENTS_FILE):
+        if event["type"] != "epoch" or event.get("stage") != "train" or not event.get("variant"):
+            continue
+        metrics = event.get("metrics", {})
+        values = dict(metrics)
+        deps_x = [v for k, v in metrics.items() if k.startswith("dep_x/") and isinstance(v, (int, float))]
+        deps_y = [v for k, v in metrics.items() if k.startswith("dep_y/") and isinstance(v, (int, float))]
+        if deps_x:
+            values["sum_j d(X, Z_j)"] = sum(deps_x)
+            values["sum_j d(Z_j, Y)"] = sum(deps_y)
+        for name, value in values.items():
+            if isinstance(value, (int, float)):
+                points = series.setdefault(name, {}).setdefault(event["variant"], [])
+                points = [p for p in points if p[0] != event["epoch"]]  # a resumed epoch replaces its first try
+                points.append((float(event["epoch"]), float(value)))
+                series[name][event["variant"]] = points
+    return series
+
+
+def _figures(run_dir: Path, results: dict[str, Any]) -> list[str]:
+    """Write the report's PNG figures and return the markdown that shows them."""
+    folder = run_dir / "figures"
+    lines: list[str] = []
+    variants = results["variants"]
+    attacks = sorted({a for v in variants for a in v.get("attacks", {})})
+    for attack in attacks:
+        points = [(v["name"], figure(v, "utility", "test_accuracy"), figure(v, "attacks", f"{attack}.top1"))
+                  for v in variants]
+        points = [p for p in points if p[1] is not None and p[2] is not None]
+        if points:
+            name = f"privacy_utility_{attack}.png"
+            save_png(scatter(points, "test accuracy (utility, higher is better)",
+                             f"{attack} attack top-1 (lower = more private)",
+                             f"privacy vs utility: {attack}"), folder / name)
+            lines += [f"![privacy vs utility, {attack}](figures/{name})", ""]
+    series = _epoch_series(run_dir)
+    charts = [("loss", "training loss", "curve_loss.png"),
+              ("test_accuracy", "test accuracy", "curve_test_accuracy.png"),
+              ("sum_j d(X, Z_j)", "input-hidden dependence sum_j d(X, Z_j)", "curve_dependence_x.png"),
+              ("sum_j d(Z_j, Y)", "hidden-label dependence sum_j d(Z_j, Y)", "curve_dependence_y.png"),
+              ("ood_loss", "OOD loss (phase 2)", "curve_ood_loss.png")]
+    for key, title, name in charts:
+        if key in series:
+            save_png(line_chart(series[key], "epoch", key, title), folder / name)
+            lines += [f"![{title}](figures/{name})", ""]
+    return lines
+
+
 def write_report(run_dir: Path, results: dict[str, Any], recipe: Recipe) -> Path:
+    run_dir = Path(run_dir)
     machine = results.get("machine", {})
     parts = [
         f"# {recipe.title or 'workbench run'}",
         "",
         f"- recipe: `{results['recipe']}` (hash `{results['recipe_hash']}`), seed {results['seed']}",
         f"- device: {results.get('device', '?')}; " + ", ".join(f"{k} {v}" for k, v in machine.items()),
+        f"- variants: {', '.join(v['name'] for v in results['variants'])}",
         "",
         "## Results",
         "",
@@ -82,6 +137,34 @@ def write_report(run_dir: Path, results: dict[str, Any], recipe: Recipe) -> Path
         markdown_table(results),
         "",
     ]
-    path = Path(run_dir) / "report.md"
+    evaluation = results.get("evaluation_model")
+    if evaluation:
+        parts += [f"Attack figures are judged by the evaluation model E (test accuracy "
+                  f"{evaluation.get('test_accuracy', float('nan')):.4f}); KNN distance and FID are computed "
+                  "in E's feature space.", ""]
+    ood_variants = [v for v in results["variants"] if "ood" in v]
+    if ood_variants:
+        parts += ["## OOD detection", "", f"Score: `{ood_variants[0]['ood']['score']}`. "
+                  f"{ood_variants[0]['ood'].get('convention', '')}", "",
+                  "| variant | set | FPR95 ↓ | AUROC ↑ | AUPR-In ↑ | AUPR-Out ↑ |", "|---|---|---:|---:|---:|---:|"]
+        for v in ood_variants:
+            for name, m in [*v["ood"]["sets"].items(), ("mean", v["ood"]["mean"])]:
+                parts.append(f"| {v['name']} | {name} | {m['fpr95']:.4f} | {m['auroc']:.4f} | "
+                             f"{m['aupr_in']:.4f} | {m['aupr_out']:.4f} |")
+        parts.append("")
+        for v in ood_variants:
+            if (run_dir / v["name"] / "ood_histogram.png").exists():
+                parts += [f"![OOD scores, {v['name']}]({v['name']}/ood_histogram.png)", ""]
+    figures = _figures(run_dir, results)
+    if figures:
+        parts += ["## Figures", "", *figures]
+    grids = sorted(run_dir.glob("*/reconstructions/*.png"))
+    if grids:
+        parts += ["## Reconstructions", "", "Each row: private training images of a class (left), then the "
+                  "attack's reconstructions for that class.", ""]
+        for grid in grids:
+            variant, attack = grid.parent.parent.name, grid.stem
+            parts += [f"**{variant}, {attack}**", "", f"![{variant} {attack}]({grid.relative_to(run_dir)})", ""]
+    path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(parts))
     return path

@@ -150,6 +150,7 @@ class Runner:
         self.device = resolve_device(recipe.device)
         self.data: DataSplits | None = None
         self.evaluation_model = None
+        self.evaluation_figures: dict[str, Any] | None = None
         self.ood_evaluator = None
 
     # -------------------------------------------------------------- setup
@@ -193,7 +194,7 @@ class Runner:
         try:
             self.data = self._load_data()
             if recipe.attacks:
-                self.evaluation_model = self._stage("evaluation-model", lambda: evaluation_model(
+                self.evaluation_model, self.evaluation_figures = self._stage("evaluation-model", lambda: evaluation_model(
                     recipe, self.resolved, self.registry, self.data, self.cache, self.device, self.emit))
             if recipe.ood and recipe.ood.test_sets:
                 self.ood_evaluator = self._stage("ood-test-sets", lambda: OODEvaluator(recipe, self.registry, self.data))
@@ -344,6 +345,8 @@ class Runner:
             "title": self.recipe.title, "machine": describe_machine(), "device": str(self.device),
             "variants": variants,
         }
+        if self.evaluation_figures is not None:
+            results["evaluation_model"] = self.evaluation_figures
         atomic_write_text(self.run_dir / RESULTS_FILE, json.dumps(results, indent=2))
         return results
 
