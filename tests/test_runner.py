@@ -137,3 +137,13 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     _, meta = load_checkpoint(run_dir / "none" / "last.safetensors")
     assert meta["epoch"] == 1
     assert [e for e in read_events(run_dir) if e["type"] == "run_failed"]
+
+
+@pytest.mark.slow
+def test_parallel_workers_give_the_same_results_as_one_process(run_tiny_recipe):
+    two_variants = TINY_RECIPE + '\n[[variants]]\nname = "mid"\ndefense = { use = "mid", beta = 0.01 }\n'
+    _, sequential = run_tiny_recipe(two_variants, workers=1)
+    run_dir, parallel = run_tiny_recipe(two_variants, workers=2)
+    assert parallel["variants"] == sequential["variants"]
+    types = [e["type"] for e in read_events(run_dir)]
+    assert types.count("epoch") == 10 and types[-1] == "run_finished"

@@ -27,7 +27,7 @@ from workbench.checkpoint import (
     save_checkpoint,
     tensors_with_prefix,
 )
-from workbench.components import DataSplits, EvalContext
+from workbench.components import AttackContext, DataSplits, EvalContext
 from workbench.device import describe_machine, resolve_device
 from workbench.errors import RunError, WorkbenchError
 from workbench.events import EVENTS_FILE, EventWriter, read_events
@@ -61,6 +61,28 @@ class RunOptions:
     force: bool = False
     cache_dir: Path | None = None
     plugins_dir: Path | None = None
+    workers: int | None = None
+    """Variants trained in parallel worker processes; None = as many as the CPU allows (1 on CUDA)."""
+
+
+def resolve_workers(requested: int | None, variants: int, device: torch.device) -> int:
+    """Parallel variant workers: on the CPU up to one per core, never more than variants; on CUDA
+    one (a single process keeps the GPU busy; multi-GPU goes through torchrun)."""
+    if requested is not None:
+        return max(1, requested)
+    if device.type == "cuda":
+        return 1
+    return max(1, min(variants, os.cpu_count() or 1))
+
+
+def variant_threads(variants: int) -> int:
+    """CPU threads for training one variant: the cores shared out among the variants that could
+    run at once. It depends on the machine and the recipe but not on `--workers`, so a run
+    gives the same figures whether its variants run in parallel or one after another (the thread
+    count changes float reductions). Small nets also train faster on one thread each than on
+    several threads that wait for each other."""
+    cores = os.cpu_count() or 1
+    return max(1, cores // max(1, min(variants, cores)))
 
 
 def default_run_dir(recipe_path: Path) -> Path:
@@ -152,6 +174,8 @@ class Runner:
         self.evaluation_model = None
         self.evaluation_figures: dict[str, Any] | None = None
         self.ood_evaluator = None
+        self.workers = 1
+        self.plugins_dir: Path | None = None
 
     # -------------------------------------------------------------- setup
 
@@ -178,7 +202,22 @@ class Runner:
         events = EventWriter(run_dir)
         events.listeners.extend(listeners or [])
         cache = StageCache(options.cache_dir or default_cache_dir())
-        return cls(recipe, registry, run_dir, digest, resolved, events, cache, resumed, source)
+        runner = cls(recipe, registry, run_dir, digest, resolved, events, cache, resumed, source)
+        runner.workers = resolve_workers(options.workers, len(recipe.variants), runner.device)
+        runner.plugins_dir = options.plugins_dir
+        return runner
+
+    @classmethod
+    def for_worker(cls, run_dir: Path, cache_dir: Path, plugins_dir: Path | None, resumed: bool) -> Runner:
+        """A runner inside a worker process: the run's saved recipe, its event file, its cache."""
+        registry = load_registry(plugins_dir=str(plugins_dir) if plugins_dir else None)
+        recipe = load_recipe(run_dir / RECIPE_FILE, registry=registry)
+        resolved = resolve(recipe, registry)
+        runner = cls(recipe, registry, run_dir, recipe_hash(resolved), resolved, EventWriter(run_dir),
+                     StageCache(cache_dir), resumed, run_dir / RECIPE_FILE)
+        runner.plugins_dir = plugins_dir
+        runner.prepare_shared_stages(quiet=True)
+        return runner
 
     def emit(self, type: str, **fields: Any) -> None:
         self.events.emit(type, **fields)
@@ -192,14 +231,8 @@ class Runner:
                   variants=[v.name for v in recipe.variants], seed=recipe.seed, version=__version__,
                   resumed=self.resumed, device=str(self.device), recipe_hash=self.digest)
         try:
-            self.data = self._load_data()
-            if recipe.attacks:
-                self.evaluation_model, self.evaluation_figures = self._stage("evaluation-model", lambda: evaluation_model(
-                    recipe, self.resolved, self.registry, self.data, self.cache, self.device, self.emit))
-            if recipe.ood and recipe.ood.test_sets:
-                self.ood_evaluator = self._stage("ood-test-sets", lambda: OODEvaluator(recipe, self.registry, self.data))
-            for variant in recipe.variants:
-                self._run_variant(variant)
+            self.prepare_shared_stages()
+            self._run_variants()
             results = self.collect_results()
             self._write_report(results)
         except KeyboardInterrupt:
@@ -218,18 +251,57 @@ class Runner:
         self.events.close()
         return results
 
-    def _stage(self, name: str, work, variant: str | None = None):
+    def prepare_shared_stages(self, quiet: bool = False) -> None:
+        """What every variant needs and no defense changes: data, E, OOD test sets, attack priors.
+
+        Worker processes call this quietly: E and the priors then come from the stage cache.
+        """
+        recipe = self.recipe
+        emit = (lambda *a, **k: None) if quiet else self.emit
+        self.data = self._load_data(emit)
+        if recipe.attacks:
+            self.evaluation_model, self.evaluation_figures = self._stage("evaluation-model", lambda: evaluation_model(
+                recipe, self.resolved, self.registry, self.data, self.cache, self.device, emit), emit=emit)
+            for name, table in recipe.attacks.items():
+                attack = self.registry.create_from("attack", table)
+                if hasattr(attack, "prepare"):  # target-independent work (GMI's GAN), shared by variants
+                    ctx = AttackContext(target=None, data=self.data, evaluation_model=None, device=self.device,
+                                        seed=recipe.seed, cache=self.cache, emit=emit)
+                    self._stage(f"prior:{name}", lambda a=attack, c=ctx: a.prepare(c), emit=emit)
+        if recipe.ood and recipe.ood.test_sets:
+            self.ood_evaluator = self._stage("ood-test-sets", lambda: OODEvaluator(recipe, self.registry, self.data),
+                                             emit=emit)
+
+    def _run_variants(self) -> None:
+        pending = [v for v in self.recipe.variants if not (self.variant_dir(v) / RESULTS_FILE).exists()]
+        workers = min(self.workers, len(pending))
+        threads = variant_threads(len(self.recipe.variants)) if self.device.type == "cpu" else None
+        if workers <= 1:
+            previous = torch.get_num_threads()
+            if threads:
+                torch.set_num_threads(threads)
+            try:
+                for variant in self.recipe.variants:
+                    self._run_variant(variant)
+            finally:
+                torch.set_num_threads(previous)
+            return
+        run_variants_in_workers(self, [v.name for v in pending], workers, threads or 1)
+
+    def _stage(self, name: str, work, variant: str | None = None, emit=None):
         """Run `work()` between stage_started / stage_finished events."""
-        self.emit("stage_started", stage=name, variant=variant, total=None)
+        emit = emit or self.emit
+        emit("stage_started", stage=name, variant=variant, total=None)
         t0 = time.perf_counter()
         result = work()
-        self.emit("stage_finished", stage=name, variant=variant, seconds=round(time.perf_counter() - t0, 3))
+        emit("stage_finished", stage=name, variant=variant, seconds=round(time.perf_counter() - t0, 3))
         return result
 
-    def _load_data(self) -> DataSplits:
+    def _load_data(self, emit=None) -> DataSplits:
+        emit = emit or self.emit
         dataset = self.registry.create_from("dataset", self.recipe.data)
-        data = self._stage("data", lambda: dataset.load(self.recipe.seed))
-        self.emit("log", level="info", message=(
+        data = self._stage("data", lambda: dataset.load(self.recipe.seed), emit=emit)
+        emit("log", level="info", message=(
             f"data {self.recipe.data.use}: {len(data.train)} train / {len(data.test)} test private images, "
             f"{data.num_classes} classes, {data.in_channels}×{data.image_size}×{data.image_size}"))
         return data
@@ -360,3 +432,67 @@ def run_recipe(options: RunOptions, listeners: list | None = None) -> tuple[Path
     """Start and run; returns the run directory and the results."""
     runner = Runner.start(options, listeners)
     return runner.run_dir, runner.run()
+
+
+# ------------------------------------------------------------------ parallel variants
+
+
+def _variant_worker(run_dir: str, cache_dir: str, plugins_dir: str | None, resumed: bool, variant: str,
+                    threads: int) -> None:
+    """Train and evaluate one variant in a worker process; results land in its folder."""
+    torch.set_num_threads(threads)
+    try:
+        runner = Runner.for_worker(Path(run_dir), Path(cache_dir), Path(plugins_dir) if plugins_dir else None,
+                                   resumed)
+        runner._run_variant(runner.recipe.variant(variant))
+        runner.events.close()
+    except KeyboardInterrupt:
+        return
+    except WorkbenchError as exc:
+        raise RunError(str(exc)) from None  # a plain exception type pickles back to the parent
+
+
+def run_variants_in_workers(runner: Runner, variants: list[str], workers: int, threads: int) -> None:
+    """Run variants in `workers` processes; their events are relayed to this process's listeners."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    events_path = runner.run_dir / EVENTS_FILE
+    runner.emit("log", level="info", message=f"training {len(variants)} variants in {workers} worker processes")
+    offset = events_path.stat().st_size
+    context = multiprocessing.get_context("spawn")
+    pool = cf.ProcessPoolExecutor(workers, mp_context=context)
+    try:
+        futures = [pool.submit(_variant_worker, str(runner.run_dir), str(runner.cache.root),
+                               str(runner.plugins_dir) if runner.plugins_dir else None, runner.resumed, name, threads)
+                   for name in variants]
+        while True:
+            done = all(f.done() for f in futures)
+            offset = _relay_events(runner, events_path, offset)
+            if done:
+                break
+            time.sleep(0.2)
+        for future in futures:
+            future.result()
+    except BaseException:
+        for process in list(getattr(pool, "_processes", {}).values()):
+            process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
+def _relay_events(runner: Runner, path: Path, offset: int) -> int:
+    """Hand events that workers appended since `offset` to this process's listeners."""
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        chunk = handle.read()
+    end = chunk.rfind(b"\n") + 1
+    for line in chunk[:end].splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        for listener in runner.events.listeners:
+            listener(event)
+    return offset + end

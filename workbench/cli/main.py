@@ -80,6 +80,8 @@ def run(
     force: Annotated[bool, typer.Option(help="Move an existing run in --run-dir aside and start over.")] = False,
     cache_dir: Annotated[Optional[Path], typer.Option(
         help="Stage cache folder (default $WORKBENCH_CACHE_DIR or the user cache dir).")] = None,
+    workers: Annotated[Optional[int], typer.Option(
+        help="Variants trained in parallel processes (default: up to the CPU count; 1 on CUDA).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress output; results table only.")] = False,
 ) -> None:
     """Run a whole experiment from a recipe: train every variant, evaluate, report."""
@@ -88,7 +90,7 @@ def run(
 
     registry()  # surfaces plugin warnings before the run starts
     options = RunOptions(recipe=recipe, run_dir=run_dir, overrides=set_ or [], resume=resume, force=force,
-                         cache_dir=cache_dir,
+                         cache_dir=cache_dir, workers=workers,
                          plugins_dir=Path(os.environ[PLUGINS_DIR_ENV]) if os.environ.get(PLUGINS_DIR_ENV) else None)
     reporter = ConsoleReporter(err, quiet=quiet)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
