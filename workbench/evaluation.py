@@ -57,7 +57,7 @@ def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registr
             emit("log", level="warning", message="cached evaluation model did not fit; training again")
     defense = registry.create("defense", "none")
     train_classifier(model, defense, train_set, config.train, device=device, seed=recipe.seed + 1,
-                     emit=emit, stage="evaluation-model")
+                     emit=emit, stage="train", variant="evaluation-model")
     test_accuracy = accuracy(model, test_set, device)
     cache.save_state("evaluation-model", key, {f"model.{k}": v for k, v in model.state_dict().items()},
                      {"test_accuracy": test_accuracy, "summary": f"E {config.backbone.use}, {num_classes} classes"})

@@ -73,7 +73,7 @@ def _epoch_series(run_dir: Path) -> dict[str, dict[str, list[tuple[float, float]
     """metric -> variant -> [(epoch, value)] from the target-training epoch events."""
     series: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for event in read_events(run_dir / EVENTS_FILE):
-        if event["type"] != "epoch" or event.get("stage") != "train" or not event.get("variant"):
+        if event["type"] != "epoch" or event.get("stage") != "train" or event.get("variant") in (None, "evaluation-model"):
             continue
         metrics = event.get("metrics", {})
         values = dict(metrics)

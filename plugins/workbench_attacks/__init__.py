@@ -1,1 +1,65 @@
-"""Built-in workbench plugin: attacks."""
+"""Built-in workbench plugin: model-inversion attacks and the privacy metrics that judge them.
+
+Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`. Privacy metrics (kind `metric`, section
+`attacks`): `attack-accuracy`, `knn-dist`, `fid` (in E's feature space), `fid-inception`.
+The metric math is in `workbench_attacks.privacy` as pure functions.
+"""
+
+from __future__ import annotations
+
+from workbench.hookspecs import hookimpl
+from workbench.params import NoParams
+from workbench_attacks.gmi import GMI, GMIParams
+from workbench_attacks.kedmi import KEDMI, KEDMIParams
+from workbench_attacks.miface import MIFace, MIFaceParams
+from workbench_attacks.privacy import FID, AttackAccuracy, InceptionFID, InceptionFIDParams, KNNDistance
+
+
+@hookimpl
+def register_attacks(register):
+    register(
+        "gmi",
+        GMI,
+        params=GMIParams,
+        summary="GMI: WGAN-GP prior on public data, then a per-class latent search (Zhang et al. 2020).",
+    )
+    register(
+        "kedmi",
+        KEDMI,
+        params=KEDMIParams,
+        summary="KED-MI: target-aware K+1 GAN, then a per-class Gaussian latent search (Chen et al. 2021).",
+    )
+    register(
+        "mi-face",
+        MIFace,
+        params=MIFaceParams,
+        summary="MI-Face: gradient steps on the pixels toward the class, no prior data (Fredrikson et al. 2015).",
+    )
+
+
+@hookimpl
+def register_metrics(register):
+    register(
+        "attack-accuracy",
+        AttackAccuracy,
+        params=NoParams,
+        summary="Top-1/top-5 of the evaluation model E on the reconstructions, mean ± std over restarts.",
+    )
+    register(
+        "knn-dist",
+        KNNDistance,
+        params=NoParams,
+        summary="Mean smallest squared distance, in E's feature space, to a private image of the class.",
+    )
+    register(
+        "fid",
+        FID,
+        params=NoParams,
+        summary="Fréchet distance to the private images in E's feature space (BiDO's convention).",
+    )
+    register(
+        "fid-inception",
+        InceptionFID,
+        params=InceptionFIDParams,
+        summary="Fréchet distance in Inception-v3 feature space, from local weights only (never downloads).",
+    )

@@ -36,7 +36,8 @@ app.add_typer(runs_app, name="runs")
 app.add_typer(cache_app, name="cache")
 app.add_typer(data_app, name="data")
 
-out = Console()
+# Piped output is read by people too: wide enough that the results table never wraps.
+out = Console() if Console().is_terminal else Console(width=220)
 err = Console(stderr=True)
 
 

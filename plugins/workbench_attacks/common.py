@@ -1,0 +1,249 @@
+"""Plumbing the attacks share: public-data access, fingerprints, seeding, progress, batching.
+
+Kept apart from the attacks so each attack file reads as its recipe: train the prior, search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from workbench.cache import StageCache
+from workbench.checkpoint import model_state, state_to_tensors, tensors_with_prefix
+from workbench.components import AttackContext
+from workbench.errors import WorkbenchError
+
+# Public sets up to this size are held in memory as one tensor: sampling a GAN batch is then
+# one index operation instead of batch_size Python calls into the dataset.
+IN_MEMORY_LIMIT_BYTES = 1 << 30
+
+# Streaming more than this many progress events per class would flood events.jsonl and the TUI.
+MAX_EVENTS_PER_CLASS = 20
+
+
+class ImagePool:
+    """The attacker's public images, sampled in random batches from an explicit generator."""
+
+    def __init__(self, dataset: Dataset, name: str):
+        try:
+            self.length = len(dataset)  # type: ignore[arg-type]
+        except TypeError:
+            raise WorkbenchError(
+                f"attack {name!r}: the public dataset has no length; it must be a map-style Dataset"
+            ) from None
+        if self.length == 0:
+            raise WorkbenchError(
+                f"attack {name!r}: the dataset's public split is empty; the attack needs public images"
+            )
+        self.dataset = dataset
+        first = self._image(0)
+        self.shape = tuple(first.shape)
+        self.images: Tensor | None = None
+        if self.length * first.numel() * 4 <= IN_MEMORY_LIMIT_BYTES:
+            self.images = torch.stack([self._image(i) for i in range(self.length)])
+
+    def _image(self, index: int) -> Tensor:
+        item = self.dataset[index]
+        image = item[0] if isinstance(item, (tuple, list)) else item
+        return torch.as_tensor(image, dtype=torch.float32)
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """`n` images drawn uniformly with replacement (CPU tensor)."""
+        index = torch.randint(self.length, (n,), generator=generator)
+        if self.images is not None:
+            return self.images[index]
+        return torch.stack([self._image(int(i)) for i in index])
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Identity of the public data for cache keys: length, shape and a hash of 16 images."""
+        picks = sorted({round(i * (self.length - 1) / 15) for i in range(16)})
+        digest = hashlib.sha256()
+        for i in picks:
+            image = self.images[i] if self.images is not None else self._image(i)
+            digest.update(image.contiguous().numpy().tobytes())
+        return {"length": self.length, "shape": list(self.shape), "sha256": digest.hexdigest()[:16]}
+
+
+def public_pool(ctx: AttackContext, name: str) -> ImagePool:
+    """The public split as an ImagePool, with a clear error when the dataset has none."""
+    if ctx.data.public is None:
+        raise WorkbenchError(
+            f"attack {name!r} needs the attacker's public data, but the dataset has no public split; "
+            "choose a dataset with public classes or the 'mi-face' attack, which needs none"
+        )
+    pool = ImagePool(ctx.data.public, name)
+    expected = (ctx.data.in_channels, ctx.data.image_size, ctx.data.image_size)
+    if pool.shape != expected:
+        raise WorkbenchError(
+            f"attack {name!r}: public images are shaped {list(pool.shape)}, expected {list(expected)} "
+            "like the private data"
+        )
+    return pool
+
+
+def module_fingerprint(module: nn.Module) -> str:
+    """A hash of a module's weights and buffers (KED-MI's GAN depends on the target)."""
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def resolve_classes(classes: Sequence[int] | None, num_classes: int, name: str) -> list[int]:
+    """The private classes to attack: all by default, else the listed ones, checked."""
+    if classes is None:
+        return list(range(num_classes))
+    if not classes:
+        raise WorkbenchError(
+            f"attack {name!r}: classes = [] attacks nothing; leave it out to attack every class"
+        )
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise WorkbenchError(
+            f"attack {name!r}: classes {bad} are outside the private classes 0..{num_classes - 1}"
+        )
+    return list(dict.fromkeys(int(c) for c in classes))
+
+
+def derived_seed(*parts: object) -> int:
+    """A stable 63-bit seed from any parts (run seed, attack, restart, class)."""
+    blob = ":".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
+
+
+def cpu_generator(*parts: object) -> torch.Generator:
+    """A CPU random generator seeded from `parts`: the same draws on every device."""
+    return torch.Generator().manual_seed(derived_seed(*parts))
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the global RNG for module initialisation without disturbing the caller's RNG state."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def stage_cache(ctx: AttackContext) -> StageCache:
+    """The context's cache, or one that never hits when the runner gives none."""
+    return ctx.cache if ctx.cache is not None else StageCache(None)
+
+
+@dataclass(frozen=True)
+class Group:
+    """One (class, restart) pair: `samples` latents optimised together toward `target_class`."""
+
+    target_class: int
+    restart: int
+
+
+def make_groups(classes: Sequence[int], restarts: int) -> list[Group]:
+    return [Group(c, r) for c in classes for r in range(restarts)]
+
+
+def chunk_groups(groups: Sequence[Group], samples: int, max_batch: int) -> list[list[Group]]:
+    """Split groups into forward-pass batches of at most `max_batch` latents (at least one group).
+
+    Every loss is a sum of per-group means, so a group's result does not depend on its chunk.
+    """
+    per_chunk = max(1, max_batch // samples)
+    return [list(groups[i : i + per_chunk]) for i in range(0, len(groups), per_chunk)]
+
+
+def report_steps(iterations: int, chunks: int) -> set[int]:
+    """Steps (1-based) at which to emit progress: evenly spaced, always the last one."""
+    count = max(1, MAX_EVENTS_PER_CLASS // max(1, chunks))
+    count = min(count, iterations)
+    return {round(iterations * (k + 1) / count) for k in range(count)}
+
+
+def per_group_mean(values: Tensor, n_groups: int, samples: int) -> Tensor:
+    """Per-sample values `[n_groups * samples]` -> per-group means `[n_groups]`."""
+    return values.view(n_groups, samples).mean(dim=1)
+
+
+def emit_progress(
+    ctx: AttackContext,
+    stage: str,
+    *,
+    step: int,
+    total: int,
+    chunk: Sequence[Group],
+    group_loss: Tensor,
+    group_confidence: Tensor,
+) -> None:
+    """One event per class in the chunk: loss and target confidence averaged over its restarts."""
+    by_class: dict[int, list[int]] = {}
+    for index, group in enumerate(chunk):
+        by_class.setdefault(group.target_class, []).append(index)
+    for target_class, rows in by_class.items():
+        ctx.emit(
+            "progress",
+            stage=stage,
+            step=step,
+            total=total,
+            target_class=target_class,
+            loss=float(group_loss[rows].mean()),
+            confidence=float(group_confidence[rows].mean()),
+        )
+
+
+def target_confidence(logits: Tensor, targets: Tensor) -> Tensor:
+    """Softmax probability of each sample's target class."""
+    return logits.detach().softmax(dim=1).gather(1, targets[:, None])[:, 0]
+
+
+def input_gradient(loss: Tensor, inputs: Tensor) -> Tensor:
+    """d loss / d inputs only, so the target's parameter `.grad` fields are never touched."""
+    (grad,) = torch.autograd.grad(loss, inputs)
+    return grad
+
+
+def flatten_result_order(groups: Sequence[Group], samples: int) -> tuple[Tensor, Tensor]:
+    """Targets and restart indices for images laid out group after group."""
+    targets = torch.tensor([g.target_class for g in groups for _ in range(samples)], dtype=torch.long)
+    restarts = torch.tensor([g.restart for g in groups for _ in range(samples)], dtype=torch.long)
+    return targets, restarts
+
+
+def load_or_train(
+    ctx: AttackContext,
+    name: str,
+    stage: str,
+    key: dict[str, Any],
+    networks: dict[str, nn.Module],
+    train: Callable[[], dict[str, float]],
+) -> bool:
+    """Fill `networks` from the stage cache, or run `train()` and store them; True on a hit.
+
+    `train()` trains `networks` in place and returns figures kept in the entry's metadata.
+    """
+    cache = stage_cache(ctx)
+    found = cache.load_state(stage, key)
+    if found is not None:
+        tensors, _meta = found
+        try:
+            for prefix, module in networks.items():
+                module.load_state_dict(tensors_with_prefix(tensors, prefix))
+        except RuntimeError:
+            found = None  # same key but different shapes: an older layout; rebuild it
+        else:
+            ctx.emit("log", level="info", message=f"{name}: loaded {stage} from the stage cache")
+            return True
+    figures = train()
+    tensors = {}
+    for prefix, module in networks.items():
+        tensors.update(state_to_tensors(prefix, model_state(module)))
+    path = cache.save_state(stage, key, tensors, {"figures": figures})
+    if path is not None:
+        ctx.emit("log", level="info", message=f"{name}: trained {stage}, cached at {path}")
+    return False

@@ -1,0 +1,348 @@
+"""Privacy metrics: how much of the private data the reconstructions reveal, judged by E.
+
+The math lives in pure functions (tested against hand-worked values); the metric components
+only gather features from the evaluation model E and call them. E is the separately trained
+evaluation classifier: `forward_hidden(x) -> (logits, hiddens)`, `hiddens[-1]` its penultimate
+feature. Private class k is E's class k.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset
+
+from workbench.components import AttackResult, EvalContext, Metric
+from workbench.errors import WorkbenchError
+from workbench.params import StrictModel
+
+# ---------------------------------------------------------------- pure math
+
+
+def topk_hits(logits: Tensor, targets: Tensor, k: int) -> Tensor:
+    """Whether each row's target is among its `k` highest logits (k is capped at the class count)."""
+    k = min(k, logits.shape[1])
+    return (logits.topk(k, dim=1).indices == targets[:, None]).any(dim=1)
+
+
+def accuracy_over_restarts(hits: Tensor, restarts: Tensor | None) -> tuple[float, float]:
+    """Mean and standard deviation of the per-restart accuracy.
+
+    The std is the sample std (n - 1), as the GMI/KED-MI scripts report it; 0 for one restart.
+    """
+    hits = hits.double()
+    if restarts is None:
+        return float(hits.mean()), 0.0
+    per_restart = torch.stack([hits[restarts == r].mean() for r in torch.unique(restarts)])
+    std = float(per_restart.std(unbiased=True)) if len(per_restart) > 1 else 0.0
+    return float(per_restart.mean()), std
+
+
+def knn_distance(
+    recon_feats: Tensor, recon_targets: Tensor, private_feats: Tensor, private_labels: Tensor
+) -> float:
+    """Mean over reconstructions of the smallest squared L2 distance to a private sample of its class."""
+    recon = recon_feats.double().flatten(1)
+    private = private_feats.double().flatten(1)
+    nearest = torch.empty(len(recon), dtype=torch.float64)
+    for target in torch.unique(recon_targets):
+        rows = recon_targets == target
+        same = private[private_labels == target]
+        if len(same) == 0:
+            raise ValueError(f"no private sample of class {int(target)} to compare with")
+        nearest[rows.cpu()] = torch.cdist(recon[rows], same).pow(2).min(dim=1).values.cpu()
+    return float(nearest.mean())
+
+
+def feature_statistics(features: Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (n - 1 normalised) in float64; needs at least two samples."""
+    array = np.asarray(
+        features.detach().cpu() if isinstance(features, Tensor) else features, dtype=np.float64
+    )
+    array = array.reshape(len(array), -1)
+    if len(array) < 2:
+        raise ValueError(f"a covariance needs at least 2 samples, got {len(array)}")
+    return array.mean(axis=0), np.atleast_2d(np.cov(array, rowvar=False))
+
+
+def _clean_spectrum(values: np.ndarray) -> np.ndarray:
+    """Eigenvalues of a PSD matrix with rounding noise (|λ| below n·eps·max|λ|) set to 0.
+
+    A singular covariance has exact zeros that come out as ±1e-16; their square roots
+    (1e-8 each) would otherwise add up to a visible bias.
+    """
+    cutoff = len(values) * np.finfo(np.float64).eps * max(float(np.abs(values).max(initial=0.0)), 1e-300)
+    return np.where(values > cutoff, values, 0.0)
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix."""
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
+    return (vectors * np.sqrt(_clean_spectrum(values))) @ vectors.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """‖μ1 − μ2‖² + tr Σ1 + tr Σ2 − 2 tr (Σ1 Σ2)^½ between two Gaussians.
+
+    tr (Σ1 Σ2)^½ is computed as the sum of square roots of the eigenvalues of the symmetric PSD
+    matrix Σ1^½ Σ2 Σ1^½ (same spectrum as Σ1 Σ2), so it stays real and stable for singular
+    covariances (fewer samples than dimensions), where scipy's sqrtm can return junk.
+    """
+    mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
+    sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    root1 = _psd_sqrt(sigma1)
+    middle = root1 @ sigma2 @ root1
+    eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
+    trace_sqrt = np.sqrt(_clean_spectrum(eigenvalues)).sum()
+    distance = float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
+    return max(distance, 0.0)  # rounding can leave -1e-12 for identical sets
+
+
+# ---------------------------------------------------------------- gathering features
+
+
+def _require_attack(ctx: EvalContext, metric: str) -> AttackResult:
+    if ctx.attack is None:
+        raise WorkbenchError(
+            f"metric {metric!r} judges an attack's reconstructions; list it under the attacks' metrics"
+        )
+    return ctx.attack
+
+
+def _require_evaluation_model(ctx: EvalContext, metric: str) -> nn.Module:
+    model = ctx.evaluation_model
+    if model is None:
+        raise WorkbenchError(f"metric {metric!r} needs the evaluation model E; the recipe must configure one")
+    if not hasattr(model, "forward_hidden"):
+        raise WorkbenchError(
+            f"metric {metric!r}: the evaluation model has no forward_hidden(x); use a workbench backbone"
+        )
+    return model
+
+
+@torch.no_grad()
+def _run_model(model: nn.Module, batches, device: torch.device, features: bool) -> tuple[Tensor, Tensor]:
+    """(logits, penultimate features or empty) over all batches, on CPU; E's mode is restored."""
+    was_training = model.training
+    model.eval()
+    all_logits, all_feats = [], []
+    try:
+        for x in batches:
+            x = x.to(device)
+            if features:
+                logits, hiddens = model.forward_hidden(x)
+                all_feats.append(hiddens[-1].flatten(1).float().cpu())
+            else:
+                logits = model(x)
+            all_logits.append(logits.float().cpu())
+    finally:
+        model.train(was_training)
+    feats = torch.cat(all_feats) if all_feats else torch.empty(0)
+    return torch.cat(all_logits), feats
+
+
+def _image_batches(images: Tensor, batch_size: int):
+    for start in range(0, len(images), batch_size):
+        yield images[start : start + batch_size]
+
+
+def private_images(dataset: Dataset, classes: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+    """Private training images (and labels) of the given classes, stacked on CPU."""
+    wanted = set(int(c) for c in classes)
+    images, labels = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        y = torch.as_tensor(y)
+        keep = torch.tensor([int(v) in wanted for v in y], dtype=torch.bool)
+        images.append(x[keep])
+        labels.append(y[keep])
+    return torch.cat(images), torch.cat(labels).long()
+
+
+# ---------------------------------------------------------------- metrics
+
+
+class AttackAccuracy(Metric):
+    """Top-1/top-5 of E on the reconstructions w.r.t. their target class, mean ± std over restarts."""
+
+    section = "attacks"
+
+    def __init__(self, params=None):
+        self.params = params
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        attack = _require_attack(ctx, "attack-accuracy")
+        model = ctx.evaluation_model
+        if model is None:
+            raise WorkbenchError(
+                "metric 'attack-accuracy' needs the evaluation model E; the recipe must configure one"
+            )
+        logits, _ = _run_model(
+            model, _image_batches(attack.images, ctx.batch_size), ctx.device, features=False
+        )
+        targets = attack.targets.cpu()
+        top1, top1_std = accuracy_over_restarts(topk_hits(logits, targets, 1), attack.restarts)
+        top5, top5_std = accuracy_over_restarts(topk_hits(logits, targets, 5), attack.restarts)
+        return {"top1": top1, "top5": top5, "top1_std": top1_std, "top5_std": top5_std}
+
+
+def _features_for(
+    ctx: EvalContext, metric: str, model: nn.Module | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(recon features, recon targets, private features, private labels) for the attacked classes."""
+    attack = _require_attack(ctx, metric)
+    extractor = model if model is not None else _require_evaluation_model(ctx, metric)
+    targets = attack.targets.cpu().long()
+    images, labels = private_images(ctx.data.train, torch.unique(targets), ctx.batch_size)
+    missing = sorted(set(int(t) for t in torch.unique(targets)) - set(int(v) for v in torch.unique(labels)))
+    if missing:
+        raise WorkbenchError(
+            f"metric {metric!r}: the private training split has no image of attacked classes {missing}"
+        )
+    _, recon_feats = _run_model(
+        extractor, _image_batches(attack.images, ctx.batch_size), ctx.device, features=True
+    )
+    _, private_feats = _run_model(
+        extractor, _image_batches(images, ctx.batch_size), ctx.device, features=True
+    )
+    return recon_feats, targets, private_feats, labels
+
+
+class KNNDistance(Metric):
+    """Mean smallest squared L2 distance in E's feature space to a private image of the target class."""
+
+    section = "attacks"
+
+    def __init__(self, params=None):
+        self.params = params
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        recon, targets, private, labels = _features_for(ctx, "knn-dist")
+        return {"knn_dist": knn_distance(recon, targets, private, labels)}
+
+
+def _fid(metric: str, recon: Tensor, private: Tensor) -> float:
+    if len(recon) < 2 or len(private) < 2:
+        raise WorkbenchError(
+            f"metric {metric!r} needs at least 2 reconstructions and 2 private images "
+            f"(got {len(recon)} and {len(private)}); raise the attack's samples_per_class or restarts"
+        )
+    return frechet_distance(*feature_statistics(recon), *feature_statistics(private))
+
+
+class FID(Metric):
+    """Fréchet distance in E's feature space between reconstructions and private images.
+
+    The private side is the training images of the attacked classes, as in BiDO's scripts.
+    """
+
+    section = "attacks"
+
+    def __init__(self, params=None):
+        self.params = params
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        recon, _, private, _ = _features_for(ctx, "fid")
+        return {"fid": _fid("fid", recon, private)}
+
+
+class InceptionFIDParams(StrictModel):
+    weights_file: Path
+    """Local Inception-v3 state dict (.safetensors, .pt or .pth; torchvision layout, fc may be
+    missing). Never downloaded: fetch torchvision's IMAGENET1K_V1 weights yourself once."""
+    image_size: int = Field(299, ge=75)
+    """Images are resized to this square size before Inception (its native size is 299)."""
+
+
+class InceptionFeatures(nn.Module):
+    """Inception-v3's 2048-d pooled feature; inputs in [0, 1], grey repeated to RGB, scaled to [-1, 1]."""
+
+    def __init__(self, weights_file: Path, image_size: int):
+        super().__init__()
+        from torchvision.models import inception_v3
+
+        path = Path(weights_file).expanduser()
+        if not path.is_file():
+            raise WorkbenchError(
+                f"metric 'fid-inception': weights_file {str(path)!r} does not exist; save torchvision's "
+                "inception_v3 IMAGENET1K_V1 state dict there (it is never downloaded at run time)"
+            )
+        state = _load_state_dict(path)
+        net = inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=False)
+        state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
+        try:
+            net.load_state_dict(state, strict=False)
+            missing, unexpected = _key_mismatch(net, state)
+        except RuntimeError as exc:
+            raise WorkbenchError(
+                f"metric 'fid-inception': {path} is not an Inception-v3 state dict ({exc})"
+            ) from None
+        if missing or unexpected:
+            shown = ", ".join((missing + unexpected)[:3])
+            raise WorkbenchError(
+                f"metric 'fid-inception': {path} does not match torchvision's inception_v3 ({shown} ...)"
+            )
+        net.fc = nn.Identity()
+        self.net = net
+        self.image_size = image_size
+
+    def forward_hidden(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        x = nn.functional.interpolate(
+            x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+        )
+        features = self.net(x * 2 - 1)  # the Google weights expect [-1, 1] (transform_input=False)
+        return features, [features]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_hidden(x)[0]
+
+
+def _load_state_dict(path: Path) -> dict[str, Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WorkbenchError(
+            f"metric 'fid-inception': cannot read weights_file {str(path)!r} ({exc})"
+        ) from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise WorkbenchError(f"metric 'fid-inception': {path} holds no state dict")
+    return state
+
+
+def _key_mismatch(net: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
+    expected = {k for k in net.state_dict() if not k.startswith("fc.")}
+    given = {k for k in state if not k.startswith("fc.")}
+    return sorted(expected - given), sorted(given - expected)
+
+
+class InceptionFID(Metric):
+    """Fréchet distance in Inception-v3 feature space (the LOMMA/PPA convention), local weights only."""
+
+    section = "attacks"
+
+    def __init__(self, params: InceptionFIDParams):
+        self.params = params
+        self._model: InceptionFeatures | None = None
+        # Fail when the recipe is built, not after hours of training.
+        if not Path(params.weights_file).expanduser().is_file():
+            raise WorkbenchError(
+                f"metric 'fid-inception': weights_file {str(params.weights_file)!r} does not exist; save "
+                "torchvision's inception_v3 IMAGENET1K_V1 state dict there (it is never downloaded at run time)"
+            )
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, float]:
+        if self._model is None:
+            self._model = InceptionFeatures(self.params.weights_file, self.params.image_size).to(ctx.device)
+        recon, _, private, _ = _features_for(ctx, "fid-inception", self._model)
+        return {"fid_inception": _fid("fid-inception", recon, private)}
