@@ -9,6 +9,7 @@ cached per seed. Prints a table and writes `summary.json` beside the runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import subprocess
@@ -52,10 +53,8 @@ def main() -> None:
             values = []
             for results in per_seed.values():
                 variant = next(v for v in results["variants"] if v["name"] == name)
-                try:
+                with contextlib.suppress(KeyError):  # a variant without that figure
                     values.append(float(get(variant)))
-                except KeyError:
-                    pass
             if values:
                 summary[name][title] = values
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-import workbench
 from pydantic import ValidationError
 from safetensors.torch import save_file
 from torch import nn
+
+import workbench
 from workbench.errors import WorkbenchError
 
 

@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
-import workbench
 from sklearn.metrics import average_precision_score, roc_auc_score
 from torch import nn
-from workbench.errors import WorkbenchError
 
+import workbench
+from workbench.errors import WorkbenchError
 from workbench_ood.losses import (
     energy_margin_loss,
     entropy_loss,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+
 from workbench.errors import WorkbenchError
 from workbench.plots import PALETTE, histogram, image_grid, line_chart, nice_ticks, save_png, scatter
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from workbench.checkpoint import load_checkpoint, tensors_with_prefix
 from workbench.errors import RunError
 from workbench.events import read_events
-from workbench.runner import RunInterrupted, RunOptions, Runner, run_recipe
+from workbench.runner import RunInterrupted, Runner, RunOptions, run_recipe
 from workbench.testing import TINY_RECIPE
 
 SIX_EPOCHS = TINY_RECIPE.replace("epochs = 5", "epochs = 6")

@@ -30,11 +30,11 @@ from workbench.checkpoint import (
 from workbench.components import AttackContext, DataSplits, EvalContext
 from workbench.device import describe_machine, resolve_device
 from workbench.errors import RunError, WorkbenchError
+from workbench.evaluation import OODEvaluator, attack_figures, check_disjoint, evaluation_model, run_attack
 from workbench.events import EVENTS_FILE, EventWriter, read_events
+from workbench.ood import estimate_margins, ood_training_loss
 from workbench.recipe import Recipe, VariantConfig, load_recipe, recipe_hash, resolve, to_toml
 from workbench.registry import Registry, load_registry
-from workbench.evaluation import OODEvaluator, attack_figures, check_disjoint, evaluation_model, run_attack
-from workbench.ood import estimate_margins, ood_training_loss
 from workbench.trainer import OODFeed, train_classifier
 
 RECIPE_FILE = "recipe.toml"

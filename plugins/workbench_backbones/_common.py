@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
 from workbench.errors import WorkbenchError
 
 # Keys that checkpoint wrappers commonly nest the real state dict under.

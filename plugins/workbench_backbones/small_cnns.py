@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
+
 from workbench.errors import WorkbenchError
 from workbench.params import StrictModel
 

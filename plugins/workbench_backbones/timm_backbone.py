@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
+
 from workbench.errors import WorkbenchError, did_you_mean
 from workbench.params import StrictModel
 

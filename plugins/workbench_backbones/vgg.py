@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+
 from workbench.errors import WorkbenchError
 from workbench.params import StrictModel
 

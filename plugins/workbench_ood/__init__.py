@@ -8,7 +8,6 @@ trainer call directly.
 from __future__ import annotations
 
 from workbench.hookspecs import hookimpl
-
 from workbench_ood.scores import (
     EnergyScore,
     MaxLogitScore,

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
 from workbench.errors import WorkbenchError
 
 

@@ -10,6 +10,7 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
+
 from workbench.errors import WorkbenchError
 
 CONVENTION = (

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
+
 from workbench.errors import WorkbenchError
 from workbench.params import StrictModel
 

@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -59,7 +59,7 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    plugins_dir: Annotated[Optional[Path], typer.Option(
+    plugins_dir: Annotated[Path | None, typer.Option(
         "--plugins-dir", help="Load every *.py in this folder as a plugin (quick local research).")] = None,
     version: Annotated[bool, typer.Option("--version", callback=version_callback, is_eager=True,
                                           help="Show the version and exit.")] = False,
@@ -74,20 +74,20 @@ def main_options(
 @app.command()
 def run(
     recipe: Annotated[Path, typer.Argument(help="Recipe TOML file, or a run directory to resume.")],
-    run_dir: Annotated[Optional[Path], typer.Option(help="Where the run is written (default runs/<recipe>-<time>).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option(
+    run_dir: Annotated[Path | None, typer.Option(help="Where the run is written (default runs/<recipe>-<time>).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a recipe value: key.path=value (TOML value), repeatable.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --run-dir from its last checkpoint.")] = False,
     force: Annotated[bool, typer.Option(help="Move an existing run in --run-dir aside and start over.")] = False,
-    cache_dir: Annotated[Optional[Path], typer.Option(
+    cache_dir: Annotated[Path | None, typer.Option(
         help="Stage cache folder (default $WORKBENCH_CACHE_DIR or the user cache dir).")] = None,
-    workers: Annotated[Optional[int], typer.Option(
+    workers: Annotated[int | None, typer.Option(
         help="Variants trained in parallel processes (default: up to the CPU count; 1 on CUDA).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress output; results table only.")] = False,
 ) -> None:
     """Run a whole experiment from a recipe: train every variant, evaluate, report."""
     from workbench.cli.progress import ConsoleReporter
-    from workbench.runner import RunOptions, Runner
+    from workbench.runner import Runner, RunOptions
 
     registry()  # surfaces plugin warnings before the run starts
     options = RunOptions(recipe=recipe, run_dir=run_dir, overrides=set_ or [], resume=resume, force=force,
@@ -139,7 +139,7 @@ def recipes_validate(files: Annotated[list[Path], typer.Argument(help="Recipe fi
 @recipes_app.command("show")
 def recipes_show(
     file: Annotated[Path, typer.Argument(help="Recipe file.")],
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override: key.path=value.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value.")] = None,
 ) -> None:
     """Print the recipe as it will run: every default filled in, overrides applied."""
     from workbench.recipe import load_recipe, recipe_hash, resolve, to_toml
@@ -152,7 +152,7 @@ def recipes_show(
 
 @recipes_app.command("new")
 def recipes_new(
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
 ) -> None:
     """A commented starter recipe to copy and edit."""
     from workbench.recipe_template import STARTER_RECIPE
@@ -180,7 +180,7 @@ def recipes_schema() -> None:
 @plugins_app.command("list")
 def plugins_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON rows: kind, name, plugin, summary, params.")] = False,
-    kind: Annotated[Optional[str], typer.Option(help="Only this kind.")] = None,
+    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
 ) -> None:
     """Every registered component by kind, with the plugin that provides it and its params."""
     from workbench.registry import KINDS
@@ -286,7 +286,7 @@ def runs_show(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
 
 
 @cache_app.command("list")
-def cache_list(cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder.")] = None) -> None:
+def cache_list(cache_dir: Annotated[Path | None, typer.Option(help="Cache folder.")] = None) -> None:
     """Cached stages (evaluation models, GAN priors) with their size."""
     from workbench.cache import StageCache, default_cache_dir
 
@@ -302,8 +302,8 @@ def cache_list(cache_dir: Annotated[Optional[Path], typer.Option(help="Cache fol
 
 @cache_app.command("clear")
 def cache_clear(
-    cache_dir: Annotated[Optional[Path], typer.Option(help="Cache folder.")] = None,
-    stage: Annotated[Optional[str], typer.Option(help="Only this stage.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option(help="Cache folder.")] = None,
+    stage: Annotated[str | None, typer.Option(help="Only this stage.")] = None,
 ) -> None:
     """Remove cached stages; they are rebuilt when next needed."""
     from workbench.cache import StageCache, default_cache_dir
