@@ -37,10 +37,19 @@ def test_run_writes_the_run_directory(run_tiny_recipe):
     assert "| none |" in (run_dir / "report.md").read_text()
 
 
-def test_same_recipe_twice_gives_the_same_figures(run_tiny_recipe):
-    _, first = run_tiny_recipe()
-    _, second = run_tiny_recipe()
+def test_same_recipe_twice_gives_the_same_figures(run_tiny_recipe, tmp_path):
+    _, first = run_tiny_recipe(cache_dir=tmp_path / "cache-a")
+    _, second = run_tiny_recipe(cache_dir=tmp_path / "cache-b")  # trained again from scratch
     assert first["variants"][0]["utility"] == second["variants"][0]["utility"]
+
+
+def test_second_identical_run_takes_the_target_from_the_stage_cache(run_tiny_recipe):
+    _, first = run_tiny_recipe()
+    run_dir, second = run_tiny_recipe()
+    assert second["variants"] == first["variants"]
+    epochs = [e for e in read_events(run_dir) if e["type"] == "epoch"]
+    assert len(epochs) == 5 and all(e.get("cached") for e in epochs)  # history replayed, not retrained
+    assert not (run_dir / "none" / "last.safetensors").exists()
 
 
 def test_interrupted_run_resumes_to_the_same_figures_and_weights(run_tiny_recipe, tmp_path, isolated_cache):
@@ -54,7 +63,8 @@ def test_interrupted_run_resumes_to_the_same_figures_and_weights(run_tiny_recipe
         if event["type"] == "epoch" and event["epoch"] == 2:
             raise KeyboardInterrupt  # like Ctrl-C after epoch 2, before its checkpoint
 
-    runner = Runner.start(RunOptions(recipe=recipe, run_dir=run_dir, cache_dir=isolated_cache),
+    own_cache = tmp_path / "own-cache"  # so the target is trained, not taken from the first run's cache
+    runner = Runner.start(RunOptions(recipe=recipe, run_dir=run_dir, cache_dir=own_cache),
                           listeners=[stop_in_epoch_two])
     with pytest.raises(RunInterrupted, match="--resume"):
         runner.run()
@@ -62,7 +72,7 @@ def test_interrupted_run_resumes_to_the_same_figures_and_weights(run_tiny_recipe
     assert meta["epoch"] == 1
     assert not (run_dir / "results.json").exists()
 
-    _, resumed = run_recipe(RunOptions(recipe=run_dir, resume=True, cache_dir=isolated_cache))
+    _, resumed = run_recipe(RunOptions(recipe=run_dir, resume=True, cache_dir=own_cache))
     assert resumed["variants"] == full["variants"]
     a = tensors_with_prefix(load_file(str(full_dir / "none" / "target.safetensors")), "model")
     b = tensors_with_prefix(load_file(str(run_dir / "none" / "target.safetensors")), "model")
@@ -140,10 +150,10 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
 
 
 @pytest.mark.slow
-def test_parallel_workers_give_the_same_results_as_one_process(run_tiny_recipe):
+def test_parallel_workers_give_the_same_results_as_one_process(run_tiny_recipe, tmp_path):
     two_variants = TINY_RECIPE + '\n[[variants]]\nname = "mid"\ndefense = { use = "mid", beta = 0.01 }\n'
-    _, sequential = run_tiny_recipe(two_variants, workers=1)
-    run_dir, parallel = run_tiny_recipe(two_variants, workers=2)
+    _, sequential = run_tiny_recipe(two_variants, workers=1, cache_dir=tmp_path / "cache-1")
+    run_dir, parallel = run_tiny_recipe(two_variants, workers=2, cache_dir=tmp_path / "cache-2")
     assert parallel["variants"] == sequential["variants"]
     types = [e["type"] for e in read_events(run_dir)]
     assert types.count("epoch") == 10 and types[-1] == "run_finished"

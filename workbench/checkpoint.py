@@ -95,3 +95,16 @@ def tensors_with_prefix(tensors: dict[str, Tensor], prefix: str) -> dict[str, Te
 def model_state(model: torch.nn.Module) -> dict[str, Tensor]:
     """A module's state dict without shared-storage aliases (safetensors refuses duplicates)."""
     return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def weights_fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of a module's weights and buffers: what a stage that depends on a trained
+    model (KED-MI's GAN, an attack's reconstructions) is cached by."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, value in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+

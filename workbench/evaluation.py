@@ -17,7 +17,13 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from workbench.cache import StageCache
-from workbench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, tensors_with_prefix
+from workbench.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    tensors_with_prefix,
+    weights_fingerprint,
+)
 from workbench.components import AttackContext, AttackResult, DataSplits, EvalContext
 from workbench.device import autocast
 from workbench.ood import CONVENTION, mean_over_sets, ood_metrics
@@ -149,14 +155,26 @@ def run_attack(name: str, attack: Any, target: nn.Module, data: DataSplits, eval
     started = time.perf_counter()
     for p in target.parameters():
         p.requires_grad_(False)
-    ctx = AttackContext(target=target.eval(), data=data, evaluation_model=evaluation, device=device, seed=seed,
-                        cache=cache, emit=emit)
-    result = attack.run(ctx)
-    tensors = {"images": result.images.float().cpu(), "targets": result.targets.long().cpu()}
-    if result.restarts is not None:
-        tensors["restarts"] = result.restarts.long().cpu()
-    save_checkpoint(out, tensors, {"attack": name, "figures": result.figures,
-                                   "seconds": round(time.perf_counter() - started, 3)})
+    # Reconstructions depend on the attack's config, the target's weights and the seed only.
+    key = {"attack": type(attack).__name__, "params": attack.params.model_dump(mode="json")
+           if hasattr(attack, "params") else repr(attack), "target": weights_fingerprint(target), "seed": seed}
+    cached = cache.load_state("attack", key)
+    if cached is not None:
+        tensors, meta = cached
+        emit("log", level="info", message=f"{name}: reconstructions loaded from the stage cache")
+    else:
+        ctx = AttackContext(target=target.eval(), data=data, evaluation_model=evaluation, device=device, seed=seed,
+                            cache=cache, emit=emit)
+        result = attack.run(ctx)
+        tensors = {"images": result.images.float().cpu(), "targets": result.targets.long().cpu()}
+        if result.restarts is not None:
+            tensors["restarts"] = result.restarts.long().cpu()
+        meta = {"attack": name, "figures": result.figures, "seconds": round(time.perf_counter() - started, 3),
+                "summary": f"{name} reconstructions"}
+        cache.save_state("attack", key, tensors, meta)
+    result = AttackResult(images=tensors["images"], targets=tensors["targets"], restarts=tensors.get("restarts"),
+                          figures=meta.get("figures", {}))
+    save_checkpoint(out, tensors, meta)
     save_png(reconstruction_grid(result, data), out.with_suffix(".png"))
     return result
 

@@ -341,6 +341,40 @@ class Runner:
                 return model
             except (CheckpointError, RuntimeError):
                 self.emit("log", level="warning", message=f"{final}: unusable, training again")
+        key = self._target_key(variant)
+        cached = self.cache.load_state("target", key)
+        if cached is not None:
+            tensors, meta = cached
+            model.load_state_dict(tensors_with_prefix(tensors, "model"))
+            model.to(self.device).eval()
+            for epoch, metrics in enumerate(meta.get("history", []), start=1):
+                self.emit("epoch", stage="train", variant=variant.name, epoch=epoch, epochs=len(meta["history"]),
+                          metrics=metrics, cached=True)
+            self.emit("log", level="info", message=f"{variant.name}: target loaded from the stage cache")
+            history = meta.get("history", [])
+        else:
+            history = self._train(variant, model, defense)
+            self.cache.save_state("target", key, {f"model.{k}": v for k, v in model.state_dict().items()},
+                                  {"history": history, "summary": f"target {variant.name}"})
+        save_checkpoint(final, {f"model.{k}": v for k, v in model.state_dict().items()}, {
+            "kind": "target", "variant": variant.name, "recipe_hash": self.digest,
+            "defense": self.resolved["variants"][self._variant_index(variant)]["defense"],
+            "backbone": self.resolved["target"]["backbone"], "epochs": self.recipe.target.train.epochs,
+            "final_metrics": history[-1] if history else {}, "versions": describe_machine(),
+        })
+        self.emit("checkpoint", stage="train", variant=variant.name, path=str(final),
+                  epoch=self.recipe.target.train.epochs)
+        return model
+
+    def _target_key(self, variant: VariantConfig) -> dict[str, Any]:
+        """Everything a trained target depends on (not the variant's name, not the attacks)."""
+        resolved_variant = dict(self.resolved["variants"][self._variant_index(variant)])
+        resolved_variant.pop("name")
+        return {"data": self.resolved["data"], "target": self.resolved["target"], "variant": resolved_variant,
+                "seed": self.recipe.seed, "device": self.device.type, "threads": torch.get_num_threads()}
+
+    def _train(self, variant: VariantConfig, model, defense) -> list[dict[str, float]]:
+        folder = self.variant_dir(variant)
         ood_feed = self._ood_feed(variant) if variant.ood_training else None
         result = train_classifier(
             model, defense, self.data.train, self.recipe.target.train,
@@ -348,15 +382,7 @@ class Runner:
             test_data=self.data.test, ood=ood_feed, emit=self.emit, stage="train", variant=variant.name,
             meta={"recipe_hash": self.digest, "variant": variant.name},
         )
-        save_checkpoint(final, {f"model.{k}": v for k, v in model.state_dict().items()}, {
-            "kind": "target", "variant": variant.name, "recipe_hash": self.digest,
-            "defense": self.resolved["variants"][self._variant_index(variant)]["defense"],
-            "backbone": self.resolved["target"]["backbone"], "epochs": self.recipe.target.train.epochs,
-            "final_metrics": result.history[-1] if result.history else {}, "versions": describe_machine(),
-        })
-        self.emit("checkpoint", stage="train", variant=variant.name, path=str(final),
-                  epoch=self.recipe.target.train.epochs)
-        return model
+        return result.history
 
     def _variant_index(self, variant: VariantConfig) -> int:
         return [v.name for v in self.recipe.variants].index(variant.name)

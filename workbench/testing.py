@@ -90,7 +90,7 @@ def run_tiny_recipe(tmp_path, isolated_cache):
         recipe = tmp_path / f"recipe{index}.toml"
         recipe.write_text(text)
         run_dir = options.pop("run_dir", tmp_path / f"run{index}")
-        return run_recipe(RunOptions(recipe=recipe, run_dir=run_dir, overrides=overrides or [],
-                                     cache_dir=isolated_cache, **options))
+        options.setdefault("cache_dir", isolated_cache)
+        return run_recipe(RunOptions(recipe=recipe, run_dir=run_dir, overrides=overrides or [], **options))
 
     return run

@@ -88,15 +88,6 @@ def public_pool(ctx: AttackContext, name: str) -> ImagePool:
     return pool
 
 
-def module_fingerprint(module: nn.Module) -> str:
-    """A hash of a module's weights and buffers (KED-MI's GAN depends on the target)."""
-    digest = hashlib.sha256()
-    for key, value in sorted(module.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().to("cpu").contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def resolve_classes(classes: Sequence[int] | None, num_classes: int, name: str) -> list[int]:
     """The private classes to attack: all by default, else the listed ones, checked."""
     if classes is None:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
+from workbench.checkpoint import weights_fingerprint
 from workbench.components import AttackContext, AttackResult
 from workbench.params import StrictModel
 from workbench_attacks.common import (
@@ -26,7 +27,6 @@ from workbench_attacks.common import (
     flatten_result_order,
     load_or_train,
     make_groups,
-    module_fingerprint,
     public_pool,
     report_steps,
     resolve_classes,
@@ -160,7 +160,7 @@ class KEDMI:
         return {
             "gan": gan,
             "public": pool.fingerprint(),
-            "target": module_fingerprint(ctx.target),
+            "target": weights_fingerprint(ctx.target),
             "num_classes": ctx.data.num_classes,
             "seed": ctx.seed,
         }
