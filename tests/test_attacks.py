@@ -309,3 +309,12 @@ def test_params_document_every_field(registry):
         undocumented = [k for k, v in schema["properties"].items() if not v.get("description")]
         assert not undocumented, f"{name}: {undocumented}"
     assert "paper" in registry.get("attack", "gmi").params.model_fields["iterations"].description
+
+
+def test_first_classes_limits_the_attacked_classes():
+    from workbench_attacks.common import resolve_classes
+
+    assert resolve_classes(None, 1000, "gmi", 300) == list(range(300))
+    assert resolve_classes(None, 5, "gmi", 300) == list(range(5))
+    assert resolve_classes([3, 1], 5, "gmi", 2) == [3, 1]  # an explicit list wins
+    assert resolve_classes(None, 5, "gmi") == list(range(5))

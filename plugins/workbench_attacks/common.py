@@ -88,10 +88,11 @@ def public_pool(ctx: AttackContext, name: str) -> ImagePool:
     return pool
 
 
-def resolve_classes(classes: Sequence[int] | None, num_classes: int, name: str) -> list[int]:
-    """The private classes to attack: all by default, else the listed ones, checked."""
+def resolve_classes(classes: Sequence[int] | None, num_classes: int, name: str,
+                    first: int | None = None) -> list[int]:
+    """The private classes to attack: the listed ones, else the first `first`, else all; checked."""
     if classes is None:
-        return list(range(num_classes))
+        return list(range(min(first, num_classes) if first else num_classes))
     if not classes:
         raise WorkbenchError(
             f"attack {name!r}: classes = [] attacks nothing; leave it out to attack every class"

@@ -73,6 +73,9 @@ class GMIParams(StrictModel):
     """Latents are clamped to [-z_clip, z_clip] after every step (paper: 1)."""
     classes: list[int] | None = None
     """Private classes to attack (default: all of them)."""
+    first_classes: int | None = Field(None, ge=1)
+    """Attack only the first N private classes (the papers attack identities 0-299 of CelebA's
+    1000); ignored when `classes` is set."""
     max_batch: int = Field(256, ge=1)
     """Latents per forward pass; classes and restarts are grouped up to this many. Results do
     not depend on it (each group's loss is its own mean), only speed and memory do."""
@@ -198,7 +201,7 @@ class GMI:
 
     def run(self, ctx: AttackContext) -> AttackResult:
         p = self.params
-        classes = resolve_classes(p.classes, ctx.data.num_classes, self.name)
+        classes = resolve_classes(p.classes, ctx.data.num_classes, self.name, p.first_classes)
         pool = public_pool(ctx, self.name)
         generator, critic, hit = self.prior(ctx, pool)
         device = torch.device(ctx.device)

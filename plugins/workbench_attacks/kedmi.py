@@ -68,6 +68,9 @@ class KEDMIParams(StrictModel):
     """Adam learning rate of μ and log σ² (paper: 0.02)."""
     classes: list[int] | None = None
     """Private classes to attack (default: all of them)."""
+    first_classes: int | None = Field(None, ge=1)
+    """Attack only the first N private classes (the papers attack identities 0-299 of CelebA's
+    1000); ignored when `classes` is set."""
     max_batch: int = Field(256, ge=1)
     """Searches per forward pass; classes and restarts are grouped up to this many. Results do
     not depend on it, only speed and memory do."""
@@ -199,7 +202,7 @@ class KEDMI:
 
     def run(self, ctx: AttackContext) -> AttackResult:
         p = self.params
-        classes = resolve_classes(p.classes, ctx.data.num_classes, self.name)
+        classes = resolve_classes(p.classes, ctx.data.num_classes, self.name, p.first_classes)
         pool = public_pool(ctx, self.name)
         generator, discriminator, hit = self.prior(ctx, pool)
         device = torch.device(ctx.device)

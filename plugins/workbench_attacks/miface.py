@@ -56,6 +56,9 @@ class MIFaceParams(StrictModel):
     """Weight of the L2 prior (mean squared pixel value)."""
     classes: list[int] | None = None
     """Private classes to attack (default: all of them)."""
+    first_classes: int | None = Field(None, ge=1)
+    """Attack only the first N private classes (the papers attack identities 0-299 of CelebA's
+    1000); ignored when `classes` is set."""
     max_batch: int = Field(256, ge=1)
     """Images per forward pass; results do not depend on it, only speed and memory do."""
 
@@ -92,7 +95,7 @@ class MIFace:
 
     def run(self, ctx: AttackContext) -> AttackResult:
         p = self.params
-        classes = resolve_classes(p.classes, ctx.data.num_classes, self.name)
+        classes = resolve_classes(p.classes, ctx.data.num_classes, self.name, p.first_classes)
         device = torch.device(ctx.device)
         shape = (ctx.data.in_channels, ctx.data.image_size, ctx.data.image_size)
         spc = p.samples_per_class
