@@ -167,3 +167,7 @@ def test_json_schema_lists_registered_components(registry):
     assert {"none", "bido", "mid"} <= names
     bido = next(o for o in defense["oneOf"] if o["title"] == "bido")
     assert "λx" in bido["properties"]["lambda_x"]["description"]
+    # The nested measure table is narrowed to registered dependency measures too.
+    assert bido["properties"]["measure"]["$ref"] == "#/$defs/DependencyComponent"
+    measures = {o["title"] for o in schema["$defs"]["DependencyComponent"]["oneOf"]}
+    assert {"hsic", "hsic-biased", "coco"} <= measures

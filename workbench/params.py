@@ -66,6 +66,11 @@ class ComponentTable(BaseModel):
 _TABLE_TYPES: dict[str, type[ComponentTable]] = {}
 
 
+def table_types() -> list[type[ComponentTable]]:
+    """Every per-kind table type made so far (for JSON Schema generation)."""
+    return list(_TABLE_TYPES.values())
+
+
 class NestedComponent:
     """Marks a `ComponentTable` field as holding a component of `kind`.
 

@@ -19,7 +19,8 @@ import tomllib
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from workbench.errors import RecipeError, did_you_mean
-from workbench.params import ComponentTable, StrictModel
+from workbench.registry import KINDS
+from workbench.params import ComponentTable, StrictModel, table_types
 
 DatasetTable = ComponentTable.of("dataset")
 OODDatasetTable = ComponentTable.of("ood_dataset")
@@ -425,16 +426,15 @@ def _merge(container: Any, data: dict[str, Any]) -> None:
 
 
 def json_schema(registry) -> dict[str, Any]:
-    """JSON Schema of recipes for editors, with each component table narrowed to its kind's names."""
+    """JSON Schema of recipes for editors, with each component table narrowed to its kind's names
+    and params (nested component tables too, such as a defense's dependency measure)."""
     schema = Recipe.model_json_schema()
-    defs = schema.get("$defs", {})
-    for name, definition in list(defs.items()):
-        kind = next((t.kind for t in _table_types() if t.__name__ == name), None)
-        if kind is None:
-            continue
-        options = []
+    defs = schema.setdefault("$defs", {})
+    options_by_kind: dict[str, list[dict[str, Any]]] = {}
+    for kind in KINDS:
+        options = options_by_kind.setdefault(kind, [])
         for component in registry.components(kind):
-            params = component.params.model_json_schema()
+            params = component.params.model_json_schema(ref_template="#/$defs/{model}")
             for sub_name, sub_def in params.pop("$defs", {}).items():
                 defs.setdefault(sub_name, sub_def)
             properties = {"use": {"const": component.name, "description": component.summary}}
@@ -446,9 +446,8 @@ def json_schema(registry) -> dict[str, Any]:
                 "required": ["use", *params.get("required", [])],
                 "additionalProperties": False,
             })
-        defs[name] = {"description": definition.get("description", ""), "oneOf": options} if options else definition
+    for table_type in table_types():
+        if table_type.__name__ in defs and options_by_kind.get(table_type.kind):
+            description = defs[table_type.__name__].get("description", "")
+            defs[table_type.__name__] = {"description": description, "oneOf": options_by_kind[table_type.kind]}
     return schema
-
-
-def _table_types() -> list[type[ComponentTable]]:
-    return [DatasetTable, OODDatasetTable, BackboneTable, DefenseTable, AttackTable, MetricTable, OODScoreTable]
