@@ -139,12 +139,15 @@ def run_status(run_dir: Path) -> str:
         pid = json.loads((run_dir / RUN_FILE).read_text()).get("pid")
     except (OSError, json.JSONDecodeError):
         pid = None
-    if last == "run_started" and pid and _pid_alive(pid):
+    if last == "run_started" and pid_alive(pid):
         return "running"
     return "interrupted" if last else "unknown"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists (on this host)."""
+    if not pid:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
