@@ -120,7 +120,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
     import time
 
     recipe = tmp_path / "r.toml"
-    recipe.write_text(TINY_RECIPE.replace("epochs = 5", "epochs = 60"))
+    recipe.write_text(TINY_RECIPE.replace("epochs = 5", "epochs = 20"))
     run_dir = tmp_path / "run"
     env = {**__import__("os").environ, "WORKBENCH_CACHE_DIR": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "workbench", "run", str(recipe), "--run-dir", str(run_dir)]
@@ -139,7 +139,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
         [sys.executable, "-m", "workbench", "run", str(run_dir), "--resume"],
         capture_output=True, text=True, env=env, timeout=600,
     )
-    # The saved recipe says 60 epochs; resuming continues from the checkpoint, not from zero.
+    # The saved recipe says 20 epochs; resuming continues from the checkpoint, not from zero.
     assert shorter.returncode == 0, shorter.stderr
     assert "(resumed)" in shorter.stderr
     assert json.loads((run_dir / "results.json").read_text())["variants"][0]["name"] == "none"
