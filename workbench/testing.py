@@ -6,7 +6,9 @@ Use in a plugin package's tests with `pytest_plugins = ["workbench.testing"]` in
 - `register_plugin`: register an inline plugin object on it; unregistered after the test.
 - `make_registry`: a registry from that manager (call it after registering your plugin).
 - `isolated_cache`: a temporary stage cache (`WORKBENCH_CACHE_DIR`) so tests never share one.
-- `run_tiny_recipe`: run a recipe (TOML text or dict) end to end on the embedded data, in seconds.
+- `run_tiny_recipe`: run a recipe (TOML text) end to end on the embedded data, in seconds; the
+  plugins registered with `register_plugin` take part, so a test can `use` its component in a
+  recipe without installing the package.
 """
 
 from __future__ import annotations
@@ -79,8 +81,9 @@ def isolated_cache(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture
-def run_tiny_recipe(tmp_path, isolated_cache):
+def run_tiny_recipe(tmp_path, isolated_cache, plugin_manager, monkeypatch):
     """Run a recipe given as TOML text (default: TINY_RECIPE); returns (run_dir, results)."""
+    from workbench import runner
     from workbench.runner import RunOptions, run_recipe
 
     counter = iter(range(1000))
@@ -91,6 +94,24 @@ def run_tiny_recipe(tmp_path, isolated_cache):
         recipe.write_text(text)
         run_dir = options.pop("run_dir", tmp_path / f"run{index}")
         options.setdefault("cache_dir", isolated_cache)
+        if _has_inline_plugins(plugin_manager) and options.get("plugins_dir") is None:
+            # The run sees the test's inline plugins (plus installed ones); worker processes would
+            # build their own registry without them, so the variants train in this process.
+            monkeypatch.setattr(runner, "load_registry", lambda **_: _registry_with_entrypoints(plugin_manager))
+            options["workers"] = 1
         return run_recipe(RunOptions(recipe=recipe, run_dir=run_dir, overrides=overrides or [], **options))
 
     return run
+
+
+def _has_inline_plugins(manager: PluginManager) -> bool:
+    return any(info.source == "inline" for info in manager.info.values())
+
+
+def _registry_with_entrypoints(inline: PluginManager) -> Registry:
+    """Built-ins, installed entry points and the inline plugins registered on `inline`."""
+    manager = get_plugin_manager()
+    for name, info in inline.info.items():
+        if info.source == "inline" and not manager.pm.has_plugin(name):
+            manager.register(inline.pm.get_plugin(name), name, info)
+    return Registry(manager)

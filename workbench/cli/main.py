@@ -15,6 +15,7 @@ from rich.table import Table
 
 from workbench import __version__
 from workbench.cli.data import app as data_app
+from workbench.cli.scaffold import plugins_new
 from workbench.errors import WorkbenchError
 
 PLUGINS_DIR_ENV = "WORKBENCH_PLUGINS_DIR"
@@ -35,6 +36,7 @@ app.add_typer(plugins_app, name="plugins")
 app.add_typer(runs_app, name="runs")
 app.add_typer(cache_app, name="cache")
 app.add_typer(data_app, name="data")
+plugins_app.command("new")(plugins_new)
 
 # Piped output is read by people too: wide enough that the results table never wraps.
 out = Console() if Console().is_terminal else Console(width=220)
