@@ -43,7 +43,9 @@ def make_batch(device: torch.device, seed: int = 0) -> tuple[Tensor, Tensor, lis
     return x.to(device), y.to(device), [z.to(device).requires_grad_() for z in hiddens]
 
 
-def per_term_loss(measure, lambda_x: float, lambda_y: float) -> Callable[[Tensor, Tensor, list[Tensor]], Tensor]:
+def per_term_loss(
+    measure, lambda_x: float, lambda_y: float
+) -> Callable[[Tensor, Tensor, list[Tensor]], Tensor]:
     """(a): one full `d(a, b)` per term; the X–Z terms use the Gaussian on both sides."""
     kernel_a = measure.kernel_a
 
@@ -58,7 +60,9 @@ def per_term_loss(measure, lambda_x: float, lambda_y: float) -> Callable[[Tensor
     return loss
 
 
-def shared_loss(measure, lambda_x: float, lambda_y: float) -> Callable[[Tensor, Tensor, list[Tensor]], Tensor]:
+def shared_loss(
+    measure, lambda_x: float, lambda_y: float
+) -> Callable[[Tensor, Tensor, list[Tensor]], Tensor]:
     """(b): each variable prepared once (X with the hidden layers, one batched call)."""
 
     def loss(x: Tensor, y: Tensor, hiddens: list[Tensor]) -> Tensor:
@@ -94,22 +98,36 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU intra-op threads (0: torch's default)")
     args = parser.parse_args()
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else "cpu"
+        if args.device == "auto"
+        else args.device
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     registry = load_registry()
     x, y, hiddens = make_batch(device)
 
     widths = ", ".join(f"{c}x{h}x{w}={c * h * w}" for c, h, w in HIDDEN_SHAPES)
-    print(f"BiDO regularizer, forward+backward: m={BATCH}, X 1x16x16 (d=256), Y one-hot {CLASSES} classes, "
-          f"Z {widths}")
-    print(f"device {device}, {torch.get_num_threads()} CPU threads, median of {args.repeats} steps after "
-          f"{args.warmup} warm-up, (a) and (b) interleaved\n")
-    print(f"{'measure':<8} {'(a) per term':>14} {'(b) shared':>12} {'ratio b/a':>10}  {'goal':>6}  loss |a-b|/|a|")
+    print(
+        f"BiDO regularizer, forward+backward: m={BATCH}, X 1x16x16 (d=256), Y one-hot {CLASSES} classes, "
+        f"Z {widths}"
+    )
+    print(
+        f"device {device}, {torch.get_num_threads()} CPU threads, median of {args.repeats} steps after "
+        f"{args.warmup} warm-up, (a) and (b) interleaved\n"
+    )
+    print(
+        f"{'measure':<8} {'(a) per term':>14} {'(b) shared':>12} {'ratio b/a':>10}  {'goal':>6}  loss |a-b|/|a|"
+    )
     for name, (lambda_x, lambda_y) in WEIGHTS.items():
         measure = registry.create("dependency", name, kernel_a="gaussian", kernel_b="linear", sigma=5.0)
-        variants = {"a": per_term_loss(measure, lambda_x, lambda_y), "b": shared_loss(measure, lambda_x, lambda_y)}
+        variants = {
+            "a": per_term_loss(measure, lambda_x, lambda_y),
+            "b": shared_loss(measure, lambda_x, lambda_y),
+        }
         with torch.no_grad():
             loss_a, loss_b = (variants[key](x, y, hiddens).item() for key in "ab")
         times: dict[str, list[float]] = {"a": [], "b": []}
@@ -122,8 +140,10 @@ def main() -> None:
         ratio = median_b / median_a
         verdict = "met" if ratio <= 0.5 else "MISSED"
         mismatch = abs(loss_a - loss_b) / max(abs(loss_a), 1e-30)
-        print(f"{name:<8} {median_a * 1e3:>11.2f} ms {median_b * 1e3:>9.2f} ms {ratio:>10.2f}  {verdict:>6}  "
-              f"{mismatch:.1e}")
+        print(
+            f"{name:<8} {median_a * 1e3:>11.2f} ms {median_b * 1e3:>9.2f} ms {ratio:>10.2f}  {verdict:>6}  "
+            f"{mismatch:.1e}"
+        )
 
 
 if __name__ == "__main__":

@@ -143,7 +143,10 @@ class NormalizedHSIC(KernelDependence):
             eye = torch.eye(m, dtype=kh.dtype, device=kh.device)
             # K H and (K H + εmI)⁻¹ commute (the second is a function of the first), so
             # R = (K H + εmI)⁻¹ K H: one batched linear solve for all layers, no inverse.
-            for i, r in zip(square, torch.linalg.solve(kh + ridge * eye, kh).unbind(0), strict=True):
+            # K H has the eigenvalues of H K H (>= 0), so K H + εmI is never singular: solve_ex
+            # skips the error check, which on a GPU would wait for the device.
+            solved = torch.linalg.solve_ex(kh + ridge * eye, kh).result
+            for i, r in zip(square, solved.unbind(0), strict=True):
                 prepared[i] = r
         # R 1 = 0 exactly (K H 1 = 0), so R = R H; centring again removes the rounding that
         # the solve leaves along 1, where it was divided by ε m.
@@ -153,7 +156,7 @@ class NormalizedHSIC(KernelDependence):
     def _low_rank_r(t: Tensor, ridge: float) -> Tensor:
         centred = t - t.mean(dim=0, keepdim=True)
         eye = torch.eye(t.shape[1], dtype=t.dtype, device=t.device)
-        return t @ torch.linalg.solve(centred.mT @ t + ridge * eye, centred.mT)
+        return t @ torch.linalg.solve_ex(centred.mT @ t + ridge * eye, centred.mT).result
 
     def _pair(self, ma: Tensor, mb: Tensor) -> Tensor:
         return (ma * mb.mT).sum()
