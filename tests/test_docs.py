@@ -10,6 +10,7 @@ from workbench import hookspecs
 from workbench.plugins import HOOK_NAMES
 
 HOOKS_DOC = Path(__file__).parents[1] / "docs" / "hooks.md"
+PLUGINS_DOC = Path(__file__).parents[1] / "docs" / "plugins.md"
 
 
 def documented_hooks() -> dict[str, list[str]]:
@@ -22,7 +23,9 @@ def test_every_hook_has_a_heading_with_its_arguments():
     for name in HOOK_NAMES:
         assert name in documented, f"docs/hooks.md has no '## {name}(...)' heading"
         spec_args = list(inspect.signature(getattr(hookspecs, name)).parameters)
-        assert documented[name] == spec_args, f"{name}: docs say {documented[name]}, hookspecs say {spec_args}"
+        assert documented[name] == spec_args, (
+            f"{name}: docs say {documented[name]}, hookspecs say {spec_args}"
+        )
 
 
 def test_no_heading_for_a_hook_that_does_not_exist():
@@ -32,3 +35,14 @@ def test_no_heading_for_a_hook_that_does_not_exist():
 def test_every_hookspec_has_a_docstring():
     for name in HOOK_NAMES:
         assert inspect.getdoc(getattr(hookspecs, name)), name
+
+
+def test_authoring_guide_covers_every_hook_and_kind():
+    from workbench.registry import KIND_HOOKS
+
+    guide = PLUGINS_DOC.read_text()
+    for kind, hook in KIND_HOOKS.items():
+        assert f"`{hook}`" in guide, f"docs/plugins.md does not mention the hook {hook}"
+        assert re.search(rf"^### .*\(`{kind}`\)$", guide, flags=re.MULTILINE), (
+            f"docs/plugins.md has no contract heading for the kind {kind!r}"
+        )

@@ -21,8 +21,13 @@ def test_generated_package_test_passes(tmp_path, kind):
     module = f"workbench_my_{kind}"
     assert pyproject["project"]["entry-points"]["workbench"] == {f"my-{kind}": module}
     assert (folder / "src" / module / "__init__.py").exists() and (folder / "README.md").exists()
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"], cwd=folder,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "1 passed" in result.stdout
 
@@ -36,8 +41,14 @@ def test_installed_package_shows_in_plugins_list(tmp_path):
     (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: workbench-my-measure\nVersion: 0.1.0\n")
     (dist_info / "entry_points.txt").write_text("[workbench]\nmy-measure = workbench_my_measure\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(folder / "src")])}
-    result = subprocess.run([sys.executable, "-m", "workbench", "plugins", "list", "--json", "--kind", "dependency"],
-                            capture_output=True, text=True, env=env, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "workbench", "plugins", "list", "--json", "--kind", "dependency"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
     row = next(r for r in json.loads(result.stdout) if r["name"] == "my-measure")
     assert row["distribution"] == "workbench-my-measure" and row["version"] == "0.1.0"
 
@@ -47,6 +58,10 @@ def test_bad_name_and_existing_folder_are_refused(tmp_path):
         write_plugin_package("Bad_Name", tmp_path)
     with pytest.raises(WorkbenchError, match="templates exist"):
         write_plugin_package("x", tmp_path, "attack")
+    with pytest.raises(WorkbenchError, match="built-in"):
+        write_plugin_package("data", tmp_path)  # workbench_data is the built-in datasets plugin
+    with pytest.raises(WorkbenchError, match="leave out 'workbench-'"):
+        write_plugin_package("workbench-x", tmp_path)
     write_plugin_package("taken", tmp_path)
     with pytest.raises(WorkbenchError, match="not empty"):
         write_plugin_package("taken", tmp_path)

@@ -11,11 +11,13 @@ import re
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
+from workbench.plugins import DEFAULT_PLUGINS
 
 KINDS_WITH_TEMPLATES = ("dependency", "defense", "metric", "backbone")
 
 _COMPONENTS = {
-    "dependency": ('''
+    "dependency": (
+        '''
 class ExampleParams(StrictModel):
     scale: float = Field(1.0, gt=0)
     """Multiplies the measure (a stand-in for your own params)."""
@@ -41,14 +43,17 @@ class ExampleMeasure:
 @hookimpl
 def register_dependency_measures(register):
     register("{name}", ExampleMeasure, params=ExampleParams, summary="Example dependency measure.")
-''', '''
+''',
+        """
 def test_measure_of_a_variable_with_itself_is_one(make_registry):
     measure = make_registry().create("dependency", "{name}")
     a = torch.randn(64, 8)
     assert float(measure(a, a)) == pytest.approx(1.0, rel=1e-4)
     assert float(measure(a, torch.randn(64, 8))) < 0.5
-'''),
-    "defense": ('''
+""",
+    ),
+    "defense": (
+        '''
 class ExampleParams(StrictModel):
     smoothing: float = Field(0.1, ge=0, lt=1)
     """Label smoothing of the cross-entropy (a stand-in for your own params)."""
@@ -68,14 +73,17 @@ class ExampleDefense(Defense):
 @hookimpl
 def register_defenses(register):
     register("{name}", ExampleDefense, params=ExampleParams, summary="Example defense.")
-''', '''
+''',
+        """
 def test_loss_is_smoothed_cross_entropy(make_registry):
     defense = make_registry().create("defense", "{name}", smoothing=0.0)
     logits, y = torch.randn(8, 5), torch.arange(8) % 5
     out = defense.loss(x=None, y=y, logits=logits, hiddens=[], model=None)
     assert torch.allclose(out.loss, F.cross_entropy(logits, y))
-'''),
-    "metric": ('''
+""",
+    ),
+    "metric": (
+        '''
 class ExampleMetric(Metric):
     """Mean max-softmax confidence on the private test split."""
 
@@ -99,7 +107,8 @@ class ExampleMetric(Metric):
 @hookimpl
 def register_metrics(register):
     register("{name}", ExampleMetric, summary="Example metric: mean confidence on the test split.")
-''', '''
+''',
+        """
 def test_metric_runs_in_a_tiny_recipe(make_registry, run_tiny_recipe):
     # make_registry registered this package as an inline plugin; run_tiny_recipe sees it.
     from workbench.testing import TINY_RECIPE
@@ -107,8 +116,10 @@ def test_metric_runs_in_a_tiny_recipe(make_registry, run_tiny_recipe):
     _, results = run_tiny_recipe(TINY_RECIPE + '\\n[[metrics]]\\nuse = "accuracy"\\n\\n[[metrics]]\\nuse = "{name}"\\n')
     value = results["variants"][0]["utility"]["{key}"]
     assert 0.2 <= value <= 1.0
-'''),
-    "backbone": ('''
+""",
+    ),
+    "backbone": (
+        '''
 class ExampleParams(StrictModel):
     hidden: int = Field(64, ge=1)
     """Width of the hidden layer."""
@@ -143,13 +154,15 @@ class ExampleBackbone:
 @hookimpl
 def register_backbones(register):
     register("{name}", ExampleBackbone, params=ExampleParams, summary="Example backbone (an MLP).")
-''', '''
+''',
+        """
 def test_forward_hidden_matches_forward(make_registry):
     model = make_registry().create("backbone", "{name}", hidden=16).build(5, 1, 16)
     x = torch.rand(4, 1, 16, 16)
     logits, hiddens = model.forward_hidden(x)
     assert torch.allclose(logits, model(x)) and hiddens[-1].shape == (4, model.feature_dim)
-'''),
+""",
+    ),
 }
 
 _MODULE_HEADER = '''"""{dist}: a workbench plugin ({kind} `{name}`)."""
@@ -188,7 +201,7 @@ def make_registry(plugin_manager, register_plugin):
     return lambda: Registry(plugin_manager)
 '''
 
-_PYPROJECT = '''[build-system]
+_PYPROJECT = """[build-system]
 requires = ["hatchling>=1.21"]
 build-backend = "hatchling.build"
 
@@ -209,9 +222,9 @@ packages = ["src/{module}"]
 [tool.pytest.ini_options]
 testpaths = ["tests"]
 pythonpath = ["src"]
-'''
+"""
 
-_README = '''# {dist}
+_README = """# {dist}
 
 A [workbench](https://pypi.org/project/workbench-mi/) plugin that registers the {kind} `{name}`.
 
@@ -224,17 +237,24 @@ pytest
 Use it in a recipe as a table with `use = "{name}"`; edit `src/{module}/__init__.py` to make it
 yours. The hooks and what each component kind must provide: workbench's docs/hooks.md and
 docs/plugins.md.
-'''
+"""
 
 
 def write_plugin_package(name: str, output_dir: Path, kind: str = "dependency") -> Path:
     """Write a plugin package registering one `kind` component called `name`; returns its folder."""
     if not re.fullmatch(r"[a-z][a-z0-9-]*", name):
-        raise WorkbenchError(f"plugin name {name!r}: use lowercase letters, digits and '-', starting with a letter")
+        raise WorkbenchError(
+            f"plugin name {name!r}: use lowercase letters, digits and '-', starting with a letter"
+        )
     if kind not in KINDS_WITH_TEMPLATES:
         raise WorkbenchError(f"--kind {kind!r}: templates exist for {', '.join(KINDS_WITH_TEMPLATES)}")
+    if name == "workbench" or name.startswith("workbench-"):
+        raise WorkbenchError(f"plugin name {name!r}: leave out 'workbench-'; the package is workbench-NAME")
     dist = f"workbench-{name}"
     module = "workbench_" + name.replace("-", "_")
+    if module in DEFAULT_PLUGINS:
+        # The package's module would shadow (or be shadowed by) a built-in plugin of the same name.
+        raise WorkbenchError(f"plugin name {name!r}: {module} is a built-in plugin; choose another name")
     folder = Path(output_dir) / dist
     if folder.exists() and any(folder.iterdir()):
         raise WorkbenchError(f"{folder}: exists and is not empty; choose another --output or name")
@@ -244,7 +264,9 @@ def write_plugin_package(name: str, output_dir: Path, kind: str = "dependency") 
     (folder / "tests").mkdir(exist_ok=True)
     (folder / "pyproject.toml").write_text(_PYPROJECT.format(**fields))
     (folder / "README.md").write_text(_README.format(**fields))
-    (folder / "src" / module / "__init__.py").write_text(_MODULE_HEADER.format(**fields) + component.format(**fields))
+    (folder / "src" / module / "__init__.py").write_text(
+        _MODULE_HEADER.format(**fields) + component.format(**fields)
+    )
     (folder / "tests" / "conftest.py").write_text('pytest_plugins = ["workbench.testing"]\n')
     (folder / "tests" / f"test_{module}.py").write_text(_TEST_HEADER.format(**fields) + test.format(**fields))
     return folder

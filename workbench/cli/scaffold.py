@@ -11,9 +11,12 @@ from rich.console import Console
 
 def plugins_new(
     name: Annotated[str, typer.Argument(help="Component name, e.g. `dcor`; the package is workbench-NAME.")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to create the package in.")] = Path("."),
-    kind: Annotated[str, typer.Option(help="Kind of the example component: dependency, defense, metric, backbone.")]
-    = "dependency",
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder to create the package in.")] = Path(
+        "."
+    ),
+    kind: Annotated[
+        str, typer.Option(help="Kind of the example component: dependency, defense, metric, backbone.")
+    ] = "dependency",
 ) -> None:
     """Write a ready plugin package: pyproject with the entry point, one component, a test, a README."""
     from workbench.scaffold import write_plugin_package
