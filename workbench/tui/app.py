@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -60,7 +61,8 @@ class WorkbenchApp(App):
         super().__init__()
         self.runs_dir = Path(runs_dir)
         self.recipes_dir = Path(recipes_dir) if recipes_dir is not None else Path.cwd()
-        self.registry = registry if registry is not None else load_registry()
+        self.registry = registry if registry is not None else load_registry(
+            plugins_dir=os.environ.get("WORKBENCH_PLUGINS_DIR"))
         self.launched: list[Launched] = []
 
     def on_mount(self) -> None:

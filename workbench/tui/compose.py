@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding

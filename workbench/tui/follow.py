@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.events import EVENTS_FILE, TERMINAL_EVENTS
+from workbench.runner import pid_alive  # noqa: F401  (re-exported for the TUI)
 
 RUN_FILE = "run.json"  # same name as workbench.runner.RUN_FILE; kept here so importing torch is not needed
 
@@ -301,18 +302,6 @@ def read_pid(run_dir: Path) -> int | None:
     except (OSError, json.JSONDecodeError, AttributeError):
         return None
     return pid if isinstance(pid, int) and pid > 0 else None
-
-
-def pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def is_terminal(event: dict[str, Any]) -> bool:

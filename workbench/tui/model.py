@@ -10,12 +10,12 @@ Nothing here imports Textual.
 from __future__ import annotations
 
 import copy
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin
 
+import tomllib
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
@@ -196,9 +196,7 @@ MISSING = object()
 def get_raw(raw: Any, path: Path_) -> Any:
     node = raw
     for part in path:
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and -len(node) <= part < len(node):
+        if isinstance(node, dict) and part in node or isinstance(node, list) and isinstance(part, int) and -len(node) <= part < len(node):
             node = node[part]
         else:
             return MISSING
