@@ -19,8 +19,8 @@ import tomllib
 from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
 
 from workbench.errors import RecipeError, did_you_mean
-from workbench.registry import KINDS
 from workbench.params import ComponentTable, StrictModel, table_types
+from workbench.registry import KINDS
 
 DatasetTable = ComponentTable.of("dataset")
 OODDatasetTable = ComponentTable.of("ood_dataset")

@@ -106,14 +106,14 @@ def line_chart(
     y_lo, y_hi = _span(min(ys), max(ys))
     label_width = max(len(_number(y_lo)), len(_number(y_hi)))
     canvas = BrailleCanvas(max(4, width - label_width - 1), height)
-    for index, (name, pts) in enumerate(points.items()):
+    for index, pts in enumerate(points.values()):
         color = PALETTE[index % len(PALETTE)]
         dots = [
             (scale(x, x_lo, x_hi, canvas.dots_x), scale(y, y_lo, y_hi, canvas.dots_y, flip=True)) for x, y in pts
         ]
         if len(dots) == 1:
             canvas.set(*dots[0], color)
-        for (ax, ay), (bx, by) in zip(dots, dots[1:]):
+        for (ax, ay), (bx, by) in zip(dots, dots[1:], strict=False):
             canvas.line(ax, ay, bx, by, color)
     body = canvas.render().split("\n")
     for r, row in enumerate(body):

@@ -142,7 +142,7 @@ def _walk_model(model, data, path, depth, out, registry) -> None:
         if slot is None:
             continue
         default = field_default(info)
-        value = data[name] if name in data else default
+        value = data.get(name, default)
         section = Section(path + (name,), name, depth, slot, optional=is_optional(info),
                           present=value is not None, default=default, data=value)
         out.append(section)
