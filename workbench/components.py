@@ -6,6 +6,7 @@ optional but saves writing the obvious parts.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -96,7 +97,7 @@ class LossOutput:
     logs: dict[str, float] = field(default_factory=dict)
 
 
-class Defense:
+class Defense(abc.ABC):
     """Base for defenses: the trainer calls `prepare_model` once, `loss` every step.
 
     `loss` gets the ID part of the batch only (BiDO+ concatenates OOD images into the same
@@ -107,8 +108,9 @@ class Defense:
         """Wrap or extend the backbone (MID adds a bottleneck head); default: unchanged."""
         return model
 
+    @abc.abstractmethod
     def loss(self, *, x: Tensor, y: Tensor, logits: Tensor, hiddens: Sequence[Tensor], model: nn.Module) -> LossOutput:
-        raise NotImplementedError
+        """The training loss of one ID batch (and figures to log)."""
 
 
 # ---------------------------------------------------------------- evaluation
@@ -128,13 +130,14 @@ class EvalContext:
     """Set for metrics of section `attacks`: the reconstructions to judge."""
 
 
-class Metric:
+class Metric(abc.ABC):
     """Base for metrics: `evaluate(ctx)` returns figures (fractions, not percent) for `section`."""
 
     section: str = "utility"
 
+    @abc.abstractmethod
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        raise NotImplementedError
+        """Figures for `section`, as fractions in [0, 1] where they are shares."""
 
 
 @runtime_checkable

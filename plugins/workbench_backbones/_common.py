@@ -6,6 +6,7 @@ Weights only ever come from a local file (safetensors, or a torch state dict rea
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -20,7 +21,7 @@ _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 _SHOWN_KEYS = 4
 
 
-class HiddenClassifier(nn.Module):
+class HiddenClassifier(nn.Module, abc.ABC):
     """A classifier whose `forward_hidden` returns logits and every hidden output in one pass.
 
     Subclasses set `feature_dim` (size of the penultimate feature, always the last hidden) and
@@ -33,8 +34,9 @@ class HiddenClassifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_hidden(x)[0]
 
+    @abc.abstractmethod
     def forward_hidden(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        raise NotImplementedError
+        """(logits, hiddens) in one forward pass."""
 
 
 def check_build_args(owner: str, num_classes: int, in_channels: int, image_size: int) -> None:

@@ -12,6 +12,7 @@ Every image stream is seeded from the run seed *and* the component's own params 
 
 from __future__ import annotations
 
+import abc
 import math
 from functools import lru_cache
 from typing import ClassVar, Literal
@@ -41,7 +42,7 @@ class ProceduralParams(StrictModel):
     """`auxiliary` (BiDO+ training data) or `test` (evaluation); enters the seed, so the two never coincide."""
 
 
-class ProceduralOOD(OODComponent):
+class ProceduralOOD(OODComponent, abc.ABC):
     embedded: ClassVar[bool] = True
     source: ClassVar[str] = PROCEDURAL_SOURCE
     params: ProceduralParams
@@ -61,9 +62,9 @@ class ProceduralOOD(OODComponent):
         images = torch.cat(chunks)
         return TensorDataset(images, torch.full((len(images),), OOD_LABEL, dtype=torch.long))
 
+    @abc.abstractmethod
     def generate(self, count: int, image_size: int, in_channels: int, rng: np.random.Generator) -> Tensor:
         """`[count, in_channels, image_size, image_size]` floats; draws only from `rng`."""
-        raise NotImplementedError
 
 
 # ---------------------------------------------------------------- letters

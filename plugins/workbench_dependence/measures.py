@@ -19,6 +19,7 @@ layer's kernel once for both of its terms: `d(X, Z_j) = pair(P_X, P_Zj)`,
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -61,7 +62,7 @@ class Prepared:
     """What `matrix` holds ("R", "HKH" or "HKH^2"): measures refuse to pair forms they do not use."""
 
 
-class KernelDependence:
+class KernelDependence(abc.ABC):
     """Shared plumbing: checks, upcasting, autocast off, and `measure(a, b)` via `pair`."""
 
     name: str = ""
@@ -108,12 +109,13 @@ class KernelDependence:
         with torch.autocast(device_type=ma.device.type, enabled=False):
             return self._pair(ma, mb)
 
+    @abc.abstractmethod
     def _prepare_samples(self, samples: list[Tensor], kernel: str) -> list[Tensor]:
         """Checked `[m, d_l]` variables -> their `[m, m]` prepared matrices."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _pair(self, ma: Tensor, mb: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The measure from two prepared matrices of this measure's form."""
 
 
 class NormalizedHSIC(KernelDependence):
