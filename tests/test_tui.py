@@ -178,6 +178,13 @@ def test_scatter_chart_lists_each_point():
     assert "none (0.8, 0.9)" in text and "bido (0.3, 0.85)" in text
 
 
+def style_at(text, offset: int):
+    """The style of one character (half_block_image gives each character exactly one span)."""
+    from rich.style import Style
+
+    return Style.combine(span.style for span in text.spans if span.start <= offset < span.end)
+
+
 def test_half_block_image_colours():
     pixels = np.array([[[255, 0, 0], [0, 0, 255]], [[0, 255, 0], [10, 20, 30]], [[1, 2, 3], [4, 5, 6]]],
                       dtype=np.uint8)

@@ -1,149 +1,198 @@
-"""Pilot tests of the TUI's screens against fixture run directories."""
+"""The TUI's screens, driven through Textual's Pilot against fixture run directories."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import time
-from pathlib import Path
+import os
+import shutil
+import tomllib
 
-from textual.widgets import DataTable, Static
+import pytest
+from textual.widgets import DataTable, Input, OptionList, Select, Static
 
-from workbench.tui.app import WorkbenchApp
+from workbench.recipe import validate_raw
+from workbench.tui.compose import EditorScreen
+from workbench.tui.demo import append_events, write_run
 from workbench.tui.runs import ResultsScreen, RunScreen
 
-RESULTS = {"variants": [
-    {"name": "none", "utility": {"test_accuracy": 0.99}, "attacks": {"gmi": {"top1": 0.6}}},
-    {"name": "bido-hsic", "utility": {"test_accuracy": 0.97}, "attacks": {"gmi": {"top1": 0.4}}},
-]}
+from test_tui import (  # noqa: F401  (fixtures)
+    COMMENTED_RECIPE,
+    make_app,
+    notices,
+    plain_text,
+    registry,
+    runs_dir,
+    toy_registry,
+    wait_for,
+)
+
+pytestmark = pytest.mark.asyncio
 
 
-def write_run(root: Path, name: str, events: list[dict], *, results: dict | None = None, pid: int = 999_999,
-              raw_tail: str = "") -> Path:
-    run = root / name
-    run.mkdir(parents=True)
-    (run / "recipe.toml").write_text('[data]\nuse = "digits"\n')
-    (run / "run.json").write_text(json.dumps({"recipe_hash": "x", "pid": pid, "started": time.time()}))
-    lines = "".join(json.dumps({"t": time.time(), **e}) + "\n" for e in events)
-    (run / "events.jsonl").write_text(lines + raw_tail)
-    if results is not None:
-        (run / "results.json").write_text(json.dumps(results))
-    return run
-
-
-def started(variants=("none",)) -> dict:
-    return {"type": "run_started", "recipe": "recipes/bido_plus.toml", "variants": list(variants), "seed": 0}
-
-
-def fixture_runs(root: Path) -> None:
-    import os
-
-    write_run(root, "finished", [started(["none", "bido-hsic"]), {"type": "run_finished", "seconds": 3.0}],
-              results=RESULTS)
-    write_run(root, "failed", [started(), {"type": "run_failed", "error": "data: root missing"}])
-    write_run(root, "corrupt", [started()], raw_tail='{"type": "epoch", "trunc\nnot json at all\n{"half')
-    write_run(root, "running", [started(), {"type": "stage_started", "stage": "train", "variant": "none",
-                                            "total": 4}], pid=os.getpid())
-
-
-def table_column(table: DataTable, index: int) -> list[str]:
-    return [str(table.get_row_at(i)[index]) for i in range(table.row_count)]
-
-
-def run_app(app: WorkbenchApp, scenario) -> None:
-    async def main() -> None:
-        async with app.run_test(size=(160, 50)) as pilot:
-            await pilot.pause()
-            await scenario(app, pilot)
-
-    asyncio.run(main())
-
-
-def test_recipes_screen_lists_shipped_recipes(tmp_path):
-    async def scenario(app, pilot):
-        table = app.screen.query_one("#recipes", DataTable)
-        names = " ".join(str(table.get_row_at(i)[0]) for i in range(table.row_count))
-        assert "bido_plus.toml" in names and "celeba_vgg16_bido_plus.toml" in names
-
-    run_app(WorkbenchApp(runs_dir=tmp_path / "runs", recipes_dir=tmp_path), scenario)
-
-
-def test_runs_screen_shows_every_status_without_crashing_on_corrupt_events(tmp_path):
-    fixture_runs(tmp_path)
-
-    async def scenario(app, pilot):
-        await pilot.press("2")
-        await pilot.pause(0.5)
-        table = app.screen.query_one("#runs", DataTable)
-        for _ in range(20):  # the scan runs in a worker thread
-            if table.row_count == 4:
-                break
-            await pilot.pause(0.2)
-        cells = " ".join(" ".join(str(c) for c in table.get_row_at(i)) for i in range(table.row_count))
-        for status in ("finished", "failed", "running"):
-            assert status in cells
-        assert "corrupt" in cells
-
-    run_app(WorkbenchApp(runs_dir=tmp_path, recipes_dir=tmp_path), scenario)
-
-
-def test_live_view_follows_a_growing_event_file(tmp_path):
-    import os
-
-    run = write_run(tmp_path, "live", [started(), {"type": "stage_started", "stage": "train", "variant": "none",
-                                                   "total": 4}], pid=os.getpid())
-
-    async def scenario(app, pilot):
-        app.push_screen(RunScreen(run))
-        await pilot.pause(0.5)
-        with (run / "events.jsonl").open("a") as handle:
-            for epoch in (1, 2):
-                handle.write(json.dumps({"t": time.time(), "type": "epoch", "stage": "train", "variant": "none",
-                                         "epoch": epoch, "epochs": 4,
-                                         "metrics": {"loss": 1.0 / epoch, "test_accuracy": 0.5 + epoch / 10,
-                                                     "dep_x/0": 0.2, "dep_y/0": 0.3}}) + "\n")
-        progress = app.screen.query_one("#progress", Static)
-        for _ in range(30):
-            await pilot.pause(0.2)
-            if "2/4" in str(progress.render()):
-                break
-        assert "2/4" in str(progress.render())
-        with (run / "events.jsonl").open("a") as handle:
-            handle.write(json.dumps({"t": time.time(), "type": "run_failed", "error": "boom"}) + "\n")
-        header = app.screen.query_one("#run-header", Static)
-        for _ in range(30):
-            await pilot.pause(0.2)
-            if "failed" in str(header.render()):
-                break
-        assert "failed" in str(header.render())
-
-    run_app(WorkbenchApp(runs_dir=tmp_path, recipes_dir=tmp_path), scenario)
-
-
-def test_results_view_and_deleted_run_directory(tmp_path):
-    import shutil
-
-    run = write_run(tmp_path, "done", [started(["none", "bido-hsic"]), {"type": "run_finished", "seconds": 1}],
-                    results=RESULTS)
-
-    async def scenario(app, pilot):
-        app.push_screen(ResultsScreen([run]))
-        await pilot.pause(0.5)
-        table = app.screen.query_one("#results", DataTable)
-        cells = " ".join(" ".join(str(c) for c in table.get_row_at(i)) for i in range(table.row_count))
-        assert "bido-hsic" in cells and "none" in cells
-        shutil.rmtree(run)
-        await pilot.press("f5")
-        await pilot.pause(0.5)
-        assert app.is_running  # a deleted run is a notice, not a crash
-
-    run_app(WorkbenchApp(runs_dir=tmp_path, recipes_dir=tmp_path), scenario)
-
-
-def test_q_quits(tmp_path):
-    async def scenario(app, pilot):
+async def test_recipes_screen_lists_shipped_and_user_recipes(tmp_path, registry):
+    (tmp_path / "mine.toml").write_text(COMMENTED_RECIPE)
+    app = make_app(tmp_path / "runs", registry, tmp_path)
+    async with app.run_test(size=(140, 40)) as pilot:
+        table = app.screen.query_one(DataTable)
+        names = [table.get_row_at(i)[0] for i in range(table.row_count)]
+        assert "bido_plus.toml" in names and "mine.toml" in names
         await pilot.press("q")
-        await pilot.pause()
-        assert not app.is_running
+    assert app.return_code == 0
 
-    run_app(WorkbenchApp(runs_dir=tmp_path, recipes_dir=tmp_path), scenario)
+
+async def test_runs_screen_shows_each_status(runs_dir, tmp_path, registry):
+    app = make_app(runs_dir, registry, tmp_path)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("2")
+        table = app.screen.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count == 4)
+        rows = {table.get_row_at(i)[1]: table.get_row_at(i) for i in range(4)}
+        assert str(rows["done"][2]) == "finished"
+        assert str(rows["broke"][2]) == "failed" and "NaN" in rows["broke"][6]
+        assert str(rows["stopped"][2]) == "interrupted"
+        assert str(rows["garbled"][2]) == "finished"  # corrupt lines skipped, not fatal
+        # A run started elsewhere (from the CLI) appears on the next scan.
+        write_run(runs_dir / "from-cli", status="finished")
+        await wait_for(pilot, lambda: table.row_count == 5, timeout=15)
+        # Deleting a run directory under the TUI's feet is not a crash.
+        shutil.rmtree(runs_dir / "done")
+        await wait_for(pilot, lambda: table.row_count == 4, timeout=15)
+
+
+async def test_live_view_follows_a_growing_run(tmp_path, registry):
+    runs = tmp_path / "runs"
+    run_dir = write_run(runs / "live", status="running", pid=os.getpid(), variants=("none",), epochs=2)
+    app = make_app(runs, registry, tmp_path)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await app.push_screen(RunScreen(run_dir))
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.state.events_seen > 0)
+        assert screen._status() == "running"
+        before = screen.state.events_seen
+        # Hundreds of events arriving at once are read and drawn in one go.
+        burst = [{"t": 2e9 + i, "type": "progress", "stage": "attack", "variant": "none", "step": i,
+                  "total": 400} for i in range(1, 401)]
+        burst += [{"t": 2e9 + 500, "type": "epoch", "stage": "train", "variant": "none", "epoch": 3,
+                   "epochs": 3, "metrics": {"loss": 0.1, "dep_x/0": 0.3, "dep_y/0": 0.4, "ood_loss": 0.2}}]
+        append_events(run_dir, [{"t": 2e9, "type": "stage_started", "stage": "attack", "variant": "none",
+                                 "total": 400}] + burst)
+        await wait_for(pilot, lambda: screen.state.events_seen == before + len(burst) + 1)
+        await pilot.pause(0.3)
+        assert "none · attack" in plain_text(screen.query_one("#progress", Static))
+        assert "dep_x/0" in plain_text(screen.query_one("#curves-dependency", Static))
+        assert "ood_loss" in plain_text(screen.query_one("#curves-ood", Static))
+        assert "Device" in plain_text(screen.query_one("#device", Static))
+        append_events(run_dir, [{"t": 2e9 + 600, "type": "run_finished", "seconds": 600}])
+        await wait_for(pilot, lambda: "finished" in plain_text(screen.query_one("#run-header", Static)))
+        assert any("run finished" in str(line) for line in screen.query_one("#log").lines)
+
+
+async def test_failed_and_corrupt_runs_show_notices(runs_dir, tmp_path, registry):
+    app = make_app(runs_dir, registry, tmp_path)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await app.push_screen(RunScreen(runs_dir / "broke"))
+        await pilot.pause(0.2)
+        assert "loss is NaN" in plain_text(app.screen.query_one("#run-header", Static))
+        app.pop_screen()
+        await app.push_screen(RunScreen(runs_dir / "garbled"))
+        await wait_for(pilot, lambda: any("corrupt line" in n for n in notices(app)))
+        assert app.screen._status() == "finished"
+        app.pop_screen()
+        screen = RunScreen(runs_dir / "stopped")
+        await app.push_screen(screen)
+        await pilot.pause(0.2)
+        shutil.rmtree(runs_dir / "stopped")
+        await wait_for(pilot, lambda: any("deleted" in n for n in notices(app)))
+        assert "missing" in plain_text(screen.query_one("#run-header", Static))
+
+
+async def test_reconstructions_are_drawn_with_half_blocks(runs_dir, tmp_path, registry):
+    app = make_app(runs_dir, registry, tmp_path)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await app.push_screen(RunScreen(runs_dir / "done"))
+        await pilot.pause(0.2)
+        text = plain_text(app.screen.query_one("#recon", Static))
+        assert "none · gmi" in text and "▀" in text
+
+
+async def test_results_across_runs(runs_dir, tmp_path, registry):
+    write_run(runs_dir / "other", status="finished", attacks=("gmi",), ood=True)
+    app = make_app(runs_dir, registry, tmp_path)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await app.push_screen(ResultsScreen([runs_dir / "done", runs_dir / "other"]))
+        await pilot.pause(0.2)
+        table = app.screen.query_one(DataTable)
+        assert table.row_count == 4
+        header = [str(c.label) for c in table.columns.values()]
+        assert "gmi top1" in header and "OOD auroc" in header
+        first = table.get_row_at(0)
+        assert first[:3] == ["done", "none", "0.9"] and first[header.index("gmi top1")] == "0.8"
+        chart = plain_text(app.screen.query_one("#tradeoff", Static))
+        assert "done/bido-hsic (0.6, 0.85)" in chart
+
+
+async def open_section(pilot, screen, key: str) -> None:
+    outline = screen.query_one("#outline", OptionList)
+    index = next(i for i, s in enumerate(screen.sections) if s.key == key)
+    outline.highlighted = index
+    await wait_for(pilot, lambda: screen.current is not None and screen.current.key == key
+                   and not screen._rendering)
+    await pilot.pause(0.05)
+
+
+async def test_editor_round_trip_keeps_comments(tmp_path, registry):
+    path = tmp_path / "mine.toml"
+    path.write_text(COMMENTED_RECIPE)
+    app = make_app(tmp_path / "runs", registry, tmp_path)
+    async with app.run_test(size=(140, 45)) as pilot:
+        screen = EditorScreen(path, path)
+        await app.push_screen(screen)
+        await open_section(pilot, screen, "target.train")
+        epochs = screen.query_one("#f-epochs", Input)
+        epochs.value = "0"  # invalid: shown inline
+        await pilot.pause(0.1)
+        assert "greater than 0" in plain_text(screen.query_one("#e-epochs", Static))
+        epochs.value = "7"
+        await pilot.pause(0.1)
+        assert plain_text(screen.query_one("#e-epochs", Static)) == ""
+        await pilot.press("ctrl+s")
+        await pilot.pause(0.1)
+    text = path.read_text()
+    assert "# My experiment: a header comment that must survive the editor." in text
+    assert "# training settings, kept short" in text and "# the data table" in text
+    raw = tomllib.loads(text)
+    assert raw["target"]["train"]["epochs"] == 7 and raw["seed"] == 3
+    validate_raw(raw, str(path), registry)
+
+
+async def test_third_party_component_appears_in_the_picker(tmp_path, toy_registry):
+    path = tmp_path / "mine.toml"
+    path.write_text(COMMENTED_RECIPE)
+    app = make_app(tmp_path / "runs", toy_registry, tmp_path)
+    async with app.run_test(size=(140, 45)) as pilot:
+        screen = EditorScreen(path, path)
+        await app.push_screen(screen)
+        await open_section(pilot, screen, "target.backbone")
+        picker = screen.query_one("#use-select", Select)
+        assert "toy-net" in [value for _, value in picker._options]
+        picker.value = "toy-net"
+        await wait_for(pilot, lambda: screen.current is not None and screen.current.data == {"use": "toy-net"}
+                       and screen.query("#f-width"))
+        await pilot.pause(0.05)
+        width = screen.query_one("#f-width", Input)
+        assert width.placeholder == "default: 8"
+        assert "Channels of the toy network" in plain_text(screen.query(".help").first())
+        width.value = "16"
+        await pilot.pause(0.1)
+        assert screen.action_save()
+    raw = tomllib.loads(path.read_text())
+    assert raw["target"]["backbone"] == {"use": "toy-net", "width": 16}
+    validate_raw(raw, str(path), toy_registry)
+
+
+async def test_palette_lists_the_screen_bindings(runs_dir, tmp_path, registry):
+    app = make_app(runs_dir, registry, tmp_path)
+    async with app.run_test(size=(140, 40)) as pilot:
+        await pilot.press("2")
+        await pilot.pause(0.1)
+        titles = [command.title for command in app.get_system_commands(app.screen)]
+        assert {"Cancel run", "Resume run", "Results", "Quit"} <= set(titles)

@@ -163,7 +163,7 @@ class EditorScreen(Screen):
             outline.add_option(Option(text, id=section.key))
         index = next((i for i, s in enumerate(self.sections) if s.path == wanted), 0)
         outline.highlighted = index
-        self.call_after_refresh(self._show, self.sections[index])
+        self.run_worker(self._show(self.sections[index]), exclusive=True, group="form")
 
     @on(OptionList.OptionHighlighted, "#outline")
     def _highlighted(self, event: OptionList.OptionHighlighted) -> None:
@@ -193,7 +193,9 @@ class EditorScreen(Screen):
             if use not in [value for _, value in options]:
                 options.insert(0, (f"{use} (not registered)", use or ""))
             widgets.append(Label(f"component (kind `{slot.kind}`)", classes="field-name"))
-            widgets.append(Select(options, value=use or "", allow_blank=False, id="use-select"))
+            picker = Select(options, value=use or "", allow_blank=False, id="use-select")
+            picker.section_path = section.path
+            widgets.append(picker)
             widgets.append(Static("", id="e-use", classes="error"))
         model = form.section_model(section, self.registry) if section.present else None
         if model is not None:
@@ -223,6 +225,7 @@ class EditorScreen(Screen):
             widget = Input(value="" if value is form.MISSING else form.format_value(value),
                            placeholder=spec.placeholder, id=widget_id)
         widget.tooltip = spec.description or None
+        widget.section_path = self.current.path  # events arrive late: tie each widget to its table
         parts = [label, widget]
         if spec.description:
             parts.insert(1, Static(spec.description, classes="help"))
@@ -235,6 +238,10 @@ class EditorScreen(Screen):
         model = form.section_model(self.current, self.registry) if self.current else None
         return next((s for s in form.form_fields(model) if s.name == name), None) if model else None
 
+    def _stale(self, widget) -> bool:
+        """An event from a form that is no longer shown (or still being built)."""
+        return self._rendering or self.current is None or getattr(widget, "section_path", None) != self.current.path
+
     def _write(self, name: str, value: Any) -> None:
         section = self.current
         node = form.get_raw(self.raw, section.path)
@@ -243,6 +250,9 @@ class EditorScreen(Screen):
             value = form.MISSING
         if current == value:
             return
+        spec = self._spec(name)
+        if current is form.MISSING and spec is not None and not spec.required and value == spec.default:
+            return  # a widget showing the default: nothing to write
         node = form.ensure_path(self.raw, section.path, self.sections)
         if value is form.MISSING:
             node.pop(name, None)
@@ -271,7 +281,7 @@ class EditorScreen(Screen):
 
     @on(Input.Changed)
     def _input_changed(self, event: Input.Changed) -> None:
-        if self._rendering or not (event.input.id or "").startswith("f-"):
+        if self._stale(event.input) or not (event.input.id or "").startswith("f-"):
             return
         spec = self._spec(event.input.id[2:])
         if spec is not None:
@@ -279,13 +289,13 @@ class EditorScreen(Screen):
 
     @on(Switch.Changed)
     def _switch_changed(self, event: Switch.Changed) -> None:
-        if self._rendering or not (event.switch.id or "").startswith("f-"):
+        if self._stale(event.switch) or not (event.switch.id or "").startswith("f-"):
             return
         self._write(event.switch.id[2:], event.value)
 
     @on(Select.Changed)
     def _select_changed(self, event: Select.Changed) -> None:
-        if self._rendering or self.current is None:
+        if self._stale(event.select):
             return
         value = event.value
         if event.select.id == "use-select":
