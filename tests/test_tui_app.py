@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import tomllib
 
 import pytest
+import tomllib
 from textual.widgets import DataTable, Input, OptionList, Select, Static
-
-from workbench.recipe import validate_raw
-from workbench.tui.compose import EditorScreen
-from workbench.tui.demo import append_events, write_run
-from workbench.tui.runs import ResultsScreen, RunScreen
 
 from test_tui import (  # noqa: F401  (fixtures)
     COMMENTED_RECIPE,
@@ -24,6 +19,10 @@ from test_tui import (  # noqa: F401  (fixtures)
     toy_registry,
     wait_for,
 )
+from workbench.recipe import validate_raw
+from workbench.tui.compose import EditorScreen
+from workbench.tui.demo import append_events, write_run
+from workbench.tui.runs import ResultsScreen, RunScreen
 
 pytestmark = pytest.mark.asyncio
 
