@@ -157,3 +157,51 @@ def test_parallel_workers_give_the_same_results_as_one_process(run_tiny_recipe, 
     assert parallel["variants"] == sequential["variants"]
     types = [e["type"] for e in read_events(run_dir)]
     assert types.count("epoch") == 10 and types[-1] == "run_finished"
+
+
+TINY_ATTACKS = """
+[[metrics]]
+use = "attack-accuracy"
+
+[evaluation.backbone]
+use = "scnn"
+width = 8
+
+[evaluation.train]
+epochs = 2
+
+[attacks.gmi]
+use = "gmi"
+gan_steps = 3
+critic_iters = 1
+iterations = 5
+samples_per_class = 2
+
+[attacks.kedmi]
+use = "kedmi"
+gan_steps = 3
+critic_iters = 1
+iterations = 5
+samples_per_class = 2
+"""
+
+
+@pytest.mark.slow
+def test_shared_stages_train_once_in_parallel_workers_with_the_same_results(run_tiny_recipe, tmp_path):
+    two_variants = (TINY_RECIPE.replace("epochs = 5", "epochs = 2")
+                    + '\n[[variants]]\nname = "mid"\ndefense = { use = "mid", beta = 0.01 }\n' + TINY_ATTACKS)
+    _, sequential = run_tiny_recipe(two_variants, workers=1, cache_dir=tmp_path / "cache-1")
+    run_dir, parallel = run_tiny_recipe(two_variants, workers=2, cache_dir=tmp_path / "cache-2")
+    assert parallel["variants"] == sequential["variants"]
+    assert parallel["evaluation_model"] == sequential["evaluation_model"]
+    assert parallel["evaluation_model"]["cached"] is False  # trained by this run, in a worker
+    events = list(read_events(run_dir))
+    trained = [e["stage"] for e in events if e["type"] == "stage_finished" and e["variant"] is None]
+    # E and GMI's prior are trained once each (in the workers), not again by every variant.
+    assert trained.count("evaluation-model") == 1 and trained.count("prior:gmi") == 1
+    assert sum(e["type"] == "result" and e.get("section") == "evaluation_model" for e in events) == 1
+    messages = [e["message"] for e in events if e["type"] == "log"]
+    assert "training 2 shared stages in 2 worker processes" in messages
+    # A second run finds both in the cache: no shared stage trains, the workers only load.
+    _, again = run_tiny_recipe(two_variants, workers=2, cache_dir=tmp_path / "cache-2")
+    assert again["evaluation_model"]["cached"] is True and again["variants"] == parallel["variants"]

@@ -75,14 +75,29 @@ def resolve_workers(requested: int | None, variants: int, device: torch.device) 
     return max(1, min(variants, os.cpu_count() or 1))
 
 
-def variant_threads(variants: int) -> int:
-    """CPU threads for training one variant: the cores shared out among the variants that could
-    run at once. It depends on the machine and the recipe but not on `--workers`, so a run
-    gives the same figures whether its variants run in parallel or one after another (the thread
-    count changes float reductions). Small nets also train faster on one thread each than on
-    several threads that wait for each other."""
+def threads_per_job(jobs: int) -> int:
+    """CPU threads for one of `jobs` pieces of work that could run at once (variants, or the shared
+    stages): the cores shared out among them. It depends on the machine and the recipe but not on
+    `--workers`, so a run gives the same figures whether its work runs in parallel or one piece
+    after another (the thread count changes float reductions). Small nets also train faster on
+    one thread each than on several threads that wait for each other."""
     cores = os.cpu_count() or 1
-    return max(1, cores // max(1, min(variants, cores)))
+    return max(1, cores // max(1, min(jobs, cores)))
+
+
+class _threads:
+    """`with _threads(n):` torch uses n CPU threads inside the block (None: unchanged)."""
+
+    def __init__(self, count: int | None):
+        self.count = count
+
+    def __enter__(self) -> None:
+        self.previous = torch.get_num_threads()
+        if self.count:
+            torch.set_num_threads(self.count)
+
+    def __exit__(self, *exc) -> None:
+        torch.set_num_threads(self.previous)
 
 
 def default_run_dir(recipe_path: Path) -> Path:
@@ -179,6 +194,7 @@ class Runner:
         self.ood_evaluator = None
         self.workers = 1
         self.plugins_dir: Path | None = None
+        self._pool = None  # worker processes, made on first use by `in_workers`
 
     # -------------------------------------------------------------- setup
 
@@ -219,7 +235,6 @@ class Runner:
         runner = cls(recipe, registry, run_dir, recipe_hash(resolved), resolved, EventWriter(run_dir),
                      StageCache(cache_dir), resumed, run_dir / RECIPE_FILE)
         runner.plugins_dir = plugins_dir
-        runner.prepare_shared_stages(quiet=True)
         return runner
 
     def emit(self, type: str, **fields: Any) -> None:
@@ -236,17 +251,21 @@ class Runner:
         try:
             self.prepare_shared_stages()
             self._run_variants()
+            self.close_workers()
             results = self.collect_results()
             self._write_report(results)
         except KeyboardInterrupt:
+            self.close_workers(cancel=True)
             self.emit("run_interrupted", message="stopped by the user; resumable")
             self.events.close()
             raise RunInterrupted(f"interrupted; continue with: workbench run {self.run_dir} --resume") from None
         except WorkbenchError as exc:
+            self.close_workers(cancel=True)
             self.emit("run_failed", error=str(exc))
             self.events.close()
             raise
         except Exception as exc:
+            self.close_workers(cancel=True)
             self.emit("run_failed", error=f"{type(exc).__name__}: {exc}")
             self.events.close()
             raise
@@ -257,39 +276,99 @@ class Runner:
     def prepare_shared_stages(self, quiet: bool = False) -> None:
         """What every variant needs and no defense changes: data, E, OOD test sets, attack priors.
 
-        Worker processes call this quietly: E and the priors then come from the stage cache.
+        On a CPU with several workers the main process trains E and the attack priors in
+        parallel worker processes first, then loads them here from the stage cache. Variant
+        workers call this quietly: everything then comes from the stage cache.
         """
         recipe = self.recipe
         emit = (lambda *a, **k: None) if quiet else self.emit
         self.data = self._load_data(emit)
-        if recipe.attacks:
-            self.evaluation_model, self.evaluation_figures = self._stage("evaluation-model", lambda: evaluation_model(
-                recipe, self.resolved, self.registry, self.data, self.cache, self.device, emit), emit=emit)
-            for name, table in recipe.attacks.items():
-                attack = self.registry.create_from("attack", table)
-                if hasattr(attack, "prepare"):  # target-independent work (GMI's GAN), shared by variants
-                    ctx = AttackContext(target=None, data=self.data, evaluation_model=None, device=self.device,
-                                        seed=recipe.seed, cache=self.cache, emit=emit)
-                    self._stage(f"prior:{name}", lambda a=attack, c=ctx: a.prepare(c), emit=emit)
+        jobs = self.shared_stage_names()
+        threads = threads_per_job(len(jobs)) if self.device.type == "cpu" else None
+        workers = min(self.workers, len(jobs))
+        if not quiet and workers > 1 and threads:
+            trained = self.in_workers(_shared_stage_worker, jobs, threads,
+                                      f"training {len(jobs)} shared stages in {workers} worker processes")
+            with _threads(threads):
+                for name in jobs:
+                    self.shared_stage(name, lambda *a, **k: None)
+            if "evaluation-model" in jobs:
+                self.evaluation_figures = trained[jobs.index("evaluation-model")]  # trained there, not cached
+        else:
+            with _threads(threads):
+                for name in jobs:
+                    self.shared_stage(name, emit)
         if recipe.ood and recipe.ood.test_sets:
             self.ood_evaluator = self._stage("ood-test-sets", lambda: OODEvaluator(recipe, self.registry, self.data),
                                              emit=emit)
 
+    def shared_stage_names(self) -> list[str]:
+        """The trained stages every variant shares: E, and each attack's target-independent prior."""
+        if not self.recipe.attacks:
+            return []
+        names = ["evaluation-model"]
+        for name, table in self.recipe.attacks.items():
+            if hasattr(self.registry.create_from("attack", table), "prepare"):  # GMI's GAN, say
+                names.append(f"prior:{name}")
+        return names
+
+    def shared_stage(self, name: str, emit) -> dict[str, Any] | None:
+        """Train or load one shared stage (see `shared_stage_names`); E's figures for E."""
+        recipe = self.recipe
+        if name == "evaluation-model":
+            self.evaluation_model, self.evaluation_figures = self._stage(name, lambda: evaluation_model(
+                recipe, self.resolved, self.registry, self.data, self.cache, self.device, emit), emit=emit)
+            return self.evaluation_figures
+        attack = self.registry.create_from("attack", recipe.attacks[name.removeprefix("prior:")])
+        ctx = AttackContext(target=None, data=self.data, evaluation_model=None, device=self.device,
+                            seed=recipe.seed, cache=self.cache, emit=emit)
+        self._stage(name, lambda: attack.prepare(ctx), emit=emit)
+        return None
+
     def _run_variants(self) -> None:
         pending = [v for v in self.recipe.variants if not (self.variant_dir(v) / RESULTS_FILE).exists()]
         workers = min(self.workers, len(pending))
-        threads = variant_threads(len(self.recipe.variants)) if self.device.type == "cpu" else None
+        threads = threads_per_job(len(self.recipe.variants)) if self.device.type == "cpu" else None
         if workers <= 1:
-            previous = torch.get_num_threads()
-            if threads:
-                torch.set_num_threads(threads)
-            try:
+            with _threads(threads):
                 for variant in self.recipe.variants:
                     self._run_variant(variant)
-            finally:
-                torch.set_num_threads(previous)
             return
-        run_variants_in_workers(self, [v.name for v in pending], workers, threads or 1)
+        self.in_workers(_variant_worker, [v.name for v in pending], threads or 1,
+                        f"training {len(pending)} variants in {workers} worker processes")
+
+    def in_workers(self, function, items: list[str], threads: int, message: str) -> list[Any]:
+        """`function(run_dir, cache_dir, plugins_dir, resumed, threads, item)` for each item in the
+        run's worker processes (spawned once, reused from the shared stages to the variants);
+        their events are relayed to this process's listeners. Results in the order of `items`."""
+        import concurrent.futures as cf
+        import multiprocessing
+
+        if self._pool is None:
+            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        events_path = self.run_dir / EVENTS_FILE
+        self.emit("log", level="info", message=message)
+        offset = events_path.stat().st_size
+        common = (str(self.run_dir), str(self.cache.root), str(self.plugins_dir) if self.plugins_dir else None,
+                  self.resumed, threads)
+        futures = [self._pool.submit(_guarded, function, *common, item) for item in items]
+        while True:
+            done = all(f.done() for f in futures)
+            offset = _relay_events(self, events_path, offset)
+            if done:
+                break
+            time.sleep(0.2)
+        return [future.result() for future in futures]
+
+    def close_workers(self, cancel: bool = False) -> None:
+        """Shut the worker processes down; `cancel` stops them mid-task (Ctrl-C, a failure)."""
+        if self._pool is None:
+            return
+        if cancel:
+            for process in list(getattr(self._pool, "_processes", {}).values()):
+                process.terminate()
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+        self._pool = None
 
     def _stage(self, name: str, work, variant: str | None = None, emit=None):
         """Run `work()` between stage_started / stage_finished events."""
@@ -466,49 +545,40 @@ def run_recipe(options: RunOptions, listeners: list | None = None) -> tuple[Path
 # ------------------------------------------------------------------ parallel variants
 
 
-def _variant_worker(run_dir: str, cache_dir: str, plugins_dir: str | None, resumed: bool, variant: str,
-                    threads: int) -> None:
-    """Train and evaluate one variant in a worker process; results land in its folder."""
+def _worker_runner(run_dir: str, cache_dir: str, plugins_dir: str | None, resumed: bool,
+                   threads: int) -> Runner:
     torch.set_num_threads(threads)
+    return Runner.for_worker(Path(run_dir), Path(cache_dir), Path(plugins_dir) if plugins_dir else None, resumed)
+
+
+def _variant_worker(run_dir: str, cache_dir: str, plugins_dir: str | None, resumed: bool, threads: int,
+                    variant: str) -> None:
+    """Train and evaluate one variant in a worker process; results land in its folder."""
+    runner = _worker_runner(run_dir, cache_dir, plugins_dir, resumed, threads)
+    runner.prepare_shared_stages(quiet=True)
+    runner._run_variant(runner.recipe.variant(variant))
+    runner.events.close()
+
+
+def _shared_stage_worker(run_dir: str, cache_dir: str, plugins_dir: str | None, resumed: bool, threads: int,
+                         stage: str) -> dict[str, Any] | None:
+    """Train one shared stage (E, an attack prior) into the stage cache; E's figures back."""
+    runner = _worker_runner(run_dir, cache_dir, plugins_dir, resumed, threads)
+    runner.data = runner._load_data(lambda *a, **k: None)
+    figures = runner.shared_stage(stage, runner.emit)
+    runner.events.close()
+    return figures
+
+
+def _guarded(function, *args):
+    """Run `function` in a worker: Ctrl-C ends it quietly (the parent reports it), and a
+    WorkbenchError comes back as a RunError, a plain exception type that pickles to the parent."""
     try:
-        runner = Runner.for_worker(Path(run_dir), Path(cache_dir), Path(plugins_dir) if plugins_dir else None,
-                                   resumed)
-        runner._run_variant(runner.recipe.variant(variant))
-        runner.events.close()
+        return function(*args)
     except KeyboardInterrupt:
-        return
+        return None
     except WorkbenchError as exc:
-        raise RunError(str(exc)) from None  # a plain exception type pickles back to the parent
-
-
-def run_variants_in_workers(runner: Runner, variants: list[str], workers: int, threads: int) -> None:
-    """Run variants in `workers` processes; their events are relayed to this process's listeners."""
-    import concurrent.futures as cf
-    import multiprocessing
-
-    events_path = runner.run_dir / EVENTS_FILE
-    runner.emit("log", level="info", message=f"training {len(variants)} variants in {workers} worker processes")
-    offset = events_path.stat().st_size
-    context = multiprocessing.get_context("spawn")
-    pool = cf.ProcessPoolExecutor(workers, mp_context=context)
-    try:
-        futures = [pool.submit(_variant_worker, str(runner.run_dir), str(runner.cache.root),
-                               str(runner.plugins_dir) if runner.plugins_dir else None, runner.resumed, name, threads)
-                   for name in variants]
-        while True:
-            done = all(f.done() for f in futures)
-            offset = _relay_events(runner, events_path, offset)
-            if done:
-                break
-            time.sleep(0.2)
-        for future in futures:
-            future.result()
-    except BaseException:
-        for process in list(getattr(pool, "_processes", {}).values()):
-            process.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+        raise RunError(str(exc)) from None
 
 
 def _relay_events(runner: Runner, path: Path, offset: int) -> int:
