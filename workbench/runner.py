@@ -67,7 +67,8 @@ class RunOptions:
 
 def resolve_workers(requested: int | None, variants: int, device: torch.device) -> int:
     """Parallel variant workers: on the CPU up to one per core, never more than variants; on CUDA
-    one (a single process keeps the GPU busy; multi-GPU goes through torchrun)."""
+    one (a single process keeps one GPU busy; training one target across several GPUs
+    is not supported yet)."""
     if requested is not None:
         return max(1, requested)
     if device.type == "cuda":

@@ -207,6 +207,22 @@ def flatten_result_order(groups: Sequence[Group], samples: int) -> tuple[Tensor,
     return targets, restarts
 
 
+GAN_FIELDS = ("z_dim", "gan_width", "gan_steps", "gan_batch_size", "gan_lr", "critic_iters")
+"""The params every GAN prior shares; each attack adds its own to its cache key."""
+
+
+def gan_config(params: Any, *extra: str) -> dict[str, Any]:
+    """The GAN part of an attack's cache key: the shared GAN params plus the attack's `extra`."""
+    return {k: getattr(params, k) for k in (*GAN_FIELDS, *extra)}
+
+
+def freeze(*modules: nn.Module) -> None:
+    """Eval mode and no parameter gradients: a trained prior is only searched through."""
+    for module in modules:
+        module.eval()
+        module.requires_grad_(False)
+
+
 def load_or_train(
     ctx: AttackContext,
     name: str,
@@ -215,10 +231,17 @@ def load_or_train(
     networks: dict[str, nn.Module],
     train: Callable[[], dict[str, float]],
 ) -> bool:
-    """Fill `networks` from the stage cache, or run `train()` and store them; True on a hit.
+    """Fill `networks` from the stage cache, or run `train()` and store them; frozen either
+    way; True on a cache hit.
 
     `train()` trains `networks` in place and returns figures kept in the entry's metadata.
     """
+    hit = _load_or_train(ctx, name, stage, key, networks, train)
+    freeze(*networks.values())
+    return hit
+
+
+def _load_or_train(ctx, name, stage, key, networks, train) -> bool:
     cache = stage_cache(ctx)
     found = cache.load_state(stage, key)
     if found is not None:

@@ -23,6 +23,7 @@ from workbench_attacks.common import (
     cpu_generator,
     emit_progress,
     flatten_result_order,
+    gan_config,
     input_gradient,
     load_or_train,
     make_groups,
@@ -130,12 +131,6 @@ def train_wgan_gp(
     return {"loss_d": d_loss.item(), "loss_g": g_loss.item()}
 
 
-def freeze(*modules: nn.Module) -> None:
-    for module in modules:
-        module.eval()
-        module.requires_grad_(False)
-
-
 class GMI:
     """GMI: WGAN-GP prior on public data, then a per-class latent search against the target."""
 
@@ -145,20 +140,7 @@ class GMI:
         self.params = params
 
     def gan_key(self, pool: ImagePool, seed: int) -> dict:
-        p = self.params
-        gan = {
-            k: getattr(p, k)
-            for k in (
-                "z_dim",
-                "gan_width",
-                "gan_steps",
-                "gan_batch_size",
-                "gan_lr",
-                "critic_iters",
-                "gp_weight",
-            )
-        }
-        return {"gan": gan, "public": pool.fingerprint(), "seed": seed}
+        return {"gan": gan_config(self.params, "gp_weight"), "public": pool.fingerprint(), "seed": seed}
 
     def prior(self, ctx: AttackContext, pool: ImagePool) -> tuple[Generator, Critic, bool]:
         """The trained (or cached) generator and critic, frozen; and whether the cache hit."""
@@ -169,33 +151,19 @@ class GMI:
             critic = Critic(ctx.data.in_channels, ctx.data.image_size, p.gan_width).to(device)
 
         def train() -> dict[str, float]:
-            rng = cpu_generator(ctx.seed, "gmi-gan")
-            return train_wgan_gp(
-                generator,
-                critic,
-                pool,
-                p,
-                device=device,
-                rng=rng,
-                on_progress=lambda **f: ctx.emit("progress", stage="attack:gmi:gan", **f),
-            )
+            return train_wgan_gp(generator, critic, pool, p, device=device, rng=cpu_generator(ctx.seed, "gmi-gan"),
+                                 on_progress=lambda **f: ctx.emit("progress", stage="attack:gmi:gan", **f))
 
-        hit = load_or_train(
-            ctx,
-            self.name,
-            "gmi-gan",
-            self.gan_key(pool, ctx.seed),
-            {"generator": generator, "critic": critic},
-            train,
-        )
-        freeze(generator, critic)
+        networks = {"generator": generator, "critic": critic}
+        hit = load_or_train(ctx, self.name, "gmi-gan", self.gan_key(pool, ctx.seed), networks, train)
         return generator, critic, hit
 
     def prepare(self, ctx: AttackContext) -> None:
         """Train (or load) the target-independent prior once, before any variant is attacked.
 
-        The runner calls this in the main process, so variants attacked in parallel workers all
-        find the GAN in the stage cache instead of each training it.
+        The runner calls this before the variants start (beside the evaluation model, in a worker
+        process when it has several), so every variant finds the GAN in the stage cache instead
+        of each training it.
         """
         self.prior(ctx, public_pool(ctx, self.name))
 

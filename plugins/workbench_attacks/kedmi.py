@@ -25,6 +25,7 @@ from workbench_attacks.common import (
     cpu_generator,
     emit_progress,
     flatten_result_order,
+    gan_config,
     load_or_train,
     make_groups,
     public_pool,
@@ -33,7 +34,6 @@ from workbench_attacks.common import (
     seeded,
     target_confidence,
 )
-from workbench_attacks.gmi import freeze
 from workbench_attacks.networks import ClassDiscriminator, Generator
 
 
@@ -147,21 +147,8 @@ class KEDMI:
         self.params = params
 
     def gan_key(self, pool: ImagePool, ctx: AttackContext) -> dict:
-        p = self.params
-        gan = {
-            k: getattr(p, k)
-            for k in (
-                "z_dim",
-                "gan_width",
-                "gan_steps",
-                "gan_batch_size",
-                "gan_lr",
-                "critic_iters",
-                "entropy_weight",
-            )
-        }
         return {
-            "gan": gan,
+            "gan": gan_config(self.params, "entropy_weight"),
             "public": pool.fingerprint(),
             "target": weights_fingerprint(ctx.target),
             "num_classes": ctx.data.num_classes,
@@ -178,26 +165,12 @@ class KEDMI:
             ).to(device)
 
         def train() -> dict[str, float]:
-            return train_kplus1_gan(
-                generator,
-                discriminator,
-                ctx.target,
-                pool,
-                p,
-                device=device,
-                rng=cpu_generator(ctx.seed, "kedmi-gan"),
-                on_progress=lambda **f: ctx.emit("progress", stage="attack:kedmi:gan", **f),
-            )
+            return train_kplus1_gan(generator, discriminator, ctx.target, pool, p, device=device,
+                                    rng=cpu_generator(ctx.seed, "kedmi-gan"),
+                                    on_progress=lambda **f: ctx.emit("progress", stage="attack:kedmi:gan", **f))
 
-        hit = load_or_train(
-            ctx,
-            self.name,
-            "kedmi-gan",
-            self.gan_key(pool, ctx),
-            {"generator": generator, "discriminator": discriminator},
-            train,
-        )
-        freeze(generator, discriminator)
+        networks = {"generator": generator, "discriminator": discriminator}
+        hit = load_or_train(ctx, self.name, "kedmi-gan", self.gan_key(pool, ctx), networks, train)
         return generator, discriminator, hit
 
     def run(self, ctx: AttackContext) -> AttackResult:
