@@ -63,7 +63,7 @@ def measure(name: str, defense_table: dict, ood: bool, args, registry) -> dict[s
     stamps.append(time.perf_counter())
     train_classifier(model, defense, synthetic(args.images, seed=0), config, device=device, seed=0, ood=feed,
                      emit=emit)
-    epoch_seconds = [b - a for a, b in zip(stamps, stamps[1:])][1:]  # the first epoch warms up
+    epoch_seconds = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][1:]  # epoch 1 warms up
     seconds = statistics.median(epoch_seconds)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else float("nan")
     return {"images_per_s": args.images / seconds, "epoch_s": seconds, "peak_gib": peak}

@@ -143,3 +143,22 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
     assert shorter.returncode == 0, shorter.stderr
     assert "(resumed)" in shorter.stderr
     assert json.loads((run_dir / "results.json").read_text())["variants"][0]["name"] == "none"
+
+
+def test_terminal_progress_has_bars_for_epochs_and_for_steps_inside_stages():
+    import io
+
+    from rich.console import Console
+
+    from workbench.cli.progress import ConsoleReporter
+
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with ConsoleReporter(console) as reporter:
+        reporter({"type": "stage_started", "stage": "train", "variant": "none", "total": 5})
+        reporter({"type": "epoch", "stage": "train", "variant": "none", "epoch": 2, "epochs": 5,
+                  "metrics": {"loss": 0.5}})
+        # A GAN prior reports steps under its own stage name, with no stage_started of that name.
+        reporter({"type": "progress", "stage": "attack:gmi:gan", "variant": None, "step": 30, "total": 100})
+        reporter({"type": "progress", "stage": "attack:kedmi", "variant": "none", "step": 7, "total": 300})
+        bars = {task.description: (task.completed, task.total) for task in reporter.progress.tasks}
+    assert bars == {"train none": (2, 5), "attack:gmi:gan": (30, 100), "attack:kedmi none": (7, 300)}

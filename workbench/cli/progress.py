@@ -69,7 +69,11 @@ class ConsoleReporter:
             label = stage_label(event)
             self.tasks[label] = self.progress.add_task(label, total=event["total"], info="")
         elif kind in ("epoch", "progress"):
-            task = self.tasks.get(stage_label(event))
+            label = stage_label(event)
+            task = self.tasks.get(label)
+            if task is None and kind == "progress" and event.get("total"):
+                # Steps inside a stage (a GAN prior, an attack's search) get a bar of their own.
+                task = self.tasks[label] = self.progress.add_task(label, total=event["total"], info="")
             if task is not None:
                 done = event.get("epoch", event.get("step", 0))
                 info = epoch_summary(event.get("metrics", {})) if kind == "epoch" else ""
