@@ -3,12 +3,15 @@
 The evaluation model and the GMI generator depend only on the data and their own config, so
 a comparison of six defenses trains them once, and a second run trains them not at all. Each
 entry is a safetensors file plus a JSON sidecar, keyed by a hash of everything that
-determines it (config, data identity, code version). A corrupt entry is rebuilt, not trusted.
+determines it (config, data identity, code: workbench's version and a hash of its source and
+the built-in plugins' source). A corrupt entry is rebuilt, not trusted.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -33,12 +36,44 @@ def default_cache_dir() -> Path:
     return Path(base) / "workbench"
 
 
+# Subpackages that only show results; editing them does not change what a stage computes.
+PRESENTATION_PACKAGES = ("cli", "tui")
+
+
+def source_fingerprint(packages: list[Path]) -> str:
+    """A hash of the Python source under each package folder, presentation code left out."""
+    digest = hashlib.sha256()
+    for package in packages:
+        for path in sorted(package.rglob("*.py")):
+            relative = path.relative_to(package)
+            if relative.parts[0] in PRESENTATION_PACKAGES:
+                continue
+            digest.update(f"{package.name}/{relative.as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """workbench's and the built-in plugins' source, hashed once per process: in a development
+    install an edit to a trainer, defense or attack keys new cache entries instead of reusing
+    what the old code made (the version number alone does not change)."""
+    from workbench.plugins import DEFAULT_PLUGINS
+
+    packages = [Path(__file__).parent]
+    for name in DEFAULT_PLUGINS:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.origin:
+            packages.append(Path(spec.origin).parent)
+    return source_fingerprint(packages)
+
+
 def stage_key(stage: str, key: dict[str, Any]) -> str:
     """A short stable hash of a stage name and the JSON-able dict that determines it."""
     from workbench import __version__
 
-    blob = json.dumps({"stage": stage, "key": key, "format": CACHE_FORMAT, "version": __version__},
-                      sort_keys=True, default=str)
+    blob = json.dumps({"stage": stage, "key": key, "format": CACHE_FORMAT, "version": __version__,
+                       "code": code_fingerprint()}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
