@@ -217,3 +217,20 @@ def test_save_png_failure_keeps_the_old_file_and_leaves_no_temp(tmp_path):
         save_png(Broken(), target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
+
+
+def test_labels_of_nearby_points_do_not_overlap():
+    from workbench.plots import label_boxes
+
+    # Three dots almost on top of each other (variants with nearly equal figures), one far away.
+    anchors = [(100.0, 200.0, False), (100.0, 203.0, False), (101.0, 198.0, False), (400.0, 50.0, True)]
+    sizes = [(60, 12), (80, 12), (70, 12), (40, 12)]
+    boxes = label_boxes(anchors, sizes)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)
+    # A label with room keeps its place: right of its dot (or left, when flagged), just above it.
+    assert boxes[0] == (109.0, 186.0, 169.0, 198.0)
+    assert boxes[3] == (400.0 - 9 - 40, 36.0, 391.0, 48.0)
+    # A crowded one moves by whole lines only.
+    assert (boxes[1][1] - (203.0 - 2 - 12)) % 14 == 0

@@ -364,6 +364,30 @@ def histogram(
 # ---------------------------------------------------------------- scatter and lines
 
 
+def _overlap(a: tuple[float, float, float, float], b: tuple[float, float, float, float]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def label_boxes(
+    anchors: Sequence[tuple[float, float, bool]], sizes: Sequence[tuple[int, int]], gap: int = 2
+) -> list[tuple[float, float, float, float]]:
+    """Pixel boxes `(x0, y0, x1, y1)` for point labels: each sits beside its dot at `(cx, cy)`
+    (left of it when the anchor's flag is set, else right), just above the dot's centre, and
+    moves down or up by a line at a time past labels already placed, so no two overlap (two
+    variants with nearly the same figures stay readable)."""
+    boxes: list[tuple[float, float, float, float]] = []
+    for (cx, cy, left), (width, height) in zip(anchors, sizes, strict=True):
+        x0 = cx - 9 - width if left else cx + 9
+        step = height + gap
+        for shift in [0] + [k * sign for k in range(1, len(boxes) + 2) for sign in (1, -1)]:
+            top = cy - 2 - height + shift * step
+            box = (x0, top, x0 + width, top + height)
+            if not any(_overlap(box, other) for other in boxes):
+                break
+        boxes.append(box)
+    return boxes
+
+
 def scatter(
     points: Sequence[tuple[str, float, float]],
     xlabel: str,
@@ -385,15 +409,16 @@ def scatter(
         xlabel,
         ylabel,
     )
+    anchors, sizes = [], []
     for i, (label, x, y) in enumerate(placed):
         colour = PALETTE[i % len(PALETTE)]
         cx, cy = axes.px(x), axes.py(y)
         axes.draw.ellipse([cx - 5, cy - 5, cx + 5, cy + 5], fill=colour, outline=BLACK)
         # Labels go left of dots in the right third so they stay inside the canvas.
-        if cx > axes.left + 2 * (axes.right - axes.left) / 3:
-            _draw_text(axes.draw, (cx - 9, cy - 2), label, axes.font, BLACK, "rb")
-        else:
-            _draw_text(axes.draw, (cx + 9, cy - 2), label, axes.font, BLACK, "lb")
+        anchors.append((cx, cy, cx > axes.left + 2 * (axes.right - axes.left) / 3))
+        sizes.append(_text_size(axes.draw, label, axes.font))
+    for (label, _, _), box in zip(placed, label_boxes(anchors, sizes), strict=True):
+        _draw_text(axes.draw, (box[0], box[1]), label, axes.font, BLACK, "lt")
     if not placed:
         axes.note("no points")
     if skipped:
