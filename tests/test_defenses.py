@@ -72,7 +72,7 @@ def test_mid_kl_matches_the_gaussian_formula(registry):
     mu, log_var = stats.chunk(2, dim=1)
     kl = (0.5 * (mu**2 + log_var.exp() - log_var - 1).sum(1)).mean()
     assert out.logs["kl"] == pytest.approx(float(kl.detach()), rel=1e-5)
-    assert float(out.loss) == pytest.approx(float(F.cross_entropy(logits, y).detach()) + 0.5 * float(kl.detach()), rel=1e-5)
+    assert float(out.loss.detach()) == pytest.approx(float(F.cross_entropy(logits, y).detach()) + 0.5 * float(kl.detach()), rel=1e-5)
     assert model.feature_dim == 4 and hiddens[-1].shape == (32, 4)
 
 
