@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from workbench.components import AttackContext, AttackResult
 from workbench.params import StrictModel
 from workbench_attacks.common import (
+    GAN_MEMORY_FORMAT,
     ImagePool,
     chunk_groups,
     cpu_generator,
@@ -109,7 +110,7 @@ def train_wgan_gp(
     d_loss = g_loss = torch.zeros(())
     for step in range(1, params.gan_steps + 1):
         for _ in range(params.critic_iters):
-            real = pool.sample(n, rng).to(device)
+            real = pool.sample(n, rng, device)
             z = torch.randn(n, params.z_dim, generator=rng).to(device)
             alpha = torch.rand(n, generator=rng).to(device)
             with torch.no_grad():
@@ -147,8 +148,10 @@ class GMI:
         p = self.params
         device = torch.device(ctx.device)
         with seeded(ctx.seed, device):
-            generator = Generator(p.z_dim, ctx.data.in_channels, ctx.data.image_size, p.gan_width).to(device)
-            critic = Critic(ctx.data.in_channels, ctx.data.image_size, p.gan_width).to(device)
+            generator = Generator(p.z_dim, ctx.data.in_channels, ctx.data.image_size, p.gan_width)
+            critic = Critic(ctx.data.in_channels, ctx.data.image_size, p.gan_width)
+        for network in (generator, critic):
+            network.to(device, memory_format=GAN_MEMORY_FORMAT)
 
         def train() -> dict[str, float]:
             return train_wgan_gp(generator, critic, pool, p, device=device, rng=cpu_generator(ctx.seed, "gmi-gan"),

@@ -20,6 +20,7 @@ from workbench.checkpoint import weights_fingerprint
 from workbench.components import AttackContext, AttackResult
 from workbench.params import StrictModel
 from workbench_attacks.common import (
+    GAN_MEMORY_FORMAT,
     ImagePool,
     chunk_groups,
     cpu_generator,
@@ -102,8 +103,8 @@ def train_kplus1_gan(
     d_loss = g_loss = torch.zeros(())
     for step in range(1, params.gan_steps + 1):
         for _ in range(params.critic_iters):
-            labelled = pool.sample(n, rng).to(device)
-            unlabelled = pool.sample(n, rng).to(device)
+            labelled = pool.sample(n, rng, device)
+            unlabelled = pool.sample(n, rng, device)
             z = torch.randn(n, params.z_dim, generator=rng).to(device)
             with torch.no_grad():
                 soft_labels = target(labelled).softmax(dim=1)
@@ -123,7 +124,7 @@ def train_kplus1_gan(
         z = torch.randn(n, params.z_dim, generator=rng).to(device)
         features_fake, logits_fake = discriminator(generator(z))
         with torch.no_grad():
-            features_real, _ = discriminator(pool.sample(n, rng).to(device))
+            features_real, _ = discriminator(pool.sample(n, rng, device))
         matching = (features_fake.mean(dim=0) - features_real.mean(dim=0)).abs().mean()
         probs = logits_fake.softmax(dim=1)
         entropy = -(probs * logits_fake.log_softmax(dim=1)).sum(dim=1).mean()
@@ -159,10 +160,11 @@ class KEDMI:
         p = self.params
         device = torch.device(ctx.device)
         with seeded(ctx.seed, device):
-            generator = Generator(p.z_dim, ctx.data.in_channels, ctx.data.image_size, p.gan_width).to(device)
-            discriminator = ClassDiscriminator(
-                ctx.data.in_channels, ctx.data.image_size, p.gan_width, ctx.data.num_classes
-            ).to(device)
+            generator = Generator(p.z_dim, ctx.data.in_channels, ctx.data.image_size, p.gan_width)
+            discriminator = ClassDiscriminator(ctx.data.in_channels, ctx.data.image_size, p.gan_width,
+                                               ctx.data.num_classes)
+        for network in (generator, discriminator):
+            network.to(device, memory_format=GAN_MEMORY_FORMAT)
 
         def train() -> dict[str, float]:
             return train_kplus1_gan(generator, discriminator, ctx.target, pool, p, device=device,
