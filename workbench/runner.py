@@ -86,6 +86,10 @@ def threads_per_job(jobs: int) -> int:
     return max(1, cores // max(1, min(jobs, cores)))
 
 
+def _quiet(*args: Any, **fields: Any) -> None:
+    """An emit that drops events: stages redone only to load what a worker already reported."""
+
+
 class _threads:
     """`with _threads(n):` torch uses n CPU threads inside the block (None: unchanged)."""
 
@@ -282,7 +286,7 @@ class Runner:
         workers call this quietly: everything then comes from the stage cache.
         """
         recipe = self.recipe
-        emit = (lambda *a, **k: None) if quiet else self.emit
+        emit = _quiet if quiet else self.emit
         self.data = self._load_data(emit)
         jobs = self.shared_stage_names()
         threads = threads_per_job(len(jobs)) if self.device.type == "cpu" else None
@@ -290,11 +294,10 @@ class Runner:
         if not quiet and workers > 1 and threads:
             trained = self.in_workers(_shared_stage_worker, jobs, threads,
                                       f"training {len(jobs)} shared stages in {workers} worker processes")
-            with _threads(threads):
-                for name in jobs:
-                    self.shared_stage(name, lambda *a, **k: None)
-            if "evaluation-model" in jobs:
-                self.evaluation_figures = trained[jobs.index("evaluation-model")]  # trained there, not cached
+            # The priors stay in the cache for the variants; only E is needed here (variants that
+            # run in this process), with the figures of the worker that trained it.
+            self.shared_stage("evaluation-model", _quiet)
+            self.evaluation_figures = trained[jobs.index("evaluation-model")]
         else:
             with _threads(threads):
                 for name in jobs:
@@ -565,7 +568,7 @@ def _shared_stage_worker(run_dir: str, cache_dir: str, plugins_dir: str | None, 
                          stage: str) -> dict[str, Any] | None:
     """Train one shared stage (E, an attack prior) into the stage cache; E's figures back."""
     runner = _worker_runner(run_dir, cache_dir, plugins_dir, resumed, threads)
-    runner.data = runner._load_data(lambda *a, **k: None)
+    runner.data = runner._load_data(_quiet)
     figures = runner.shared_stage(stage, runner.emit)
     runner.events.close()
     return figures

@@ -242,12 +242,6 @@ def load_or_train(
 
     `train()` trains `networks` in place and returns figures kept in the entry's metadata.
     """
-    hit = _load_or_train(ctx, name, stage, key, networks, train)
-    freeze(*networks.values())
-    return hit
-
-
-def _load_or_train(ctx, name, stage, key, networks, train) -> bool:
     cache = stage_cache(ctx)
     found = cache.load_state(stage, key)
     if found is not None:
@@ -259,8 +253,10 @@ def _load_or_train(ctx, name, stage, key, networks, train) -> bool:
             found = None  # same key but different shapes: an older layout; rebuild it
         else:
             ctx.emit("log", level="info", message=f"{name}: loaded {stage} from the stage cache")
+            freeze(*networks.values())
             return True
     figures = train()
+    freeze(*networks.values())
     tensors = {}
     for prefix, module in networks.items():
         tensors.update(state_to_tensors(prefix, model_state(module)))

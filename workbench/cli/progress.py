@@ -66,14 +66,11 @@ class ConsoleReporter:
 
     def _live(self, kind: str, event: dict[str, Any]) -> None:
         if kind == "stage_started" and event.get("total"):
-            label = stage_label(event)
-            self.tasks[label] = self.progress.add_task(label, total=event["total"], info="")
+            self._bar(event)
         elif kind in ("epoch", "progress"):
-            label = stage_label(event)
-            task = self.tasks.get(label)
+            task = self.tasks.get(stage_label(event))
             if task is None and kind == "progress" and event.get("total"):
-                # Steps inside a stage (a GAN prior, an attack's search) get a bar of their own.
-                task = self.tasks[label] = self.progress.add_task(label, total=event["total"], info="")
+                task = self._bar(event)  # steps inside a stage (a GAN prior, an attack's search)
             if task is not None:
                 done = event.get("epoch", event.get("step", 0))
                 info = epoch_summary(event.get("metrics", {})) if kind == "epoch" else ""
@@ -84,6 +81,11 @@ class ConsoleReporter:
                 self.progress.update(task, completed=self.progress.tasks[task].total)
         elif kind == "log" or kind == "result":
             self._plain(kind, event)
+
+    def _bar(self, event: dict[str, Any]) -> Any:
+        label = stage_label(event)
+        self.tasks[label] = self.progress.add_task(label, total=event["total"], info="")
+        return self.tasks[label]
 
     def _plain(self, kind: str, event: dict[str, Any]) -> None:
         def print_(text: str, **_: object) -> None:
