@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from workbench import load_registry
 from workbench.recipe import OODTrainingConfig, TrainConfig
-from workbench.trainer import OODFeed, balanced_batches, lr_at, train_classifier
+from workbench.batches import balanced_batches
+from workbench.trainer import OODFeed, lr_at, train_classifier
 
 
 @pytest.fixture(scope="module")

@@ -123,7 +123,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
         import torch
         from workbench.components import Defense, LossOutput
         from workbench.hookspecs import hookimpl
-        from workbench.trainer import cross_entropy
+        from workbench.api import cross_entropy
 
         class NaNAfterOneEpoch(Defense):
             """Cross-entropy, then NaN from the second epoch on."""

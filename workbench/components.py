@@ -1,7 +1,9 @@
-"""What each component kind must provide. Plugins implement these; the runner relies on them.
+"""What each component kind must provide: one contract per kind, checked when a component is built.
 
-These are structural contracts (duck-typed); subclassing the small base classes here is
-optional but saves writing the obvious parts.
+Protocols are structural (duck-typed): a plugin's object satisfies one by having the methods,
+without subclassing. `Defense` and `Metric` are small abstract bases because they carry
+defaults. `CONTRACTS` maps each kind to its contract; the registry checks every created
+component against it and names the plugin when one falls short. Re-exported by `workbench.api`.
 """
 
 from __future__ import annotations
@@ -46,11 +48,18 @@ class DataSplits:
 
 @runtime_checkable
 class DatasetComponent(Protocol):
+    """Kind `dataset`: `load(seed)` gives the private/public splits."""
+
     def load(self, seed: int) -> DataSplits: ...
 
 
 @runtime_checkable
 class OODDatasetComponent(Protocol):
+    """Kind `ood_dataset`: `load(...)` gives images in [0, 1] shaped like the ID data.
+
+    May also offer `check_disjoint(data)` to refuse a set that shares classes with `data`.
+    """
+
     def load(self, image_size: int, in_channels: int, seed: int) -> Dataset: ...
 
 
@@ -67,7 +76,9 @@ class HiddenModule(Protocol):
 
 
 @runtime_checkable
-class BackboneComponent(Protocol):
+class Backbone(Protocol):
+    """Kind `backbone`: `build(...)` gives a fresh `HiddenModule`."""
+
     def build(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module: ...
 
 
@@ -147,6 +158,20 @@ class OODScore(Protocol):
     def __call__(self, model: nn.Module, x: Tensor) -> Tensor: ...
 
 
+@runtime_checkable
+class OODLoss(Protocol):
+    """Kind `ood_loss`: the term added to the defense's loss once auxiliary OOD data joins.
+
+    Called on the ID and the OOD logits of one forward pass (float32) and returns a 0-d tensor
+    to *add* (signs applied). A loss that needs statistics of the warmed-up model (the energy
+    margins) also offers `prepare(model, id_data, ood_data, device) -> dict[str, float]`, called
+    once when the OOD phase starts; what it returns is logged, kept in the training checkpoint
+    and handed back to `restore(state)` when a run resumes.
+    """
+
+    def __call__(self, id_logits: Tensor, ood_logits: Tensor) -> Tensor: ...
+
+
 @dataclass
 class AttackContext:
     """What an attack sees: white-box target, public prior data, and the evaluation model."""
@@ -163,6 +188,19 @@ class AttackContext:
     """`emit(type, **fields)` streams progress events (per-class loss, target confidence)."""
 
 
+@runtime_checkable
+class Attack(Protocol):
+    """Kind `attack`: `run(ctx)` reconstructs images of the private classes from the target.
+
+    An attack whose prior does not depend on the target (GMI's GAN trained on public data) also
+    offers `prepare(ctx)`, called once per run with `ctx.target = None` before any variant, so
+    every variant (and every run with the same prior) shares one trained prior through
+    `ctx.cache`. `run` then finds it in the cache.
+    """
+
+    def run(self, ctx: AttackContext) -> AttackResult: ...
+
+
 @dataclass
 class AttackResult:
     """Reconstructions `[n, C, H, W]` in [0, 1] with the private class each one targets."""
@@ -172,3 +210,17 @@ class AttackResult:
     restarts: Tensor | None = None
     """Index of the random restart each image came from (for mean/std over restarts)."""
     figures: dict[str, float] = field(default_factory=dict)
+
+
+CONTRACTS: dict[str, type] = {
+    "backbone": Backbone,
+    "dependency": DependencyMeasure,
+    "dataset": DatasetComponent,
+    "ood_dataset": OODDatasetComponent,
+    "defense": Defense,
+    "attack": Attack,
+    "metric": Metric,
+    "ood_score": OODScore,
+    "ood_loss": OODLoss,
+}
+"""The contract each component kind's objects must satisfy (checked by the registry on creation)."""

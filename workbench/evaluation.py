@@ -30,7 +30,9 @@ from workbench.ood import CONVENTION, mean_over_sets, ood_metrics
 from workbench.plots import histogram, image_grid, save_png
 from workbench.recipe import Recipe
 from workbench.registry import Registry
-from workbench.trainer import accuracy, iterate_batches, train_classifier
+from workbench.batches import iterate_batches
+from workbench.losses import accuracy
+from workbench.trainer import train_classifier
 
 # Seed offsets keep every data source of a run on its own random stream.
 OOD_TEST_SEED_OFFSET = 10_000

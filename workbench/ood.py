@@ -44,7 +44,7 @@ def estimate_margins(model: nn.Module, id_data: Dataset, ood_data: Dataset, devi
     weights still move); this evaluates the model as it stands at the end of warm-up instead,
     which is the same quantity without the drift within the epoch.
     """
-    from workbench.trainer import iterate_batches
+    from workbench.batches import iterate_batches
 
     was_training = model.training
     model.eval()

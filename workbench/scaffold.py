@@ -94,8 +94,6 @@ class ExampleMetric(Metric):
 
     @torch.no_grad()
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        from workbench.trainer import iterate_batches
-
         total, count = 0.0, 0
         for x, _ in iterate_batches(ctx.data.test, 256, shuffle=False):
             probs = ctx.model(x.to(ctx.device)).softmax(1)
@@ -174,9 +172,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.components import Defense, EvalContext, LossOutput, Metric
-from workbench.hookspecs import hookimpl
-from workbench.params import StrictModel
+from workbench.api import Defense, EvalContext, LossOutput, Metric, StrictModel, hookimpl, iterate_batches
 
 __all__ = ["hookimpl"]
 '''

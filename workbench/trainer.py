@@ -7,97 +7,25 @@ a step, epoch figures as an event, and a checkpoint that makes the run resumable
 
 from __future__ import annotations
 
-import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset, default_collate
+from torch.utils.data import Dataset
 
+from workbench.batches import balanced_batches, dataset_labels, iterate_batches, take
 from workbench.checkpoint import load_checkpoint, save_checkpoint, tensors_with_prefix
 from workbench.components import Defense
 from workbench.device import autocast
 from workbench.errors import RunError
+from workbench.losses import accuracy
 from workbench.recipe import OODTrainingConfig, TrainConfig
 
 CHECKPOINT_NAME = "last.safetensors"
-
-
-# ------------------------------------------------------------------ batching
-
-
-def iterate_batches(
-    dataset: Dataset, batch_size: int, *, shuffle: bool, generator: torch.Generator | None = None,
-    drop_last: bool = False,
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """(x, y) batches; in-memory TensorDatasets are sliced directly (much faster on CPU)."""
-    if isinstance(dataset, TensorDataset):
-        x, y = dataset.tensors[0], dataset.tensors[1]
-        n = len(x)
-        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
-        stop = n - n % batch_size if drop_last and n >= batch_size else n
-        for start in range(0, stop, batch_size):
-            index = order[start : start + batch_size]
-            yield x[index], y[index]
-        return
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                        drop_last=drop_last and len(dataset) >= batch_size)
-    for x, y in loader:
-        yield x, torch.as_tensor(y)
-
-
-def balanced_batches(labels: Tensor, classes: int, per_class: int, generator: torch.Generator
-                     ) -> Iterator[Tensor]:
-    """Index batches of `classes` classes × `per_class` images (identity-balanced sampling)."""
-    by_class = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
-    by_class = [idx for idx in by_class if len(idx) > 0]
-    classes = min(classes, len(by_class))
-    n_batches = max(1, len(labels) // (classes * per_class))
-    for _ in range(n_batches):
-        chosen = torch.randperm(len(by_class), generator=generator)[:classes]
-        parts = []
-        for c in chosen.tolist():
-            pool = by_class[c]
-            pick = torch.randint(len(pool), (per_class,), generator=generator)
-            parts.append(pool[pick])
-        yield torch.cat(parts)
-
-
-def take(dataset: Dataset, index: Tensor) -> tuple[Tensor, Tensor]:
-    """The (x, y) batch of the given indices."""
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[0][index], dataset.tensors[1][index]
-    x, y = default_collate([dataset[i] for i in index.tolist()])
-    return x, torch.as_tensor(y)
-
-
-def dataset_labels(dataset: Dataset) -> Tensor:
-    if isinstance(dataset, TensorDataset):
-        return dataset.tensors[1]
-    targets = getattr(dataset, "targets", None)
-    if targets is not None:
-        return torch.as_tensor(targets)
-    return torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 512) -> float:
-    """Top-1 accuracy of `model` on `dataset`."""
-    was_training = model.training
-    model.eval()
-    correct = total = 0
-    for x, y in iterate_batches(dataset, batch_size, shuffle=False):
-        with autocast(device):
-            logits = model(x.to(device))
-        correct += (logits.argmax(1).cpu() == y).sum().item()
-        total += len(y)
-    model.train(was_training)
-    return correct / max(total, 1)
 
 
 # ------------------------------------------------------------------ optimizer and schedule
@@ -316,12 +244,3 @@ def _energy_margins(ood: OODFeed, model: nn.Module, train_data: Dataset, device:
         raise RunError("energy OOD loss: set ood_training.m_in and m_out (no estimator available)")
     m_in, m_out = ood.margin_fn(model, train_data, ood.dataset, device)
     return {"m_in": cfg.m_in if cfg.m_in is not None else m_in, "m_out": cfg.m_out if cfg.m_out is not None else m_out}
-
-
-def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
-    """CE in float32 whatever the autocast dtype of the logits."""
-    return F.cross_entropy(logits.float(), y)
-
-
-def finite_or_none(value: float) -> float | None:
-    return value if math.isfinite(value) else None

@@ -7,8 +7,7 @@ The metric math is in `workbench_attacks.privacy` as pure functions.
 
 from __future__ import annotations
 
-from workbench.hookspecs import hookimpl
-from workbench.params import NoParams
+from workbench.api import NoParams, hookimpl
 from workbench_attacks.gmi import GMI, GMIParams
 from workbench_attacks.kedmi import KEDMI, KEDMIParams
 from workbench_attacks.miface import MIFace, MIFaceParams

@@ -15,10 +15,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from workbench.cache import StageCache
-from workbench.checkpoint import model_state, state_to_tensors, tensors_with_prefix
-from workbench.components import AttackContext
-from workbench.errors import WorkbenchError
+from workbench.api import (
+    AttackContext,
+    StageCache,
+    WorkbenchError,
+    model_state,
+    state_to_tensors,
+    tensors_with_prefix,
+)
 
 # Public sets up to this size are held in memory as one tensor: sampling a GAN batch is then
 # one index operation instead of batch_size Python calls into the dataset.
@@ -90,8 +94,9 @@ def public_pool(ctx: AttackContext, name: str) -> ImagePool:
     return pool
 
 
-def resolve_classes(classes: Sequence[int] | None, num_classes: int, name: str,
-                    first: int | None = None) -> list[int]:
+def resolve_classes(
+    classes: Sequence[int] | None, num_classes: int, name: str, first: int | None = None
+) -> list[int]:
     """The private classes to attack: the listed ones, else the first `first`, else all; checked."""
     if classes is None:
         return list(range(min(first, num_classes) if first else num_classes))

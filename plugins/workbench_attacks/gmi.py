@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.components import AttackContext, AttackResult
-from workbench.params import StrictModel
+from workbench.api import AttackContext, AttackResult, StrictModel
 from workbench_attacks.common import (
     GAN_MEMORY_FORMAT,
     ImagePool,
@@ -154,8 +153,15 @@ class GMI:
             network.to(device, memory_format=GAN_MEMORY_FORMAT)
 
         def train() -> dict[str, float]:
-            return train_wgan_gp(generator, critic, pool, p, device=device, rng=cpu_generator(ctx.seed, "gmi-gan"),
-                                 on_progress=lambda **f: ctx.emit("progress", stage="attack:gmi:gan", **f))
+            return train_wgan_gp(
+                generator,
+                critic,
+                pool,
+                p,
+                device=device,
+                rng=cpu_generator(ctx.seed, "gmi-gan"),
+                on_progress=lambda **f: ctx.emit("progress", stage="attack:gmi:gan", **f),
+            )
 
         networks = {"generator": generator, "critic": critic}
         hit = load_or_train(ctx, self.name, "gmi-gan", self.gan_key(pool, ctx.seed), networks, train)

@@ -16,9 +16,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from workbench.checkpoint import weights_fingerprint
-from workbench.components import AttackContext, AttackResult
-from workbench.params import StrictModel
+from workbench.api import AttackContext, AttackResult, StrictModel, weights_fingerprint
 from workbench_attacks.common import (
     GAN_MEMORY_FORMAT,
     ImagePool,
@@ -161,15 +159,23 @@ class KEDMI:
         device = torch.device(ctx.device)
         with seeded(ctx.seed, device):
             generator = Generator(p.z_dim, ctx.data.in_channels, ctx.data.image_size, p.gan_width)
-            discriminator = ClassDiscriminator(ctx.data.in_channels, ctx.data.image_size, p.gan_width,
-                                               ctx.data.num_classes)
+            discriminator = ClassDiscriminator(
+                ctx.data.in_channels, ctx.data.image_size, p.gan_width, ctx.data.num_classes
+            )
         for network in (generator, discriminator):
             network.to(device, memory_format=GAN_MEMORY_FORMAT)
 
         def train() -> dict[str, float]:
-            return train_kplus1_gan(generator, discriminator, ctx.target, pool, p, device=device,
-                                    rng=cpu_generator(ctx.seed, "kedmi-gan"),
-                                    on_progress=lambda **f: ctx.emit("progress", stage="attack:kedmi:gan", **f))
+            return train_kplus1_gan(
+                generator,
+                discriminator,
+                ctx.target,
+                pool,
+                p,
+                device=device,
+                rng=cpu_generator(ctx.seed, "kedmi-gan"),
+                on_progress=lambda **f: ctx.emit("progress", stage="attack:kedmi:gan", **f),
+            )
 
         networks = {"generator": generator, "discriminator": discriminator}
         hit = load_or_train(ctx, self.name, "kedmi-gan", self.gan_key(pool, ctx), networks, train)

@@ -15,8 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from workbench.components import AttackContext, AttackResult
-from workbench.params import StrictModel
+from workbench.api import AttackContext, AttackResult, StrictModel
 from workbench_attacks.common import (
     chunk_groups,
     cpu_generator,

@@ -16,9 +16,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from workbench.components import AttackResult, EvalContext, Metric
-from workbench.errors import WorkbenchError
-from workbench.params import StrictModel
+from workbench.api import AttackResult, EvalContext, Metric, StrictModel, WorkbenchError
 
 # ---------------------------------------------------------------- pure math
 

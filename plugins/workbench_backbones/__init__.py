@@ -7,7 +7,7 @@ of the penultimate feature, always the last hidden) and `hidden_names`.
 
 from __future__ import annotations
 
-from workbench.hookspecs import hookimpl
+from workbench.api import hookimpl
 
 from ._common import HiddenClassifier
 from .small_cnns import MCNN, SCNN, MCNNBackbone, MCNNParams, SCNNBackbone, SCNNParams

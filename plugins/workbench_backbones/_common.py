@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from workbench.errors import WorkbenchError
+from workbench.api import WorkbenchError
 
 # Keys that checkpoint wrappers commonly nest the real state dict under.
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")

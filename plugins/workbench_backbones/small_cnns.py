@@ -16,8 +16,7 @@ from typing import Literal
 from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
-from workbench.errors import WorkbenchError
-from workbench.params import StrictModel
+from workbench.api import StrictModel, WorkbenchError
 
 from ._common import HiddenClassifier, check_build_args
 

@@ -15,8 +15,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from workbench.errors import WorkbenchError, did_you_mean
-from workbench.params import StrictModel
+from workbench.api import StrictModel, WorkbenchError, did_you_mean
 
 from ._common import (
     HiddenClassifier,

@@ -15,8 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from workbench.errors import WorkbenchError
-from workbench.params import StrictModel
+from workbench.api import StrictModel, WorkbenchError
 
 from ._common import (
     HiddenClassifier,

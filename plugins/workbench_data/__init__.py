@@ -13,7 +13,7 @@ set that shares classes with the private data.
 
 from __future__ import annotations
 
-from workbench.hookspecs import hookimpl
+from workbench.api import hookimpl
 
 from .base import DataComponent, OODComponent
 from .celeba import Celeba, CelebaIdentities

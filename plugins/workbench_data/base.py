@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from workbench.components import DataSplits
-from workbench.params import StrictModel
+from workbench.api import DataSplits, StrictModel
 
 from .description import DataDescription, ExpectedFile
 

@@ -21,9 +21,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
-from workbench.components import DataSplits
-from workbench.errors import WorkbenchError
-from workbench.params import StrictModel
+from workbench.api import DataSplits, StrictModel, WorkbenchError
 
 from .base import DataComponent, OODComponent
 from .common import (

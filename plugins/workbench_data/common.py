@@ -17,8 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.functional import pil_to_tensor
 
-from workbench.errors import WorkbenchError
-from workbench.params import StrictModel
+from workbench.api import StrictModel, WorkbenchError
 
 from .description import DataDescription, ExpectedFile
 

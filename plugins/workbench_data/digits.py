@@ -17,9 +17,7 @@ import torch
 from pydantic import Field
 from torch.utils.data import TensorDataset
 
-from workbench.components import DataSplits
-from workbench.errors import WorkbenchError
-from workbench.params import StrictModel
+from workbench.api import DataSplits, StrictModel, WorkbenchError
 
 from .base import DataComponent, OODComponent
 from .common import OOD_LABEL, OODSizeParams, convert_channels, resize_batch, seeded_subset, split_per_class

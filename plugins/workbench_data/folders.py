@@ -13,9 +13,7 @@ import numpy as np
 from pydantic import Field
 from torchvision.datasets import ImageFolder as TorchvisionImageFolder
 
-from workbench.components import DataSplits
-from workbench.errors import WorkbenchError, did_you_mean
-from workbench.params import StrictModel
+from workbench.api import DataSplits, StrictModel, WorkbenchError, did_you_mean
 
 from .base import DataComponent, OODComponent
 from .common import (

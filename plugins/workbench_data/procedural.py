@@ -25,7 +25,7 @@ from pydantic import Field, field_validator
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from workbench.params import StrictModel
+from workbench.api import StrictModel
 
 from .base import OODComponent
 from .common import OOD_LABEL, OODRole, check_in_channels, convert_channels, derived_seed, resize_batch

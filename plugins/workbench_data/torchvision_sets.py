@@ -17,9 +17,7 @@ import numpy as np
 from pydantic import Field
 from torchvision.datasets import CIFAR10, MNIST, SVHN, FashionMNIST
 
-from workbench.components import DataSplits
-from workbench.errors import WorkbenchError
-from workbench.params import StrictModel
+from workbench.api import DataSplits, StrictModel, WorkbenchError
 
 from .base import DataComponent, OODComponent
 from .common import (

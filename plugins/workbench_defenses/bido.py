@@ -12,9 +12,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from workbench.components import Defense, LossOutput
-from workbench.params import ComponentTable, StrictModel
-from workbench.trainer import cross_entropy
+from workbench.api import ComponentTable, Defense, LossOutput, StrictModel, cross_entropy
 
 DependencyTable = ComponentTable.of("dependency")
 

@@ -7,9 +7,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.components import Defense, LossOutput
-from workbench.params import StrictModel
-from workbench.trainer import cross_entropy
+from workbench.api import Defense, LossOutput, StrictModel, cross_entropy
 
 
 class MIDParams(StrictModel):

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from workbench.components import Defense, LossOutput
-from workbench.params import NoParams
-from workbench.trainer import cross_entropy
+from workbench.api import Defense, LossOutput, NoParams, cross_entropy
 
 
 class NoDefense(Defense):

@@ -6,7 +6,7 @@ See `workbench_dependence.measures` for the API every measure object offers.
 
 from __future__ import annotations
 
-from workbench.hookspecs import hookimpl
+from workbench.api import hookimpl
 
 from .kernels import KERNELS, KernelName
 from .measures import (

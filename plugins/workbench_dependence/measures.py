@@ -27,7 +27,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from workbench.params import StrictModel
+from workbench.api import StrictModel
 
 from .kernels import KERNELS, KernelName, center_columns, check_batch, stacked_centred_kernels
 

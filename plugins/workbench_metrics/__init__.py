@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from workbench.components import EvalContext, Metric
-from workbench.hookspecs import hookimpl
-from workbench.params import NoParams
-from workbench.trainer import accuracy
+from workbench.api import EvalContext, Metric, NoParams, accuracy, hookimpl
 
 
 class TestAccuracy(Metric):

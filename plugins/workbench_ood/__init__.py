@@ -7,7 +7,7 @@ trainer call directly.
 
 from __future__ import annotations
 
-from workbench.hookspecs import hookimpl
+from workbench.api import hookimpl
 from workbench_ood.scores import (
     EnergyScore,
     MaxLogitScore,

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from workbench.errors import WorkbenchError
+from workbench.api import WorkbenchError
 
 
 def free_energy(logits: Tensor) -> Tensor:

@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.errors import WorkbenchError
-from workbench.params import StrictModel
+from workbench.api import StrictModel, WorkbenchError
 
 # ---------------------------------------------------------------- pure functions on logits
 

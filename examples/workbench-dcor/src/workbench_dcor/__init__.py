@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workbench.hookspecs import hookimpl
+from workbench.api import hookimpl
 from workbench_dcor.backbone import LeNet5, LeNet5Params
 from workbench_dcor.measure import DCorParams, DistanceCorrelation
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.params import StrictModel
+from workbench.api import StrictModel
 
 
 class LeNet5Params(StrictModel):
@@ -44,7 +44,7 @@ class LeNet5:
         self.params = params
 
     def build(self, num_classes: int, in_channels: int, image_size: int) -> nn.Module:
-        from workbench.errors import WorkbenchError
+        from workbench.api import WorkbenchError
 
         if image_size % 4 or image_size < 8:
             raise WorkbenchError(f"lenet5: image_size {image_size} must be a multiple of 4, at least 8")

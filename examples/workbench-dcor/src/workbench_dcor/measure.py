@@ -13,7 +13,7 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from workbench.params import StrictModel
+from workbench.api import StrictModel
 
 
 class DCorParams(StrictModel):

@@ -1,0 +1,80 @@
+"""The public API for plugin authors: everything a plugin may import from workbench.
+
+Built-in plugins import only this module, exactly as a third-party package would; an
+import-linter contract (pyproject.toml, run in CI) keeps it so. What is not named here is
+internal and may change without notice.
+
+- Hooks: `hookimpl` marks an implementation of a hook in `workbench.hookspecs`.
+- Params: `StrictModel` (every component's params model), `NoParams`, `ComponentTable` and
+  `NestedComponent` for components that hold other components.
+- Contracts: one Protocol or base class per component kind (`Backbone`, `DependencyMeasure`,
+  `DatasetComponent`, `OODDatasetComponent`, `Defense`, `Attack`, `Metric`, `OODScore`,
+  `OODLoss`) and the dataclasses they exchange.
+- Helpers the built-ins share: `cross_entropy` (the trainer's reduction), `accuracy`, `iterate_batches`,
+  `StageCache` with `load_or_compute`, weight fingerprints and state-dict flattening, `seeds`.
+- Errors: `WorkbenchError` (one clear line for the user) and `did_you_mean`.
+"""
+
+from __future__ import annotations
+
+from workbench import seeds
+from workbench.batches import iterate_batches
+from workbench.cache import StageCache
+from workbench.checkpoint import model_state, state_to_tensors, tensors_with_prefix, weights_fingerprint
+from workbench.components import (
+    Attack,
+    AttackContext,
+    AttackResult,
+    Backbone,
+    DatasetComponent,
+    DataSplits,
+    Defense,
+    DependencyMeasure,
+    EvalContext,
+    HiddenModule,
+    LossOutput,
+    Metric,
+    OODDatasetComponent,
+    OODLoss,
+    OODScore,
+)
+from workbench.device import autocast
+from workbench.errors import WorkbenchError, did_you_mean
+from workbench.hookspecs import hookimpl
+from workbench.losses import accuracy, cross_entropy
+from workbench.params import ComponentTable, NestedComponent, NoParams, StrictModel
+
+__all__ = [
+    "Attack",
+    "AttackContext",
+    "AttackResult",
+    "Backbone",
+    "ComponentTable",
+    "DataSplits",
+    "DatasetComponent",
+    "Defense",
+    "DependencyMeasure",
+    "EvalContext",
+    "HiddenModule",
+    "LossOutput",
+    "Metric",
+    "NestedComponent",
+    "NoParams",
+    "OODDatasetComponent",
+    "OODLoss",
+    "OODScore",
+    "StageCache",
+    "StrictModel",
+    "WorkbenchError",
+    "accuracy",
+    "autocast",
+    "cross_entropy",
+    "did_you_mean",
+    "hookimpl",
+    "iterate_batches",
+    "model_state",
+    "seeds",
+    "state_to_tensors",
+    "tensors_with_prefix",
+    "weights_fingerprint",
+]
