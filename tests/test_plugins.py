@@ -38,10 +38,11 @@ class InlinePlugin:
 
 
 def test_every_kind_has_a_hook_and_the_builtins_register_through_them():
-    assert len(KINDS) == 8
+    assert len(KINDS) == 11
     assert set(HOOK_NAMES) == {
         "register_backbones", "register_dependency_measures", "register_datasets", "register_ood_datasets",
         "register_defenses", "register_attacks", "register_metrics", "register_ood_scores",
+        "register_ood_losses", "register_executors", "register_event_sinks",
     }
     registry = Registry(get_plugin_manager(entrypoints=False))
     assert registry.problems == []

@@ -9,7 +9,7 @@ internal and may change without notice.
   `NestedComponent` for components that hold other components.
 - Contracts: one Protocol or base class per component kind (`Backbone`, `DependencyMeasure`,
   `DatasetComponent`, `OODDatasetComponent`, `Defense`, `Attack`, `Metric`, `OODScore`,
-  `OODLoss`) and the dataclasses they exchange.
+  `OODLoss`, `Executor`, `EventSink`) and the dataclasses they exchange (`Job`, `Outcome`...).
 - Helpers the built-ins share: `cross_entropy` (the trainer's reduction), `accuracy`, `iterate_batches`,
   `StageCache` with `load_or_compute`, weight fingerprints and state-dict flattening, `seeds`.
 - Errors: `WorkbenchError` (one clear line for the user) and `did_you_mean`.
@@ -31,12 +31,16 @@ from workbench.components import (
     Defense,
     DependencyMeasure,
     EvalContext,
+    EventSink,
+    Executor,
     HiddenModule,
+    Job,
     LossOutput,
     Metric,
     OODDatasetComponent,
     OODLoss,
     OODScore,
+    Outcome,
 )
 from workbench.device import autocast
 from workbench.errors import WorkbenchError, did_you_mean
@@ -55,7 +59,10 @@ __all__ = [
     "Defense",
     "DependencyMeasure",
     "EvalContext",
+    "EventSink",
+    "Executor",
     "HiddenModule",
+    "Job",
     "LossOutput",
     "Metric",
     "NestedComponent",
@@ -63,6 +70,7 @@ __all__ = [
     "OODDatasetComponent",
     "OODLoss",
     "OODScore",
+    "Outcome",
     "StageCache",
     "StrictModel",
     "WorkbenchError",

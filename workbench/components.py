@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -212,6 +213,69 @@ class AttackResult:
     figures: dict[str, float] = field(default_factory=dict)
 
 
+# ---------------------------------------------------------------- executors and sinks
+
+
+@dataclass(frozen=True)
+class Job:
+    """A picklable piece of work: `workbench.jobs.execute(job)` runs it in any process.
+
+    Jobs are descriptions, never closures; their output lands in files (the run directory, the
+    stage cache), so any engine that can call a Python function can run them.
+    """
+
+    kind: str
+    """What to do: `run` (a whole run directory), `variant`, `shared-stage`, `attack-shard`."""
+    run_dir: str
+    cache_dir: str | None = None
+    item: str | None = None
+    """The variant, stage or shard the job is about (None for `run`)."""
+    plugins_dir: str | None = None
+    threads: int | None = None
+    """CPU threads for torch inside the job (None: leave torch's default)."""
+    resumed: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    """Kind-specific extras (JSON-able)."""
+
+
+@dataclass
+class Outcome:
+    """What became of one job: `value` when it succeeded, a one-line `error` when it did not."""
+
+    ok: bool
+    value: Any = None
+    error: str | None = None
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Kind `executor`: runs jobs somewhere (this process, a process pool, Slurm, Ray).
+
+    `run` returns one `Outcome` per job, in the order given, calling `poll()` every fraction of a
+    second while it waits (the runner relays worker events then); a failed job does not stop
+    the others. `close(cancel=True)` stops what is still running (Ctrl-C).
+    """
+
+    def run(self, jobs: Sequence[Job], poll: Callable[[], None]) -> list[Outcome]: ...
+
+    def close(self, cancel: bool = False) -> None: ...
+
+
+@runtime_checkable
+class EventSink(Protocol):
+    """Kind `event_sink`: receives every event the runner writes to `events.jsonl`, in order.
+
+    `events.jsonl` stays the truth and is written first; a sink that raises is reported once
+    and dropped, never stopping the run.
+    """
+
+    def open(self, run_dir: Path, recipe: dict[str, Any]) -> None: ...
+
+    def write(self, event: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
 CONTRACTS: dict[str, type] = {
     "backbone": Backbone,
     "dependency": DependencyMeasure,
@@ -222,5 +286,7 @@ CONTRACTS: dict[str, type] = {
     "metric": Metric,
     "ood_score": OODScore,
     "ood_loss": OODLoss,
+    "executor": Executor,
+    "event_sink": EventSink,
 }
 """The contract each component kind's objects must satisfy (checked by the registry on creation)."""

@@ -5,8 +5,8 @@ Each hook receives a `register` callable. Call it once per component:
     register(name, factory, params=ParamsModel, summary="one line")
 
 `factory(params)` is called with a validated instance of `params` (a `StrictModel`) and
-returns the component object; see `workbench.components` for what each kind must provide.
-Built-in plugins use exactly these hooks.
+returns the component object; `workbench.api` names the contract each kind must satisfy (the
+registry checks it). Built-in plugins use exactly these hooks.
 """
 
 from __future__ import annotations
@@ -73,3 +73,29 @@ def register_metrics(register):
 @hookspec
 def register_ood_scores(register):
     """Register OOD scores (kind `ood_score`): higher means more in-distribution."""
+
+
+@hookspec
+def register_ood_losses(register):
+    """Register OOD training losses (kind `ood_loss`) for unknown-aware training (BiDO+ phase 2).
+
+    A loss is called `loss(id_logits, ood_logits)` and returns a 0-d tensor to add to the
+    defense's loss; it may offer `prepare(model, id_data, ood_data, device)` and `restore(state)`.
+    """
+
+
+@hookspec
+def register_executors(register):
+    """Register executors (kind `executor`): engines that run a run's or a sweep's jobs.
+
+    An executor has `run(jobs, poll)` returning one `Outcome` per picklable `Job` (in order) and
+    `close(cancel)`.
+    """
+
+
+@hookspec
+def register_event_sinks(register):
+    """Register event sinks (kind `event_sink`): every event of a run, in order, to another store.
+
+    A sink has `open(run_dir, recipe)`, `write(event)` and `close()`.
+    """

@@ -27,6 +27,9 @@ KIND_HOOKS: dict[str, str] = {
     "attack": "register_attacks",
     "metric": "register_metrics",
     "ood_score": "register_ood_scores",
+    "ood_loss": "register_ood_losses",
+    "executor": "register_executors",
+    "event_sink": "register_event_sinks",
 }
 KINDS: tuple[str, ...] = tuple(KIND_HOOKS)
 
