@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,17 +30,19 @@ from workbench.components import AttackContext, DataSplits, EvalContext
 from workbench.device import describe_machine, resolve_device
 from workbench.errors import RunError, WorkbenchError
 from workbench.evaluation import OODEvaluator, attack_figures, check_disjoint, evaluation_model, run_attack
-from workbench.events import EVENTS_FILE, EventWriter, read_events
+from workbench.events import EVENTS_FILE, EventWriter
 from workbench.ood import estimate_margins, ood_training_loss
 from workbench.recipe import Recipe, VariantConfig, load_recipe, recipe_hash, resolve, to_toml
 from workbench.registry import Registry, load_registry
+from workbench.runs import (
+    RECIPE_FILE,
+    RESULTS_FILE,
+    TARGET_FILE,
+    default_run_dir,
+    prepare_run_dir,
+    write_run_file,
+)
 from workbench.trainer import OODFeed, train_classifier
-
-RECIPE_FILE = "recipe.toml"
-RESULTS_FILE = "results.json"
-REPORT_FILE = "report.md"
-RUN_FILE = "run.json"
-TARGET_FILE = "target.safetensors"
 
 
 class RunInterrupted(WorkbenchError):
@@ -105,78 +106,6 @@ class _threads:
         torch.set_num_threads(self.previous)
 
 
-def default_run_dir(recipe_path: Path) -> Path:
-    return Path("runs") / f"{recipe_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def prepare_run_dir(run_dir: Path, digest: str, *, resume: bool, force: bool) -> bool:
-    """Check the run directory against this recipe; returns True when continuing a run.
-
-    Never deletes anything: `--force` moves an existing run aside.
-    """
-    if not run_dir.exists() or not any(run_dir.iterdir()):
-        run_dir.mkdir(parents=True, exist_ok=True)
-        return False
-    saved = _saved_hash(run_dir)
-    if force:
-        aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        run_dir.rename(aside)
-        run_dir.mkdir(parents=True)
-        return False
-    if saved is None:
-        raise RunError(f"{run_dir}: exists and is not a workbench run directory; choose another --run-dir "
-                       "or pass --force to move it aside")
-    if saved != digest:
-        raise RunError(f"{run_dir}: holds a run of a different recipe (hash {saved}, this one {digest}); "
-                       "choose another --run-dir, or pass --force to move the old run aside")
-    if not resume:
-        state = run_status(run_dir)
-        raise RunError(f"{run_dir}: already holds a {state} run of this recipe; pass --resume to continue it "
-                       "or --force to start over")
-    return True
-
-
-def _saved_hash(run_dir: Path) -> str | None:
-    try:
-        return json.loads((run_dir / RUN_FILE).read_text())["recipe_hash"]
-    except (OSError, json.JSONDecodeError, KeyError):
-        return None
-
-
-def run_status(run_dir: Path) -> str:
-    """running / finished / failed / interrupted, from the event stream and the run's pid."""
-    last = None
-    for event in read_events(run_dir / EVENTS_FILE):
-        if event["type"] in ("run_started", "run_finished", "run_failed", "run_interrupted"):
-            last = event["type"]
-    if last in ("run_finished",):
-        return "finished"
-    if last == "run_failed":
-        return "failed"
-    if last == "run_interrupted":
-        return "interrupted"
-    try:
-        pid = json.loads((run_dir / RUN_FILE).read_text()).get("pid")
-    except (OSError, json.JSONDecodeError):
-        pid = None
-    if last == "run_started" and pid_alive(pid):
-        return "running"
-    return "interrupted" if last else "unknown"
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this pid exists (on this host)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class Runner:
     """Runs one recipe into one run directory. Create with `Runner.start(options)`."""
 
@@ -219,10 +148,7 @@ class Runner:
             header = (f"Resolved recipe of this run (from {source}); every default filled in.\n"
                       f"Resume with: workbench run {run_dir} --resume")
             atomic_write_text(run_dir / RECIPE_FILE, to_toml(resolved, header))
-        atomic_write_text(run_dir / RUN_FILE, json.dumps({
-            "recipe_hash": digest, "source": str(source), "pid": os.getpid(), "host": socket.gethostname(),
-            "started": time.time(), "version": __version__,
-        }, indent=2))
+        write_run_file(run_dir, digest, source, __version__)
         events = EventWriter(run_dir)
         events.listeners.extend(listeners or [])
         cache = StageCache(options.cache_dir or default_cache_dir())

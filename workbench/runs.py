@@ -1,18 +1,142 @@
-"""Reading run directories: status, timing and headline figures, for `runs list` and the TUI.
+"""Run directories: their layout, their lifecycle (create, resume, move aside) and their status.
 
-Only reads; tolerant of half-written or corrupt files (a run may be writing as we read).
+The runner writes run directories through this module; `runs list`, `runs show` and the TUI
+read them through it. Nothing here imports torch, so reading runs is instant. Readers are
+tolerant of half-written or corrupt files (a run may be writing as we read).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.events import EVENTS_FILE, read_events
-from workbench.runner import RECIPE_FILE, RESULTS_FILE, RUN_FILE, run_status
+from workbench.errors import RunError
+from workbench.events import EVENTS_FILE, TERMINAL_EVENTS, read_events
+
+RECIPE_FILE = "recipe.toml"
+"""The recipe as it ran, every default filled in."""
+RESULTS_FILE = "results.json"
+"""Figures per variant (the run's), or one variant's (in its folder)."""
+RUN_FILE = "run.json"
+"""Recipe hash and the process that runs it (pid, its start time, host)."""
+TARGET_FILE = "target.safetensors"
+"""A variant's trained target."""
+
+RESERVED_NAMES = frozenset({RECIPE_FILE, RESULTS_FILE, RUN_FILE, EVENTS_FILE, "report.md", "figures"})
+"""Names a variant folder may not take."""
+
+
+def default_run_dir(recipe_path: Path) -> Path:
+    return Path("runs") / f"{recipe_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def read_run_file(run_dir: Path) -> dict[str, Any]:
+    """`run.json` as a dict; empty when missing, unreadable or not a JSON object."""
+    try:
+        data = json.loads((Path(run_dir) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_run_file(run_dir: Path, digest: str, source: Path, version: str) -> None:
+    """Record this process as the run's owner (pid plus its start time, so a recycled pid is not
+    mistaken for the run)."""
+    from workbench.checkpoint import atomic_write_text
+
+    atomic_write_text(Path(run_dir) / RUN_FILE, json.dumps({
+        "recipe_hash": digest, "source": str(source), "pid": os.getpid(), "pid_started": process_start(os.getpid()),
+        "host": socket.gethostname(), "started": time.time(), "version": version,
+    }, indent=2))
+
+
+def process_start(pid: int) -> str | None:
+    """An opaque token for when process `pid` started (Linux: /proc start time), or None."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[-1].split()[19]
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists (on this host)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_pid(run_dir: Path) -> int | None:
+    """The pid of the process that runs this directory now, or None. A pid that exists but started
+    at another time than the one recorded is a different process (pid reuse), not the run."""
+    info = read_run_file(run_dir)
+    pid = info.get("pid")
+    if info.get("host") not in (None, socket.gethostname()) or not pid_alive(pid):
+        return None
+    recorded = info.get("pid_started")
+    if recorded is not None and process_start(pid) not in (None, recorded):
+        return None
+    return pid
+
+
+def prepare_run_dir(run_dir: Path, digest: str, *, resume: bool, force: bool) -> bool:
+    """Check the run directory against this recipe; returns True when continuing a run.
+
+    Never deletes anything: `--force` moves an existing *run* aside, and refuses anything else.
+    A run that is still live is never resumed, replaced or joined.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunError(f"{run_dir}: is a file, not a run directory; choose another --run-dir")
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        return False
+    is_run = (run_dir / RUN_FILE).exists() or (run_dir / EVENTS_FILE).exists()
+    pid = live_pid(run_dir) if is_run else None
+    if pid is not None and pid != os.getpid():
+        raise RunError(f"{run_dir}: a run is live there (pid {pid}); wait for it, cancel it, or choose "
+                       "another --run-dir")
+    if not is_run:
+        raise RunError(f"{run_dir}: exists and is not a workbench run directory (no {RUN_FILE} or {EVENTS_FILE}); "
+                       "choose another --run-dir")
+    if force:
+        aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(aside)
+        run_dir.mkdir(parents=True)
+        return False
+    saved = read_run_file(run_dir).get("recipe_hash")
+    if not isinstance(saved, str):
+        raise RunError(f"{run_dir / RUN_FILE}: missing or unreadable, so this run cannot be checked against the "
+                       "recipe; pass --force to move it aside and start over")
+    if saved != digest:
+        raise RunError(f"{run_dir}: holds a run of a different recipe (hash {saved}, this one {digest}); "
+                       "choose another --run-dir, or pass --force to move the old run aside")
+    if not resume:
+        raise RunError(f"{run_dir}: already holds a {run_status(run_dir)} run of this recipe; pass --resume to "
+                       "continue it or --force to start over")
+    return True
+
+
+def run_status(run_dir: Path) -> str:
+    """running / finished / failed / interrupted / unknown, from the event stream and the run's process."""
+    last = None
+    for event in read_events(Path(run_dir) / EVENTS_FILE):
+        if event["type"] == "run_started" or event["type"] in TERMINAL_EVENTS:
+            last = event["type"]
+    if last == "run_started":
+        return "running" if live_pid(run_dir) is not None else "interrupted"
+    return {"run_finished": "finished", "run_failed": "failed", "run_interrupted": "interrupted"}.get(last, "unknown")
 
 
 @dataclass

@@ -16,9 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.events import EVENTS_FILE, TERMINAL_EVENTS
-from workbench.runner import pid_alive  # noqa: F401  (re-exported for the TUI)
-
-RUN_FILE = "run.json"  # same name as workbench.runner.RUN_FILE; kept here so importing torch is not needed
+from workbench.runs import live_pid, pid_alive  # noqa: F401  (re-exported for the TUI)
 
 # Reading is bounded per poll so a huge backlog is consumed over several ticks, never in one freeze.
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
@@ -297,11 +295,8 @@ def describe_event(event: dict[str, Any]) -> tuple[str, str] | None:
 
 
 def read_pid(run_dir: Path) -> int | None:
-    try:
-        pid = json.loads((Path(run_dir) / RUN_FILE).read_text()).get("pid")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
-    return pid if isinstance(pid, int) and pid > 0 else None
+    """The run's live process id, or None (ended, never started, or the pid now belongs to another process)."""
+    return live_pid(run_dir)
 
 
 def is_terminal(event: dict[str, Any]) -> bool:

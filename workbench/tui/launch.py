@@ -16,6 +16,7 @@ from pathlib import Path
 
 import workbench
 from workbench.errors import WorkbenchError
+from workbench.runs import read_run_file
 from workbench.tui.follow import pid_alive, read_pid
 
 LAUNCH_LOG_SUFFIX = ".launch.log"
@@ -105,11 +106,12 @@ def _has_ended(run_dir: Path) -> bool:
 def cancel_run(run_dir: Path) -> int:
     """SIGTERM to the run's process (from run.json); returns the pid. The runner stops cleanly."""
     run_dir = Path(run_dir)
-    pid = read_pid(run_dir)
-    if pid is None:
+    recorded = read_run_file(run_dir).get("pid")
+    if recorded is None:
         raise WorkbenchError(f"{run_dir / 'run.json'}: no process id recorded; is this a run directory?")
-    if not pid_alive(pid) or _has_ended(run_dir):
-        raise WorkbenchError(f"{run_dir}: not running (pid {pid} has ended); nothing to cancel")
+    pid = read_pid(run_dir)  # None when the recorded pid ended or now belongs to another process
+    if pid is None or _has_ended(run_dir):
+        raise WorkbenchError(f"{run_dir}: not running (pid {recorded} has ended); nothing to cancel")
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
