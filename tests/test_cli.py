@@ -125,7 +125,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
     env = {**__import__("os").environ, "WORKBENCH_CACHE_DIR": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "workbench", "run", str(recipe), "--run-dir", str(run_dir)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    checkpoint = run_dir / "none" / "last.json"
+    checkpoint = run_dir / "none" / "last.safetensors"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and time.monotonic() < deadline:
         time.sleep(0.2)

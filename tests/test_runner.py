@@ -28,7 +28,7 @@ def test_run_writes_the_run_directory(run_tiny_recipe):
     assert 0.8 < accuracy <= 1.0  # five epochs on 5 digit classes: far above chance (0.2)
     tensors = load_file(str(run_dir / "none" / "target.safetensors"))
     assert any(k.startswith("model.") for k in tensors)
-    meta = json.loads((run_dir / "none" / "target.json").read_text())
+    _, meta = load_checkpoint(run_dir / "none" / "target.safetensors")  # metadata inside, checksum verified
     assert meta["kind"] == "target" and meta["recipe_hash"] == saved["recipe_hash"]
     assert "torch" in meta["versions"]
     types = [e["type"] for e in read_events(run_dir)]

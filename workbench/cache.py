@@ -2,9 +2,12 @@
 
 The evaluation model and the GMI generator depend only on the data and their own config, so
 a comparison of six defenses trains them once, and a second run trains them not at all. Each
-entry is a safetensors file plus a JSON sidecar, keyed by a hash of everything that
-determines it (config, data identity, code: workbench's version and a hash of its source and
-the built-in plugins' source). A corrupt entry is rebuilt, not trusted.
+entry is one checkpoint file (tensors, metadata and a checksum; see `workbench.checkpoint`)
+keyed by a hash of everything that determines it: config, data identity, and code —
+workbench's version and a hash of its source and the built-in plugins' source, plus the
+version and source of every other plugin whose component took part. A corrupt entry is named
+in one warning, removed and rebuilt, never trusted. `clear` deletes only entries the tool
+recognises as its own.
 """
 
 from __future__ import annotations
@@ -12,20 +15,49 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import inspect
 import json
+import logging
 import os
-import shutil
+import re
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from workbench.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from workbench.checkpoint import (
+    CheckpointError,
+    checkpoint_meta,
+    is_workbench_checkpoint,
+    legacy_sidecar,
+    load_checkpoint,
+    save_checkpoint,
+)
+from workbench.errors import WorkbenchError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from workbench.registry import Registry
 
 CACHE_ENV = "WORKBENCH_CACHE_DIR"
 
 # Bump when a cached stage's code changes in a way that changes its result.
-CACHE_FORMAT = 1
+# 2: one-file entries with a checksum; keys cover third-party plugins.
+CACHE_FORMAT = 2
+
+# A stage is one folder level inside the cache: a plain name, never a path.
+STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+ENTRY_NAME = re.compile(r"[0-9a-f]{16}\.safetensors")
+TEMP_NAME = re.compile(r"\.[0-9a-f]{16}\.safetensors\..*\.tmp")
+
+log = logging.getLogger("workbench.cache")
+
+
+class CacheError(WorkbenchError):
+    """A cache folder or stage name that cannot be used."""
 
 
 def default_cache_dir() -> Path:
@@ -36,20 +68,40 @@ def default_cache_dir() -> Path:
     return Path(base) / "workbench"
 
 
+def check_stage_name(stage: str) -> str:
+    if not isinstance(stage, str) or not STAGE_NAME.fullmatch(stage):
+        raise CacheError(f"stage {stage!r}: not a stage name (letters, digits, '-' and '_'; "
+                         "no path separators or leading dots)")
+    return stage
+
+
 # Subpackages that only show results; editing them does not change what a stage computes.
 PRESENTATION_PACKAGES = ("cli", "tui")
 
 
+@functools.lru_cache(maxsize=4096)
+def _file_digest(path: str, mtime_ns: int, size: int) -> bytes:
+    return hashlib.sha256(Path(path).read_bytes()).digest()
+
+
+def _digest_of(path: Path) -> bytes:
+    stat = path.stat()
+    return _file_digest(str(path), stat.st_mtime_ns, stat.st_size)
+
+
 def source_fingerprint(packages: list[Path]) -> str:
-    """A hash of the Python source under each package folder, presentation code left out."""
+    """A hash of the Python source under each package folder (or single module file),
+    presentation code left out."""
     digest = hashlib.sha256()
     for package in packages:
-        for path in sorted(package.rglob("*.py")):
-            relative = path.relative_to(package)
-            if relative.parts[0] in PRESENTATION_PACKAGES:
+        package = Path(package)
+        files = [package] if package.is_file() else sorted(package.rglob("*.py"))
+        for path in files:
+            relative = path.relative_to(package) if path != package else Path(path.name)
+            if len(relative.parts) > 1 and relative.parts[0] in PRESENTATION_PACKAGES:
                 continue
             digest.update(f"{package.name}/{relative.as_posix()}\0".encode())
-            digest.update(path.read_bytes())
+            digest.update(_digest_of(path))
     return digest.hexdigest()[:16]
 
 
@@ -68,71 +120,258 @@ def code_fingerprint() -> str:
     return source_fingerprint(packages)
 
 
-def stage_key(stage: str, key: dict[str, Any]) -> str:
-    """A short stable hash of a stage name and the JSON-able dict that determines it."""
+def plugin_source_paths(plugin: object) -> list[Path]:
+    """The source a plugin object comes from: its top-level package folder (a plugin module
+    may import helpers from anywhere in its package), or its module file."""
+    if inspect.ismodule(plugin):
+        module = plugin
+    else:
+        owner = plugin if inspect.isclass(plugin) or inspect.isfunction(plugin) else type(plugin)
+        module = sys.modules.get(getattr(owner, "__module__", "") or "")
+    if module is None:
+        return []
+    top = sys.modules.get(module.__name__.split(".")[0], module)
+    folders = [Path(p) for p in getattr(top, "__path__", None) or []]
+    if folders:
+        return folders
+    file = getattr(module, "__file__", None)
+    return [Path(file)] if file else []
+
+
+def plugin_fingerprint(registry: Registry, plugin_name: str) -> dict[str, Any]:
+    """Version and source hash of one loaded plugin (what a cache key records for it)."""
+    manager = registry.manager
+    info = manager.info.get(plugin_name)
+    plugin = manager.pm.get_plugin(plugin_name)
+    try:
+        source = source_fingerprint(plugin_source_paths(plugin)) if plugin is not None else None
+    except OSError:
+        source = None
+    return {"version": getattr(info, "version", None), "source": source}
+
+
+def stage_key(stage: str, key: dict[str, Any], plugins: dict[str, Any] | None = None) -> str:
+    """A short stable hash of a stage name, the JSON-able dict that determines it, the code and
+    the plugins (name -> version and source) whose components took part."""
     from workbench import __version__
 
-    blob = json.dumps({"stage": stage, "key": key, "format": CACHE_FORMAT, "version": __version__,
-                       "code": code_fingerprint()}, sort_keys=True, default=str)
+    content = {"stage": stage, "key": key, "format": CACHE_FORMAT, "version": __version__,
+               "code": code_fingerprint()}
+    if plugins:
+        content["plugins"] = plugins
+    blob = json.dumps(content, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-class StageCache:
-    """Tensors by (stage, key); `None` root disables caching (every load misses)."""
+def _component_tables(value: Any) -> Iterable[str]:
+    """Every `use` name in a (resolved) config: the components a key says took part."""
+    if isinstance(value, dict):
+        if isinstance(value.get("use"), str):
+            yield value["use"]
+        for item in value.values():
+            yield from _component_tables(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _component_tables(item)
 
-    def __init__(self, root: Path | str | None):
-        self.root = Path(root) if root is not None else None
+
+class StageCache:
+    """Tensors by (stage, key); `None` root disables caching (every load misses).
+
+    With a `registry`, each key also covers the version and source of every non-built-in
+    plugin whose component took part: the components named by `use` anywhere in the key, and
+    those given to `for_components` (an attack whose key names no component, say).
+    """
+
+    def __init__(self, root: Path | str | None, registry: Registry | None = None,
+                 components: Iterable[tuple[str, str]] = (),
+                 on_problem: Callable[[str], Any] | None = None):
+        self.root = Path(root).expanduser() if root is not None else None
+        if self.root is not None and self.root.exists() and not self.root.is_dir():
+            raise CacheError(f"cache folder {self.root}: is a file, not a directory; "
+                             f"name a folder with --cache-dir or ${CACHE_ENV}")
+        self.registry = registry
+        self.components = tuple(components)
+        self.on_problem = on_problem
+        self.problems: list[str] = []
+
+    def for_components(self, *components: tuple[str, str]) -> StageCache:
+        """This cache, with the plugins of these (kind, name) components in every key."""
+        scoped = StageCache(None, self.registry, (*self.components, *components), self.on_problem)
+        scoped.root = self.root
+        scoped.problems = self.problems
+        return scoped
+
+    # -------------------------------------------------------------- keys
+
+    def plugins_for(self, key: dict[str, Any]) -> dict[str, Any]:
+        """{plugin: {version, source}} for every non-built-in plugin whose component took part."""
+        if self.registry is None:
+            return {}
+        by_name: dict[str, set[str]] = {}
+        for component in self.registry.components():
+            by_name.setdefault(component.name, set()).add(component.plugin)
+        names: set[str] = set()
+        for use in _component_tables(key):
+            names |= by_name.get(use, set())  # a name registered for several kinds: all of them
+        for kind, name in self.components:
+            try:
+                names.add(self.registry.get(kind, name).plugin)
+            except WorkbenchError:
+                names |= by_name.get(name, set())
+        info = self.registry.manager.info
+        return {name: plugin_fingerprint(self.registry, name) for name in sorted(names)
+                if getattr(info.get(name), "source", None) != "builtin"}
+
+    def key_of(self, stage: str, key: dict[str, Any]) -> str:
+        return stage_key(check_stage_name(stage), key, self.plugins_for(key))
 
     def path(self, stage: str, key: dict[str, Any]) -> Path | None:
         if self.root is None:
             return None
-        return self.root / stage / f"{stage_key(stage, key)}.safetensors"
+        return self.root / stage / f"{self.key_of(stage, key)}.safetensors"
+
+    # -------------------------------------------------------------- entries
 
     def load_state(self, stage: str, key: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
-        """(tensors, metadata) of a cached entry, or None when missing or corrupt (then removed)."""
+        """(tensors, metadata) of a verified entry, or None when missing or bad (then named
+        in one warning and removed, so the stage is recomputed)."""
         path = self.path(stage, key)
         if path is None or not path.exists():
             return None
         try:
-            return load_checkpoint(path)
-        except CheckpointError:
-            self._remove(path)
+            tensors, meta = load_checkpoint(path)
+        except CheckpointError as exc:
+            reason = str(exc).removeprefix(f"{path}: ").split(";")[0]
+            self.discard(path, reason)
             return None
+        return tensors, meta
+
+    def load_modules(self, stage: str, key: dict[str, Any], modules: dict[str, nn.Module]
+                     ) -> dict[str, Any] | None:
+        """Load each `prefix -> module` strictly from an entry; its metadata, or None when the
+        entry is missing, bad or does not fit the modules (then removed and recomputed)."""
+        from workbench.checkpoint import tensors_with_prefix
+
+        found = self.load_state(stage, key)
+        if found is None:
+            return None
+        tensors, meta = found
+        try:
+            for prefix, module in modules.items():
+                module.load_state_dict(tensors_with_prefix(tensors, prefix), strict=True)
+        except (RuntimeError, KeyError, ValueError) as exc:
+            self.discard(self.path(stage, key), f"does not fit the model ({str(exc).splitlines()[0]})")
+            return None
+        return meta
 
     def save_state(self, stage: str, key: dict[str, Any], tensors: dict[str, Tensor],
                    meta: dict[str, Any] | None = None) -> Path | None:
         path = self.path(stage, key)
         if path is None:
             return None
+        self._ensure_root()
         save_checkpoint(path, tensors, {"stage": stage, "key": key, **(meta or {})})
         return path
 
+    def discard(self, path: Path | None, reason: str) -> None:
+        """Remove a bad entry and say so in one line (a warning, and `on_problem` if set)."""
+        if path is None:
+            return
+        message = f"stage cache entry {path}: {reason}; removed, recomputing it"
+        self.problems.append(message)
+        log.warning(message)
+        if self.on_problem is not None:
+            self.on_problem(message)
+        self._remove(path)
+
+    def _ensure_root(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError):
+            raise CacheError(f"cache folder {self.root}: a file is in the way; name a folder with "
+                             f"--cache-dir or ${CACHE_ENV}") from None
+        tag = self.root / "CACHEDIR.TAG"
+        if not tag.exists():  # marks the folder as ours (and tells backup tools to skip it)
+            try:
+                tag.write_text("Signature: 8a477f597d28d172789f06886806bc55\n"
+                               "# This file is a cache directory tag created by workbench (the stage cache).\n")
+            except OSError:
+                pass
+
+    # -------------------------------------------------------------- listing and clearing
+
+    def _recognised(self, stage: str | None = None) -> list[Path]:
+        """Entry files this tool made: `<stage>/<16 hex>.safetensors` whose header says so
+        (or an entry of the older two-file layout, whose sidecar names its stage)."""
+        if self.root is None or not self.root.is_dir():
+            return []
+        folders = [self.root / stage] if stage else sorted(p for p in self.root.iterdir() if p.is_dir())
+        found = []
+        for folder in folders:
+            if not STAGE_NAME.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir():
+                continue
+            for path in sorted(folder.iterdir()):
+                if not ENTRY_NAME.fullmatch(path.name) or path.is_symlink() or not path.is_file():
+                    continue
+                if is_workbench_checkpoint(path) or _legacy_entry(path, folder.name):
+                    found.append(path)
+        return found
+
     def entries(self) -> list[dict[str, Any]]:
         """Every entry with its stage, size and metadata, for `workbench cache list`."""
-        if self.root is None or not self.root.exists():
-            return []
         rows = []
-        for path in sorted(self.root.glob("*/*.safetensors")):
-            sidecar = path.with_suffix(".json")
+        for path in self._recognised():
             try:
-                meta = json.loads(sidecar.read_text())
-            except (OSError, json.JSONDecodeError):
+                meta = checkpoint_meta(path)
+            except CheckpointError:
+                try:
+                    meta = json.loads(legacy_sidecar(path).read_text())
+                except (OSError, json.JSONDecodeError):
+                    meta = {}
+            if not isinstance(meta, dict):
                 meta = {}
-            size = path.stat().st_size + (sidecar.stat().st_size if sidecar.exists() else 0)
+            sidecar = legacy_sidecar(path)
+            size = path.stat().st_size + (sidecar.stat().st_size if sidecar.is_file() else 0)
             rows.append({"stage": path.parent.name, "key": path.stem, "bytes": size, "path": str(path),
                          "meta": meta})
         return rows
 
     def clear(self, stage: str | None = None) -> int:
-        """Remove every entry (or one stage's); returns how many entries went."""
-        if self.root is None or not self.root.exists():
+        """Remove every entry (or one stage's) that the tool recognises as its own, and the
+        temp files its killed writes left; nothing else. Returns how many entries went."""
+        if stage is not None:
+            check_stage_name(stage)
+        if self.root is None or not self.root.is_dir():
             return 0
-        count = len([e for e in self.entries() if stage is None or e["stage"] == stage])
-        target = self.root / stage if stage else self.root
-        shutil.rmtree(target, ignore_errors=True)
-        return count
+        entries = self._recognised(stage)
+        for path in entries:
+            self._remove(path)
+        folders = [self.root / stage] if stage else [p for p in self.root.iterdir() if p.is_dir()]
+        for folder in folders:
+            if not STAGE_NAME.fullmatch(folder.name) or folder.is_symlink() or not folder.is_dir():
+                continue
+            for path in folder.iterdir():
+                if TEMP_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink():
+                    path.unlink(missing_ok=True)
+            try:
+                folder.rmdir()  # only when nothing else is left in it
+            except OSError:
+                pass
+        return len(entries)
 
     @staticmethod
     def _remove(path: Path) -> None:
-        for p in (path, path.with_suffix(".json")):
-            p.unlink(missing_ok=True)
+        path.unlink(missing_ok=True)
+        sidecar = legacy_sidecar(path)
+        if sidecar.is_file():
+            sidecar.unlink(missing_ok=True)
+
+
+def _legacy_entry(path: Path, stage: str) -> bool:
+    """An entry of the two-file layout (format 1): its sidecar is JSON naming this stage."""
+    try:
+        meta = json.loads(legacy_sidecar(path).read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(meta, dict) and meta.get("stage") == stage

@@ -151,7 +151,7 @@ class Runner:
         write_run_file(run_dir, digest, source, __version__)
         events = EventWriter(run_dir)
         events.listeners.extend(listeners or [])
-        cache = StageCache(options.cache_dir or default_cache_dir())
+        cache = StageCache(options.cache_dir or default_cache_dir(), registry=registry)
         runner = cls(recipe, registry, run_dir, digest, resolved, events, cache, resumed, source)
         runner.workers = resolve_workers(options.workers, len(recipe.variants), runner.device)
         runner.plugins_dir = options.plugins_dir
@@ -164,7 +164,7 @@ class Runner:
         recipe = load_recipe(run_dir / RECIPE_FILE, registry=registry)
         resolved = resolve(recipe, registry)
         runner = cls(recipe, registry, run_dir, recipe_hash(resolved), resolved, EventWriter(run_dir),
-                     StageCache(cache_dir), resumed, run_dir / RECIPE_FILE)
+                     StageCache(cache_dir, registry=registry), resumed, run_dir / RECIPE_FILE)
         runner.plugins_dir = plugins_dir
         return runner
 
@@ -249,9 +249,10 @@ class Runner:
             self.evaluation_model, self.evaluation_figures = self._stage(name, lambda: evaluation_model(
                 recipe, self.resolved, self.registry, self.data, self.cache, self.device, emit), emit=emit)
             return self.evaluation_figures
-        attack = self.registry.create_from("attack", recipe.attacks[name.removeprefix("prior:")])
+        table = recipe.attacks[name.removeprefix("prior:")]
+        attack = self.registry.create_from("attack", table)
         ctx = AttackContext(target=None, data=self.data, evaluation_model=None, device=self.device,
-                            seed=recipe.seed, cache=self.cache, emit=emit)
+                            seed=recipe.seed, cache=self.cache.for_components(("attack", table.use)), emit=emit)
         self._stage(name, lambda: attack.prepare(ctx), emit=emit)
         return None
 
@@ -354,10 +355,8 @@ class Runner:
             except (CheckpointError, RuntimeError):
                 self.emit("log", level="warning", message=f"{final}: unusable, training again")
         key = self._target_key(variant)
-        cached = self.cache.load_state("target", key)
-        if cached is not None:
-            tensors, meta = cached
-            model.load_state_dict(tensors_with_prefix(tensors, "model"))
+        meta = self.cache.load_modules("target", key, {"model": model})
+        if meta is not None:
             model.to(self.device).eval()
             for epoch, metrics in enumerate(meta.get("history", []), start=1):
                 self.emit("epoch", stage="train", variant=variant.name, epoch=epoch, epochs=len(meta["history"]),
@@ -433,7 +432,8 @@ class Runner:
 
                 attack = self.registry.create_from("attack", table)
                 result = self._stage(f"attack:{name}", lambda a=attack, n=name: run_attack(
-                    n, a, model, self.data, self.evaluation_model, self.device, self.recipe.seed, self.cache,
+                    n, a, model, self.data, self.evaluation_model, self.device, self.recipe.seed,
+                    self.cache.for_components(("attack", table.use)),
                     folder, emit), variant=variant.name)
                 figures["attacks"][name] = attack_figures(attack_metrics, model, self.data, self.evaluation_model,
                                                           result, self.device)
