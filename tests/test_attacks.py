@@ -153,7 +153,9 @@ def subset(result: AttackResult, classes: list[int]) -> torch.Tensor:
 
 
 def test_gmi_recovers_classes_reuses_its_cached_gan_and_is_deterministic(toy, registry, tmp_path):
-    attack = registry.create("attack", "gmi", **TINY_GAN, iterations=60, restarts=2, samples_per_class=4)
+    attack = registry.create(
+        "attack", "gmi", **TINY_GAN, iterations=60, restarts=2, samples_per_class=4, loss_batch=NUM_CLASSES
+    )
     first_events: list[dict] = []
     first = attack.run(context(toy, StageCache(tmp_path), events=first_events))
     check_layout(first, list(range(NUM_CLASSES)), restarts=2, samples=4)
@@ -188,6 +190,7 @@ def test_gmi_recovers_classes_reuses_its_cached_gan_and_is_deterministic(toy, re
         iterations=60,
         restarts=2,
         samples_per_class=4,
+        loss_batch=NUM_CLASSES,
         classes=[1, 3],
         max_batch=4,
     )
@@ -198,11 +201,12 @@ def test_gmi_recovers_classes_reuses_its_cached_gan_and_is_deterministic(toy, re
 
 def test_kedmi_recovers_classes_and_caches_per_target(toy, registry, tmp_path):
     attack = registry.create(
-        "attack", "kedmi", **TINY_GAN, iterations=60, lr=0.1, restarts=2, samples_per_class=4
+        "attack", "kedmi", **TINY_GAN, iterations=60, lr=0.1, fits=2, samples_per_class=4
     )
     events: list[dict] = []
     first = attack.run(context(toy, StageCache(tmp_path), events=events))
-    check_layout(first, list(range(NUM_CLASSES)), restarts=2, samples=4)
+    # fits x draws per class; a result's restart index is the draw index
+    check_layout(first, list(range(NUM_CLASSES)), restarts=4, samples=2)
     assert evaluator_top1(toy, first) >= 2 * CHANCE  # 0.72 / 0.75 measured; tiny GAN, so some margin
     assert [e for e in events if e.get("stage") == "attack:kedmi:gan"]
     assert {e["target_class"] for e in events if e.get("stage") == "attack:kedmi"} == set(range(NUM_CLASSES))
@@ -308,7 +312,9 @@ def test_params_document_every_field(registry):
         schema = registry.get("attack", name).params_schema()
         undocumented = [k for k, v in schema["properties"].items() if not v.get("description")]
         assert not undocumented, f"{name}: {undocumented}"
-    assert "paper" in registry.get("attack", "gmi").params.model_fields["iterations"].description
+    for name, field in (("gmi", "iterations"), ("gmi", "loss_batch"), ("kedmi", "iterations"), ("kedmi", "fits")):
+        doc = registry.get("attack", name).params.model_fields[field].description
+        assert "Reference" in doc and "`" in doc, (name, field)  # the value and the file it comes from
 
 
 def test_first_classes_limits_the_attacked_classes():

@@ -5,9 +5,8 @@ Kept apart from the attacks so each attack file reads as its recipe: train the p
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,26 +111,6 @@ def resolve_classes(
     return list(dict.fromkeys(int(c) for c in classes))
 
 
-def derived_seed(*parts: object) -> int:
-    """A stable 63-bit seed from any parts (run seed, attack, restart, class)."""
-    blob = ":".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
-
-
-def cpu_generator(*parts: object) -> torch.Generator:
-    """A CPU random generator seeded from `parts`: the same draws on every device."""
-    return torch.Generator().manual_seed(derived_seed(*parts))
-
-
-@contextlib.contextmanager
-def seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed the global RNG for module initialisation without disturbing the caller's RNG state."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 def stage_cache(ctx: AttackContext) -> StageCache:
     """The context's cache, or one that never hits when the runner gives none."""
     return ctx.cache if ctx.cache is not None else StageCache(None)
@@ -149,25 +128,11 @@ def make_groups(classes: Sequence[int], restarts: int) -> list[Group]:
     return [Group(c, r) for c in classes for r in range(restarts)]
 
 
-def chunk_groups(groups: Sequence[Group], samples: int, max_batch: int) -> list[list[Group]]:
-    """Split groups into forward-pass batches of at most `max_batch` latents (at least one group).
-
-    Every loss is a sum of per-group means, so a group's result does not depend on its chunk.
-    """
-    per_chunk = max(1, max_batch // samples)
-    return [list(groups[i : i + per_chunk]) for i in range(0, len(groups), per_chunk)]
-
-
 def report_steps(iterations: int, chunks: int) -> set[int]:
     """Steps (1-based) at which to emit progress: evenly spaced, always the last one."""
     count = max(1, MAX_EVENTS_PER_CLASS // max(1, chunks))
     count = min(count, iterations)
     return {round(iterations * (k + 1) / count) for k in range(count)}
-
-
-def per_group_mean(values: Tensor, n_groups: int, samples: int) -> Tensor:
-    """Per-sample values `[n_groups * samples]` -> per-group means `[n_groups]`."""
-    return values.view(n_groups, samples).mean(dim=1)
 
 
 def emit_progress(
@@ -196,35 +161,27 @@ def emit_progress(
         )
 
 
-def target_confidence(logits: Tensor, targets: Tensor) -> Tensor:
-    """Softmax probability of each sample's target class."""
-    return logits.detach().softmax(dim=1).gather(1, targets[:, None])[:, 0]
-
-
-def input_gradient(loss: Tensor, inputs: Tensor) -> Tensor:
-    """d loss / d inputs only, so the target's parameter `.grad` fields are never touched."""
-    (grad,) = torch.autograd.grad(loss, inputs)
-    return grad
-
-
-def flatten_result_order(groups: Sequence[Group], samples: int) -> tuple[Tensor, Tensor]:
-    """Targets and restart indices for images laid out group after group."""
-    targets = torch.tensor([g.target_class for g in groups for _ in range(samples)], dtype=torch.long)
-    restarts = torch.tensor([g.restart for g in groups for _ in range(samples)], dtype=torch.long)
-    return targets, restarts
-
-
 GAN_MEMORY_FORMAT = torch.channels_last
 """The GAN priors' layout: channels-last convolutions train their small 16-64 px networks
 12-16 % faster on the CPU (one thread, measured) and suit CUDA's bf16 kernels too."""
 
 GAN_FIELDS = ("z_dim", "gan_width", "gan_steps", "gan_batch_size", "gan_lr", "critic_iters")
-"""The params every GAN prior shares; each attack adds its own to its cache key."""
+"""The params every GAN prior shares (`core.GANBudget`); each attack adds its own to its key."""
 
 
 def gan_config(params: Any, *extra: str) -> dict[str, Any]:
     """The GAN part of an attack's cache key: the shared GAN params plus the attack's `extra`."""
     return {k: getattr(params, k) for k in (*GAN_FIELDS, *extra)}
+
+
+def finite_state(networks: dict[str, nn.Module]) -> bool:
+    """Whether every floating-point parameter and buffer of the networks is finite."""
+    return all(
+        bool(torch.isfinite(t).all())
+        for module in networks.values()
+        for t in [*module.parameters(), *module.buffers()]
+        if t.is_floating_point()
+    )
 
 
 def freeze(*modules: nn.Module) -> None:
@@ -251,17 +208,32 @@ def load_or_train(
     found = cache.load_state(stage, key)
     if found is not None:
         tensors, _meta = found
+        # A failed or non-finite load must not leave half-loaded weights to train from.
+        initial = {
+            prefix: {k: v.clone() for k, v in m.state_dict().items()} for prefix, m in networks.items()
+        }
         try:
             for prefix, module in networks.items():
                 module.load_state_dict(tensors_with_prefix(tensors, prefix))
         except RuntimeError:
             found = None  # same key but different shapes: an older layout; rebuild it
         else:
+            if not finite_state(networks):
+                found = None  # a NaN prior is never used (and is never written by this code)
+        if found is None:
+            for prefix, module in networks.items():
+                module.load_state_dict(initial[prefix])
+        else:
             ctx.emit("log", level="info", message=f"{name}: loaded {stage} from the stage cache")
             freeze(*networks.values())
             return True
     figures = train()
     freeze(*networks.values())
+    if not finite_state(networks):
+        raise WorkbenchError(
+            f"attack {name!r}, stage {stage}: the trained prior holds NaN or inf weights; it is not "
+            "cached; lower gan_lr or change the seed"
+        )
     tensors = {}
     for prefix, module in networks.items():
         tensors.update(state_to_tensors(prefix, model_state(module)))

@@ -1,11 +1,17 @@
-"""GMI, the generative model-inversion attack (Zhang et al., CVPR 2020).
+"""GMI, the generative model-inversion attack (Zhang et al., CVPR 2020), as BiDO evaluates it.
 
 1. Train a WGAN-GP on the attacker's public data. It does not depend on the target, so it is
    cached by its config and a fingerprint of the public data: every variant of a run (and
    every later run) reuses it.
-2. Per private class y, search the latent space: minimise `-D(G(z)) + λ·CE(T(G(z)), y)` with
-   Nesterov-momentum SGD (the authors' update, lr 0.02, momentum 0.9), clamping z to [-1, 1]
-   after each step; several random restarts, each optimising `samples_per_class` latents.
+2. Per private class y, search the latent space: minimise
+   `Σ_latents (−D(G(z)) + λ·CE(T(G(z)), y)) / loss_batch` with Nesterov-momentum SGD (the
+   authors' update, lr 0.02, momentum 0.9), clamping z to [−1, 1] after each step; several
+   independent restarts, all of them evaluated (no best-of selection, as BiDO reports).
+
+The reference loss is a mean over one forward batch of one latent per identity (B = 60 in
+BiDO's CelebA protocol, 5 on MNIST: DefendMI `GMI/attack.py:53-55,197-206,319-321`), so each
+latent moves with lr/B. `loss_batch` is that B as a constant: the step of a latent never
+depends on how many latents share a forward pass (`max_batch`).
 """
 
 from __future__ import annotations
@@ -15,71 +21,56 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.api import AttackContext, AttackResult, StrictModel
+from workbench.api import AttackContext, AttackResult, seeds
 from workbench_attacks.common import (
     GAN_MEMORY_FORMAT,
+    Group,
     ImagePool,
-    chunk_groups,
-    cpu_generator,
-    emit_progress,
-    flatten_result_order,
     gan_config,
-    input_gradient,
     load_or_train,
     make_groups,
-    per_group_mean,
     public_pool,
-    report_steps,
     resolve_classes,
-    seeded,
-    target_confidence,
 )
+from workbench_attacks.core import Chunk, GANBudget, SearchBudget, SearchProblem, result, search, train_gan
 from workbench_attacks.networks import Critic, Generator
 
 
-class GMIParams(StrictModel):
-    """GMI's budget. Defaults fit the embedded digits (16 px) on a 2-core CPU; the field docs
-    give the paper's budget."""
+class GMIParams(GANBudget, SearchBudget):
+    """GMI's budget. Defaults fit the embedded digits (16 px) on a 2-core CPU; each field doc
+    gives the reference value and where it is set (BiDO's copy: `AlanPeng0897/Defend_MI`,
+    GMI's authors: `AI-secure/GMI-Attack`); see docs/attacks.md."""
 
-    z_dim: int = Field(100, ge=1)
-    """Latent size of the generator (paper: 100)."""
-    gan_width: int = Field(16, ge=4)
-    """Generator/critic channels at full resolution, doubling per halving up to 8x (paper: 64)."""
-    gan_steps: int = Field(150, ge=1)
-    """Generator updates of the WGAN-GP (paper budget: GMI trains hundreds of epochs, tens of
-    thousands of generator steps; the digits prototype used 3000)."""
-    gan_batch_size: int = Field(64, ge=2)
-    """Public images per GAN step (paper: 64)."""
-    gan_lr: float = Field(1e-3, gt=0)
-    """Adam learning rate of generator and critic, betas (0.5, 0.999) (paper code: 4e-3 on
-    MNIST; 2e-4 is the safer choice for long runs)."""
-    critic_iters: int = Field(5, ge=1)
-    """Critic updates per generator update (paper: 5)."""
     gp_weight: float = Field(10.0, ge=0)
-    """Weight of the WGAN-GP gradient penalty (paper: 10)."""
+    """Weight of the WGAN-GP gradient penalty (reference 10: DefendMI `GMI/train_gan.py:80-116`)."""
     iterations: int = Field(200, ge=1)
-    """Latent-search steps per restart (paper: 2000-3000)."""
-    restarts: int = Field(2, ge=1)
-    """Random restarts per class; attack accuracy is reported as mean ± std over them (paper: 5)."""
+    """Latent-search steps per restart. Reference: GMI authors 1500 (`iter_times`, both
+    datasets); BiDO CelebA 2000 (DefendMI `GMI/attack.py:204`), MNIST 3000 (`--iter`,
+    `GMI/attack.py:136,321`); LOMMA 2400. Digits: 200 (a CPU deviation)."""
+    restarts: int = Field(5, ge=1)
+    """Independent restarts per class (fresh z and momentum), every one evaluated: top-1/top-5
+    are mean ± sample std over them, no best-of selection. Reference (BiDO): 5 on CelebA
+    (DefendMI `GMI/attack.py:197-213`), 100 on MNIST (`GMI/attack.py:320-321`). Digits: 5."""
     samples_per_class: int = Field(8, ge=1)
-    """Latents optimised together per class and restart (paper: 1 per identity per restart;
-    more samples make the accuracy estimate less noisy)."""
-    lambda_id: float = Field(100.0, ge=0)
-    """Weight λ of the identity loss CE(T(G(z)), y) against the prior -D(G(z)) (paper: 100)."""
+    """Latents per class and restart. Reference: 1 per identity per restart (DefendMI
+    `GMI/attack.py:197-206`). Digits: 8, which makes the accuracy estimate less noisy; with
+    `loss_batch` a latent's step does not depend on it."""
+    loss_batch: int = Field(5, ge=1)
+    """The reference batch B the summed per-latent losses are divided by (each latent moves
+    with lr/B). Reference: one latent per identity in a batch, B = 60 in BiDO's CelebA protocol
+    (300 ids in blocks of 60, DefendMI `GMI/attack.py:197-206`; LOMMA the same; 100 in the GMI
+    authors' CelebA script), 5 on MNIST (digits 0-4, DefendMI `GMI/attack.py:319-321`).
+    Digits: 5 (the five private classes)."""
     lr: float = Field(0.02, gt=0)
-    """Latent-search learning rate (paper: 0.02)."""
+    """Latent-search learning rate. Reference: 0.02 on CelebA (every script), 0.01 on MNIST
+    (GMI `MNIST/attack.py:11`, DefendMI `GMI/attack.py:320`). Digits: 0.02 (a deviation for
+    the 200-step budget)."""
     momentum: float = Field(0.9, ge=0, lt=1)
-    """Nesterov momentum of the latent search (paper: 0.9)."""
+    """Nesterov momentum of the latent search (reference 0.9: DefendMI `GMI/attack.py:59-64`,
+    written by hand; identical to torch's SGD with nesterov=True)."""
     z_clip: float = Field(1.0, gt=0)
-    """Latents are clamped to [-z_clip, z_clip] after every step (paper: 1)."""
-    classes: list[int] | None = None
-    """Private classes to attack (default: all of them)."""
-    first_classes: int | None = Field(None, ge=1)
-    """Attack only the first N private classes (the papers attack identities 0-299 of CelebA's
-    1000); ignored when `classes` is set."""
-    max_batch: int = Field(256, ge=1)
-    """Latents per forward pass; classes and restarts are grouped up to this many. Results do
-    not depend on it (each group's loss is its own mean), only speed and memory do."""
+    """Latents are clamped to [−z_clip, z_clip] after every step, not before the first
+    (reference 1: GMI `Celeba/attack.py:56`, `clip_range`)."""
 
 
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
@@ -99,36 +90,65 @@ def train_wgan_gp(
     rng: torch.Generator,
     on_progress=None,
 ) -> dict[str, float]:
-    """Train G and D in place on the public images; returns the final losses."""
-    g_opt = torch.optim.Adam(generator.parameters(), lr=params.gan_lr, betas=(0.5, 0.999))
-    d_opt = torch.optim.Adam(critic.parameters(), lr=params.gan_lr, betas=(0.5, 0.999))
-    generator.train()
-    critic.train()
+    """Train G and D in place on the public images (WGAN-GP, DefendMI `GMI/train_gan.py`)."""
     n = params.gan_batch_size
-    reports = report_steps(params.gan_steps, 1)
-    d_loss = g_loss = torch.zeros(())
-    for step in range(1, params.gan_steps + 1):
-        for _ in range(params.critic_iters):
-            real = pool.sample(n, rng, device)
-            z = torch.randn(n, params.z_dim, generator=rng).to(device)
-            alpha = torch.rand(n, generator=rng).to(device)
-            with torch.no_grad():
-                fake = generator(z)
-            wasserstein = critic(fake).mean() - critic(real).mean()
-            d_loss = wasserstein + params.gp_weight * gradient_penalty(critic, real, fake, alpha)
-            d_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            d_opt.step()
+
+    def d_loss() -> Tensor:
+        real = pool.sample(n, rng, device)
         z = torch.randn(n, params.z_dim, generator=rng).to(device)
-        g_loss = -critic(generator(z)).mean()
-        g_opt.zero_grad(set_to_none=True)
-        g_loss.backward()
-        g_opt.step()
-        if on_progress is not None and step in reports:
-            on_progress(step=step, total=params.gan_steps, loss_d=d_loss.item(), loss_g=g_loss.item())
-    generator.eval()
-    critic.eval()
-    return {"loss_d": d_loss.item(), "loss_g": g_loss.item()}
+        alpha = torch.rand(n, generator=rng).to(device)
+        with torch.no_grad():
+            fake = generator(z)
+        wasserstein = critic(fake).mean() - critic(real).mean()
+        return wasserstein + params.gp_weight * gradient_penalty(critic, real, fake, alpha)
+
+    def g_loss() -> Tensor:
+        z = torch.randn(n, params.z_dim, generator=rng).to(device)
+        return -critic(generator(z)).mean()
+
+    return train_gan(
+        generator,
+        critic,
+        params,
+        d_loss=d_loss,
+        g_loss=g_loss,
+        attack="gmi",
+        stage="attack:gmi:gan",
+        on_progress=on_progress,
+    )
+
+
+class GMISearch(SearchProblem):
+    """SGD-Nesterov on the latents of each (class, restart) group, clamped after every step."""
+
+    def __init__(self, params: GMIParams, generator: nn.Module, critic: nn.Module, target: nn.Module):
+        self.p, self.generator, self.critic, self.target = params, generator, critic, target
+        self.samples = params.samples_per_class
+
+    def start(self, chunk: Chunk, device: torch.device) -> list[Tensor]:
+        z = torch.cat([torch.randn(self.samples, self.p.z_dim, generator=s) for s in chunk.streams])
+        return [z.to(device).requires_grad_(True)]
+
+    def optimizer(self, leaves: list[Tensor]) -> torch.optim.Optimizer:
+        return torch.optim.SGD(leaves, lr=self.p.lr, momentum=self.p.momentum, nesterov=True)
+
+    def loss(self, leaves: list[Tensor], chunk: Chunk, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        fake = self.generator(leaves[0])
+        logits = self.target(fake)
+        per_latent = -self.critic(fake) + self.p.lambda_id * F.cross_entropy(logits, y, reduction="none")
+        confidence = logits.detach().softmax(dim=1).gather(1, y[:, None])[:, 0]
+        return per_latent.sum() / self.p.loss_batch, per_latent, confidence
+
+    def project(self, leaves: list[Tensor]) -> None:
+        with torch.no_grad():
+            leaves[0].clamp_(-self.p.z_clip, self.p.z_clip)
+
+    def finish(
+        self, leaves: list[Tensor], chunk: Chunk, device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        targets = torch.tensor([g.target_class for g in chunk.groups for _ in range(self.samples)])
+        restarts = torch.tensor([g.restart for g in chunk.groups for _ in range(self.samples)])
+        return self.generator(leaves[0]), targets, restarts
 
 
 class GMI:
@@ -146,7 +166,7 @@ class GMI:
         """The trained (or cached) generator and critic, frozen; and whether the cache hit."""
         p = self.params
         device = torch.device(ctx.device)
-        with seeded(ctx.seed, device):
+        with seeds.seeded(ctx.seed, "attack", "gmi", "init", device=device):
             generator = Generator(p.z_dim, ctx.data.in_channels, ctx.data.image_size, p.gan_width)
             critic = Critic(ctx.data.in_channels, ctx.data.image_size, p.gan_width)
         for network in (generator, critic):
@@ -159,7 +179,7 @@ class GMI:
                 pool,
                 p,
                 device=device,
-                rng=cpu_generator(ctx.seed, "gmi-gan"),
+                rng=seeds.generator(ctx.seed, "attack", "gmi", "gan"),
                 on_progress=lambda **f: ctx.emit("progress", stage="attack:gmi:gan", **f),
             )
 
@@ -179,61 +199,10 @@ class GMI:
     def run(self, ctx: AttackContext) -> AttackResult:
         p = self.params
         classes = resolve_classes(p.classes, ctx.data.num_classes, self.name, p.first_classes)
-        pool = public_pool(ctx, self.name)
-        generator, critic, hit = self.prior(ctx, pool)
-        device = torch.device(ctx.device)
-        spc = p.samples_per_class
-        groups = make_groups(classes, p.restarts)
-        chunks = chunk_groups(groups, spc, p.max_batch)
-        reports = report_steps(p.iterations, len(chunks))
-        total = p.iterations * len(chunks)
-        images, confidences = [], []
-        for chunk_index, chunk in enumerate(chunks):
-            # Each (class, restart) draws its start from its own stream: a class's result does
-            # not depend on which other classes are attacked or how they are batched.
-            z = (
-                torch.cat(
-                    [
-                        torch.randn(
-                            spc,
-                            p.z_dim,
-                            generator=cpu_generator(ctx.seed, self.name, g.restart, g.target_class),
-                        )
-                        for g in chunk
-                    ]
-                )
-                .to(device)
-                .requires_grad_(True)
-            )
-            y = torch.tensor([g.target_class for g in chunk for _ in range(spc)], device=device)
-            optimizer = torch.optim.SGD([z], lr=p.lr, momentum=p.momentum, nesterov=True)
-            for step in range(1, p.iterations + 1):
-                fake = generator(z)
-                logits = ctx.target(fake)
-                per_sample = -critic(fake) + p.lambda_id * F.cross_entropy(logits, y, reduction="none")
-                group_loss = per_group_mean(per_sample, len(chunk), spc)
-                z.grad = input_gradient(group_loss.sum(), z)
-                optimizer.step()
-                with torch.no_grad():
-                    z.clamp_(-p.z_clip, p.z_clip)
-                if step in reports:
-                    emit_progress(
-                        ctx,
-                        "attack:gmi",
-                        step=chunk_index * p.iterations + step,
-                        total=total,
-                        chunk=chunk,
-                        group_loss=group_loss.detach(),
-                        group_confidence=per_group_mean(target_confidence(logits, y), len(chunk), spc),
-                    )
-            with torch.no_grad():
-                final = generator(z)
-                confidences.append(target_confidence(ctx.target(final), y).cpu())
-            images.append(final.cpu())
-        targets, restarts = flatten_result_order(groups, spc)
-        return AttackResult(
-            images=torch.cat(images).clamp(0, 1),
-            targets=targets,
-            restarts=restarts,
-            figures={"target_confidence": float(torch.cat(confidences).mean()), "gan_cached": float(hit)},
+        generator, critic, hit = self.prior(ctx, public_pool(ctx, self.name))
+        units: list[list[Group]] = [[g] for g in make_groups(classes, p.restarts)]
+        problem = GMISearch(p, generator, critic, ctx.target)
+        images, targets, restarts, confidence = search(
+            ctx, problem, units, attack=self.name, iterations=p.iterations, max_batch=p.max_batch
         )
+        return result(images, targets, restarts, confidence, gan_cached=float(hit))

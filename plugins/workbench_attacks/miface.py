@@ -15,22 +15,12 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from workbench.api import AttackContext, AttackResult, StrictModel
-from workbench_attacks.common import (
-    chunk_groups,
-    cpu_generator,
-    emit_progress,
-    flatten_result_order,
-    input_gradient,
-    make_groups,
-    per_group_mean,
-    report_steps,
-    resolve_classes,
-    target_confidence,
-)
+from workbench.api import AttackContext, AttackResult
+from workbench_attacks.common import Group, make_groups, resolve_classes
+from workbench_attacks.core import Chunk, SearchBudget, SearchProblem, result, search
 
 
-class MIFaceParams(StrictModel):
+class MIFaceParams(SearchBudget):
     """MI-Face's budget (the paper runs plain gradient descent for up to 5000 steps)."""
 
     iterations: int = Field(300, ge=1)
@@ -53,13 +43,9 @@ class MIFaceParams(StrictModel):
     """Weight of the total-variation prior (mean absolute difference of neighbouring pixels)."""
     l2_weight: float = Field(0.0, ge=0)
     """Weight of the L2 prior (mean squared pixel value)."""
-    classes: list[int] | None = None
-    """Private classes to attack (default: all of them)."""
-    first_classes: int | None = Field(None, ge=1)
-    """Attack only the first N private classes (the papers attack identities 0-299 of CelebA's
-    1000); ignored when `classes` is set."""
-    max_batch: int = Field(256, ge=1)
-    """Images per forward pass; results do not depend on it, only speed and memory do."""
+    lambda_id: float = Field(1.0, ge=0)
+    """Weight of the class loss against the TV and L2 priors (1: the priors' weights are
+    relative to it)."""
 
 
 def total_variation(x: Tensor) -> Tensor:
@@ -95,57 +81,48 @@ class MIFace:
     def run(self, ctx: AttackContext) -> AttackResult:
         p = self.params
         classes = resolve_classes(p.classes, ctx.data.num_classes, self.name, p.first_classes)
-        device = torch.device(ctx.device)
-        shape = (ctx.data.in_channels, ctx.data.image_size, ctx.data.image_size)
-        spc = p.samples_per_class
-        groups = make_groups(classes, p.restarts)
-        chunks = chunk_groups(groups, spc, p.max_batch)
-        reports = report_steps(p.iterations, len(chunks))
-        total = p.iterations * len(chunks)
-        images, confidences = [], []
-        for chunk_index, chunk in enumerate(chunks):
-            x = (
-                torch.cat(
-                    [
-                        self.start(spc, shape, cpu_generator(ctx.seed, self.name, g.restart, g.target_class))
-                        for g in chunk
-                    ]
-                )
-                .to(device)
-                .requires_grad_(True)
-            )
-            y = torch.tensor([g.target_class for g in chunk for _ in range(spc)], device=device)
-            optimizer = torch.optim.Adam([x], lr=p.lr)
-            for step in range(1, p.iterations + 1):
-                logits = ctx.target(x)
-                per_sample = self.class_loss(logits, y)
-                if p.tv_weight:
-                    per_sample = per_sample + p.tv_weight * total_variation(x)
-                if p.l2_weight:
-                    per_sample = per_sample + p.l2_weight * x.pow(2).flatten(1).mean(dim=1)
-                group_loss = per_group_mean(per_sample, len(chunk), spc)
-                x.grad = input_gradient(group_loss.sum(), x)
-                optimizer.step()
-                with torch.no_grad():
-                    x.clamp_(0, 1)
-                if step in reports:
-                    emit_progress(
-                        ctx,
-                        "attack:mi-face",
-                        step=chunk_index * p.iterations + step,
-                        total=total,
-                        chunk=chunk,
-                        group_loss=group_loss.detach(),
-                        group_confidence=per_group_mean(target_confidence(logits, y), len(chunk), spc),
-                    )
-            final = x.detach()
-            with torch.no_grad():
-                confidences.append(target_confidence(ctx.target(final), y).cpu())
-            images.append(final.cpu())
-        targets, restarts = flatten_result_order(groups, spc)
-        return AttackResult(
-            images=torch.cat(images),
-            targets=targets,
-            restarts=restarts,
-            figures={"target_confidence": float(torch.cat(confidences).mean())},
+        units: list[list[Group]] = [[g] for g in make_groups(classes, p.restarts)]
+        problem = MIFaceSearch(self, ctx)
+        images, targets, restarts, confidence = search(
+            ctx, problem, units, attack=self.name, iterations=p.iterations, max_batch=p.max_batch
         )
+        return result(images, targets, restarts, confidence)
+
+
+class MIFaceSearch(SearchProblem):
+    """Adam on the pixels of each (class, restart) group, clamped to [0, 1] after every step."""
+
+    def __init__(self, attack: MIFace, ctx: AttackContext):
+        self.attack, self.p, self.target = attack, attack.params, ctx.target
+        self.samples = self.p.samples_per_class
+        self.shape = (ctx.data.in_channels, ctx.data.image_size, ctx.data.image_size)
+
+    def start(self, chunk: Chunk, device: torch.device) -> list[Tensor]:
+        x = torch.cat([self.attack.start(self.samples, self.shape, s) for s in chunk.streams])
+        return [x.to(device).requires_grad_(True)]
+
+    def optimizer(self, leaves: list[Tensor]) -> torch.optim.Optimizer:
+        return torch.optim.Adam(leaves, lr=self.p.lr)
+
+    def loss(self, leaves: list[Tensor], chunk: Chunk, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        x = leaves[0]
+        logits = self.target(x)
+        per_sample = self.p.lambda_id * self.attack.class_loss(logits, y)
+        if self.p.tv_weight:
+            per_sample = per_sample + self.p.tv_weight * total_variation(x)
+        if self.p.l2_weight:
+            per_sample = per_sample + self.p.l2_weight * x.pow(2).flatten(1).mean(dim=1)
+        confidence = logits.detach().softmax(dim=1).gather(1, y[:, None])[:, 0]
+        # Each group's loss is its mean (Adam makes the scale irrelevant), summed over groups.
+        return per_sample.sum() / self.samples, per_sample, confidence
+
+    def project(self, leaves: list[Tensor]) -> None:
+        with torch.no_grad():
+            leaves[0].clamp_(0, 1)
+
+    def finish(
+        self, leaves: list[Tensor], chunk: Chunk, device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        targets = torch.tensor([g.target_class for g in chunk.groups for _ in range(self.samples)])
+        restarts = torch.tensor([g.restart for g in chunk.groups for _ in range(self.samples)])
+        return leaves[0].detach(), targets, restarts

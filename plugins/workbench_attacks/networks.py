@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -69,10 +70,13 @@ class DownTrunk(nn.Module):
     """Strided convolutions from the working size down to 4x4; flattened features out.
 
     Instance norm, not batch norm: WGAN-GP's gradient penalty is defined per sample, and the
-    latent searches score each image on its own.
+    latent searches score each image on its own. `norm_first`: instance norm on the first
+    convolution too (KED-MI's discriminator, KEDMI `discri.py:34-60`); GMI's critic has none
+    there (DefendMI `GMI/discri.py:32-54`). Kernels are 4x4 (stride 2, padding 1) where the
+    references use 5x5 (padding 2): the same halving per layer, sized for any working size.
     """
 
-    def __init__(self, in_channels: int, image_size: int, width: int):
+    def __init__(self, in_channels: int, image_size: int, width: int, norm_first: bool = False):
         super().__init__()
         self.image_size = image_size
         self.size = working_size(image_size)
@@ -82,7 +86,7 @@ class DownTrunk(nn.Module):
         for step in range(levels):
             c_out = _width_at(levels - step - 1, levels, width)
             layers.append(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1))
-            if step > 0:
+            if step > 0 or norm_first:
                 layers.append(nn.InstanceNorm2d(c_out, affine=True))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
             c_in = c_out
@@ -108,19 +112,66 @@ class Critic(nn.Module):
         return self.score(self.trunk(x))[:, 0]
 
 
+class MinibatchDiscrimination(nn.Module):
+    """Minibatch discrimination (Salimans et al. 2016), as KED-MI's discriminator has it.
+
+    A learnt tensor `T [in_features, kernels, kernel_dim]` (initialised N(0, 1)) maps each
+    feature row to `M_i = x_i T` (`[kernels, kernel_dim]`); kernel b scores how close image i
+    is to the other images of the batch, `o_b(i) = Σ_j exp(−‖M_{i,b} − M_{j,b}‖₁) − 1` (the
+    self term removed, no division by N − 1), and the layer outputs `[x, o]`
+    (KEDMI `discri.py:7-32`). D's output for one image therefore depends on the other images
+    in its batch: a generator that collapses onto one mode is easy to spot.
+    """
+
+    def __init__(self, in_features: int, kernels: int, kernel_dim: int):
+        super().__init__()
+        self.kernels = kernels
+        self.kernel_dim = kernel_dim
+        self.T = nn.Parameter(torch.randn(in_features, kernels * kernel_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = (x @ self.T).view(-1, self.kernels, self.kernel_dim)
+        l1 = (m[:, None] - m[None, :]).abs().sum(dim=3)  # [N, N, kernels]
+        closeness = torch.exp(-l1).sum(dim=1) - 1
+        return torch.cat([x, closeness], dim=1)
+
+
 class ClassDiscriminator(nn.Module):
     """KED-MI's discriminator: K class logits; realness is logsumexp over them (the "+1" class).
 
-    Returns `(features, logits)`: the features feed the generator's feature-matching loss.
-    Dropout regularises it, as in semi-supervised GANs; the attack runs it in eval mode.
+    Trunk: strided convolutions with instance norm on every one (the first included) and
+    LeakyReLU(0.2); then minibatch discrimination with `(kernels, kernel_dim)` (reference
+    (64, 50); 0 kernels switches it off); then one linear layer to the K classes. No dropout
+    (the reference has none: KEDMI `discri.py:34-70`, DefendMI `DMI/discri.py:8-95`).
+
+    `forward(x, blocks=None)` returns `(features, logits)`; the features (before minibatch
+    discrimination) feed the generator's feature-matching loss. Minibatch discrimination
+    couples the images of one batch; `blocks` (sizes summing to `len(x)`) splits the batch
+    into independent blocks that each see only themselves, so several reference batches can
+    share one forward pass.
     """
 
-    def __init__(self, in_channels: int, image_size: int, width: int, num_classes: int, dropout: float = 0.2):
+    def __init__(
+        self,
+        in_channels: int,
+        image_size: int,
+        width: int,
+        num_classes: int,
+        mbd_kernels: int = 64,
+        mbd_kernel_dim: int = 50,
+    ):
         super().__init__()
-        self.trunk = DownTrunk(in_channels, image_size, width)
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(self.trunk.feature_dim, num_classes)
+        self.trunk = DownTrunk(in_channels, image_size, width, norm_first=True)
+        features = self.trunk.feature_dim
+        self.mbd = MinibatchDiscrimination(features, mbd_kernels, mbd_kernel_dim) if mbd_kernels > 0 else None
+        self.head = nn.Linear(features + (mbd_kernels if self.mbd is not None else 0), num_classes)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, blocks: list[int] | None = None) -> tuple[Tensor, Tensor]:
         features = self.trunk(x)
-        return features, self.head(self.dropout(features))
+        if self.mbd is None:
+            return features, self.head(features)
+        if blocks is None:
+            mixed = self.mbd(features)
+        else:
+            mixed = torch.cat([self.mbd(part) for part in features.split(blocks)])
+        return features, self.head(mixed)

@@ -1,0 +1,305 @@
+"""The attack core GMI, KED-MI, MI-Face (and the attacks to come) share.
+
+- `GANBudget` / `SearchBudget`: the param fields every GAN prior and every latent search has.
+- `train_gan`: one GAN-training skeleton (Adam for both players, `critic_iters` discriminator
+  steps per generator step, progress, a stop on non-finite losses).
+- `search`: one latent-search loop over (class, restart) groups: chunking by `max_batch`, one
+  random stream per group, progress events, projection (clamp) after every step and a stop on
+  non-finite losses or reconstructions. An attack supplies only its `SearchProblem`: how a
+  group starts, the optimiser, the loss, the projection and the final images.
+- `check_finite`: the one-line error every divergence ends in.
+
+Every random draw comes from `workbench.api.seeds`, keyed by the run seed, the attack and the
+(class, restart) pair, so a class's result does not depend on which other classes are attacked
+or how they are batched (except where a method couples a batch on purpose: KED-MI's
+minibatch discrimination sees one block of classes, by design).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from pydantic import Field
+from torch import Tensor, nn
+
+from workbench.api import AttackContext, AttackResult, StrictModel, WorkbenchError, seeds
+from workbench_attacks.common import Group, emit_progress, report_steps
+
+# ---------------------------------------------------------------- shared params
+
+
+class GANBudget(StrictModel):
+    """The fields every GAN prior shares (GMI's WGAN-GP, KED-MI's K+1 GAN)."""
+
+    z_dim: int = Field(100, ge=1)
+    """Latent size of the generator (reference 100: GMI `Celeba/attack.py:34`, DefendMI
+    `GMI/generator.py`, KEDMI `attack.py:50`)."""
+    gan_width: int = Field(16, ge=4)
+    """Generator/discriminator channels at full resolution, doubling per halving up to 8x
+    (reference 64: DefendMI `GMI/generator.py:5-59`, `DMI/discri.py`). Digits: 16 (a CPU
+    deviation)."""
+    gan_steps: int = Field(150, ge=1)
+    """Generator updates. Reference: epochs over the public data with a generator step every
+    5th batch: WGAN-GP 300 epochs (DefendMI `GMI/config/*.json`), K+1 GAN 100 epochs (DefendMI
+    `DMI/config/{celeba,mnist}.json`; KED-MI authors 120), i.e. tens of thousands of steps on
+    CelebA. Digits: 100-150 (a CPU deviation)."""
+    gan_batch_size: int = Field(64, ge=2)
+    """Public images per GAN step (reference 64, every config)."""
+    gan_lr: float = Field(1e-3, gt=0)
+    """Adam learning rate of both players, betas (0.5, 0.999). Reference 2e-4 on CelebA
+    (DefendMI `GMI/config/celeba.json`, `DMI/config/celeba.json`), 4e-3 for the MNIST WGAN-GP
+    (`GMI/config/mnist.json`). Digits: 1e-3 (a deviation: short budgets need a larger step)."""
+    critic_iters: int = Field(5, ge=1)
+    """Discriminator updates per generator update (reference 5: `n_critic`, DefendMI
+    `GMI/train_gan.py:80-116`, KEDMI `k+1_gan.py:159`)."""
+
+
+class SearchBudget(StrictModel):
+    """The fields every per-class search shares (the targets, the identity weight, batching)."""
+
+    lambda_id: float = Field(100.0, ge=0)
+    """Weight λ of the identity loss CE(T(G(z)), y) against the prior (reference 100: GMI
+    `Celeba/attack.py:11`, DefendMI `GMI/attack.py:18`, KEDMI `attack.py`, `lamda=100`)."""
+    classes: list[int] | None = None
+    """Private classes to attack (default: all of them)."""
+    first_classes: int | None = Field(None, ge=1)
+    """Attack only the first N private classes (BiDO and LOMMA attack identities 0-299 of
+    CelebA's 1000: DefendMI `GMI/attack.py:197-206`); ignored when `classes` is set."""
+    max_batch: int = Field(256, ge=1)
+    """Latents per forward pass. Results do not depend on it, only speed and memory do: losses
+    are sums over latents divided by a constant (or over a fixed block), never a mean over
+    whatever shares the forward pass."""
+
+
+# ---------------------------------------------------------------- non-finite values
+
+
+def check_finite(value: Tensor, *, attack: str, stage: str, what: str, hint: str = "") -> None:
+    """A one-line WorkbenchError naming the attack and stage when `value` holds NaN or inf."""
+    if not bool(torch.isfinite(value).all()):
+        raise WorkbenchError(
+            f"attack {attack!r}, stage {stage}: {what} is not finite (NaN or inf); "
+            + (hint or "the figures would be meaningless, so the attack stops here")
+        )
+
+
+def check_module_finite(module: nn.Module, *, attack: str, stage: str, what: str) -> None:
+    """Stop when any parameter or buffer of `module` is not finite (a diverged prior)."""
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WorkbenchError(
+                f"attack {attack!r}, stage {stage}: the {what}'s {name} is not finite (NaN or inf): "
+                "the prior diverged and is not cached; lower gan_lr or change the seed"
+            )
+
+
+# ---------------------------------------------------------------- GAN training
+
+
+def train_gan(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    budget: GANBudget,
+    *,
+    d_loss: Callable[[], Tensor],
+    g_loss: Callable[[], Tensor],
+    attack: str,
+    stage: str,
+    on_progress: Callable[..., None] | None = None,
+) -> dict[str, float]:
+    """Train both players in place: per generator step, `critic_iters` discriminator steps.
+
+    `d_loss()` / `g_loss()` draw their own batches (from the caller's generator) and return the
+    loss to minimise for that player. Adam with betas (0.5, 0.999) for both (every reference).
+    A non-finite loss stops training with a one-line error (the prior is then never cached).
+    """
+    g_opt = torch.optim.Adam(generator.parameters(), lr=budget.gan_lr, betas=(0.5, 0.999))
+    d_opt = torch.optim.Adam(discriminator.parameters(), lr=budget.gan_lr, betas=(0.5, 0.999))
+    generator.train()
+    discriminator.train()
+    reports = report_steps(budget.gan_steps, 1)
+    loss_d = loss_g = torch.zeros(())
+    for step in range(1, budget.gan_steps + 1):
+        for _ in range(budget.critic_iters):
+            loss_d = d_loss()
+            d_opt.zero_grad(set_to_none=True)
+            loss_d.backward()
+            d_opt.step()
+        loss_g = g_loss()
+        g_opt.zero_grad(set_to_none=True)
+        loss_g.backward()
+        g_opt.step()
+        if step in reports:
+            both = torch.stack([loss_d.detach(), loss_g.detach()])
+            check_finite(
+                both,
+                attack=attack,
+                stage=stage,
+                what=f"the GAN loss at step {step}",
+                hint="the prior diverged and is not cached; lower gan_lr or change the seed",
+            )
+            if on_progress is not None:
+                on_progress(step=step, total=budget.gan_steps, loss_d=float(both[0]), loss_g=float(both[1]))
+    generator.eval()
+    discriminator.eval()
+    return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
+
+
+# ---------------------------------------------------------------- latent search
+
+
+@dataclass
+class Chunk:
+    """The groups searched in one forward pass, each with its own random stream."""
+
+    groups: list[Group]
+    streams: list[torch.Generator]
+    blocks: list[int]
+    """Sizes of the units the chunk is made of, in groups (a unit is never split)."""
+
+
+class SearchProblem(abc.ABC):
+    """What one attack's per-class search is; `search` runs it.
+
+    The tensors `start` returns are the optimised leaves; `samples` of them per group (the
+    first dimension is `len(chunk.groups) * samples`, group after group).
+    """
+
+    samples: int = 1
+    """Rows per group in the optimised tensors."""
+
+    @abc.abstractmethod
+    def start(self, chunk: Chunk, device: torch.device) -> list[Tensor]:
+        """The leaves to optimise (requires_grad set), drawn from the chunk's streams."""
+
+    @abc.abstractmethod
+    def optimizer(self, leaves: list[Tensor]) -> torch.optim.Optimizer: ...
+
+    @abc.abstractmethod
+    def loss(self, leaves: list[Tensor], chunk: Chunk, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(total loss to differentiate, per-row loss, per-row target confidence); `y` holds
+        each row's class."""
+
+    def project(self, leaves: list[Tensor]) -> None:
+        """In-place projection after every step (a clamp); none by default."""
+        return None
+
+    @abc.abstractmethod
+    def finish(
+        self, leaves: list[Tensor], chunk: Chunk, device: torch.device
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(images, their classes, their restart indices) for the chunk, images on any device."""
+
+
+def group_stream(seed: int, attack: str, group: Group) -> torch.Generator:
+    """The random stream of one (class, restart) group: the same draws however it is batched."""
+    return seeds.generator(seed, "attack", attack, "search", group.target_class, group.restart)
+
+
+def pack_units(
+    units: Sequence[Sequence[Group]], rows_per_group: int, max_batch: int
+) -> list[list[list[Group]]]:
+    """Pack whole units into chunks of at most `max_batch` rows (a unit alone may exceed it)."""
+    chunks: list[list[list[Group]]] = []
+    rows = 0
+    for unit in units:
+        size = len(unit) * rows_per_group
+        if chunks and rows + size <= max_batch:
+            chunks[-1].append(list(unit))
+            rows += size
+        else:
+            chunks.append([list(unit)])
+            rows = size
+    return chunks
+
+
+def search(
+    ctx: AttackContext,
+    problem: SearchProblem,
+    units: Sequence[Sequence[Group]],
+    *,
+    attack: str,
+    iterations: int,
+    max_batch: int,
+) -> tuple[Tensor, Tensor, Tensor, float]:
+    """Run `problem` over all `units` (lists of groups searched together, usually one group
+    each); returns (images on CPU in [0, 1], targets, restarts, mean final target confidence).
+
+    Progress events go out under stage `attack:<name>`, at most 20 per class; a non-finite
+    loss (at a reported step) or reconstruction ends the attack with a one-line error.
+    """
+    device = torch.device(ctx.device)
+    stage = f"attack:{attack}"
+    packed = pack_units(units, problem.samples, max_batch)
+    reports = report_steps(iterations, len(packed))
+    total = iterations * len(packed)
+    images, targets, restarts, confidences = [], [], [], []
+    for index, unit_list in enumerate(packed):
+        groups = [g for unit in unit_list for g in unit]
+        chunk = Chunk(
+            groups, [group_stream(ctx.seed, attack, g) for g in groups], [len(u) for u in unit_list]
+        )
+        leaves = problem.start(chunk, device)
+        y = torch.tensor([g.target_class for g in groups for _ in range(problem.samples)], device=device)
+        optimizer = problem.optimizer(leaves)
+        for step in range(1, iterations + 1):
+            total_loss, row_loss, row_confidence = problem.loss(leaves, chunk, y)
+            grads = torch.autograd.grad(total_loss, leaves)
+            for leaf, grad in zip(leaves, grads, strict=True):
+                leaf.grad = grad
+            optimizer.step()
+            problem.project(leaves)
+            if step in reports:
+                check_finite(
+                    total_loss.detach(),
+                    attack=attack,
+                    stage=stage,
+                    what=f"the search loss at step {step}",
+                    hint="the latent search diverged; lower lr or lambda_id",
+                )
+                n = len(groups)
+                emit_progress(
+                    ctx,
+                    stage,
+                    step=index * iterations + step,
+                    total=total,
+                    chunk=groups,
+                    group_loss=row_loss.detach().view(n, -1).mean(dim=1),
+                    group_confidence=row_confidence.detach().view(n, -1).mean(dim=1),
+                )
+        with torch.no_grad():
+            final, final_targets, final_restarts = problem.finish(leaves, chunk, device)
+            check_finite(
+                final,
+                attack=attack,
+                stage=stage,
+                what="a reconstruction",
+                hint="the latent search or its prior diverged",
+            )
+            logits = ctx.target(final)
+            confidences.append(
+                logits.float().softmax(1).gather(1, final_targets.to(device)[:, None])[:, 0].cpu()
+            )
+        images.append(final.detach().cpu())
+        targets.append(final_targets.cpu())
+        restarts.append(final_restarts.cpu())
+    return (
+        torch.cat(images).clamp(0, 1),
+        torch.cat(targets).long(),
+        torch.cat(restarts).long(),
+        float(torch.cat(confidences).mean()),
+    )
+
+
+def result(
+    images: Tensor, targets: Tensor, restarts: Tensor, confidence: float, **figures: float
+) -> AttackResult:
+    return AttackResult(
+        images=images,
+        targets=targets,
+        restarts=restarts,
+        figures={"target_confidence": confidence, **figures},
+    )
