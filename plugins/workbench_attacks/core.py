@@ -194,6 +194,11 @@ class SearchProblem(abc.ABC):
         """(images, their classes, their restart indices) for the chunk, images on any device."""
 
 
+def dtype_of(module: nn.Module) -> torch.dtype:
+    """The floating dtype of a module's parameters (float32 unless a test runs in float64)."""
+    return next((t.dtype for t in module.parameters() if t.is_floating_point()), torch.float32)
+
+
 def group_stream(seed: int, attack: str, group: Group) -> torch.Generator:
     """The random stream of one (class, restart) group: the same draws however it is batched."""
     return seeds.generator(seed, "attack", attack, "search", group.target_class, group.restart)

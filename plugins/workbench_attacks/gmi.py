@@ -32,7 +32,16 @@ from workbench_attacks.common import (
     public_pool,
     resolve_classes,
 )
-from workbench_attacks.core import Chunk, GANBudget, SearchBudget, SearchProblem, result, search, train_gan
+from workbench_attacks.core import (
+    Chunk,
+    GANBudget,
+    SearchBudget,
+    SearchProblem,
+    dtype_of,
+    result,
+    search,
+    train_gan,
+)
 from workbench_attacks.networks import Critic, Generator
 
 
@@ -127,7 +136,7 @@ class GMISearch(SearchProblem):
 
     def start(self, chunk: Chunk, device: torch.device) -> list[Tensor]:
         z = torch.cat([torch.randn(self.samples, self.p.z_dim, generator=s) for s in chunk.streams])
-        return [z.to(device).requires_grad_(True)]
+        return [z.to(device, dtype_of(self.generator)).requires_grad_(True)]
 
     def optimizer(self, leaves: list[Tensor]) -> torch.optim.Optimizer:
         return torch.optim.SGD(leaves, lr=self.p.lr, momentum=self.p.momentum, nesterov=True)

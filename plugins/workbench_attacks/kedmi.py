@@ -33,7 +33,16 @@ from workbench_attacks.common import (
     public_pool,
     resolve_classes,
 )
-from workbench_attacks.core import Chunk, GANBudget, SearchBudget, SearchProblem, result, search, train_gan
+from workbench_attacks.core import (
+    Chunk,
+    GANBudget,
+    SearchBudget,
+    SearchProblem,
+    dtype_of,
+    result,
+    search,
+    train_gan,
+)
 from workbench_attacks.networks import ClassDiscriminator, Generator
 
 
@@ -172,8 +181,11 @@ class KEDMISearch(SearchProblem):
 
     def start(self, chunk: Chunk, device: torch.device) -> list[Tensor]:
         n = len(chunk.groups)
-        mu = torch.zeros(n, self.p.z_dim, device=device, requires_grad=True)
-        log_var = torch.full((n, self.p.z_dim), float(self.p.init_log_var), device=device, requires_grad=True)
+        dtype = dtype_of(self.generator)
+        mu = torch.zeros(n, self.p.z_dim, device=device, dtype=dtype, requires_grad=True)
+        log_var = torch.full(
+            (n, self.p.z_dim), float(self.p.init_log_var), device=device, dtype=dtype, requires_grad=True
+        )
         return [mu, log_var]
 
     def optimizer(self, leaves: list[Tensor]) -> torch.optim.Optimizer:
@@ -181,7 +193,7 @@ class KEDMISearch(SearchProblem):
 
     def loss(self, leaves: list[Tensor], chunk: Chunk, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         mu, log_var = leaves
-        eps = torch.cat([torch.randn(1, self.p.z_dim, generator=s) for s in chunk.streams]).to(mu.device)
+        eps = torch.cat([torch.randn(1, self.p.z_dim, generator=s) for s in chunk.streams]).to(mu)
         fake = self.generator(self.latents(mu, log_var, eps))
         _, class_logits = self.discriminator(fake, blocks=chunk.blocks)
         logits = self.target(fake)
@@ -198,7 +210,7 @@ class KEDMISearch(SearchProblem):
     ) -> tuple[Tensor, Tensor, Tensor]:
         mu, log_var = leaves
         draws = self.p.samples_per_class
-        eps = torch.cat([torch.randn(draws, self.p.z_dim, generator=s) for s in chunk.streams]).to(device)
+        eps = torch.cat([torch.randn(draws, self.p.z_dim, generator=s) for s in chunk.streams]).to(mu)
         z = self.latents(mu.repeat_interleave(draws, 0), log_var.repeat_interleave(draws, 0), eps)
         targets = torch.tensor([g.target_class for g in chunk.groups for _ in range(draws)])
         restarts = torch.arange(draws).repeat(len(chunk.groups))

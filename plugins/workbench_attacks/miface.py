@@ -17,7 +17,7 @@ from torch import Tensor
 
 from workbench.api import AttackContext, AttackResult
 from workbench_attacks.common import Group, make_groups, resolve_classes
-from workbench_attacks.core import Chunk, SearchBudget, SearchProblem, result, search
+from workbench_attacks.core import Chunk, SearchBudget, SearchProblem, dtype_of, result, search
 
 
 class MIFaceParams(SearchBudget):
@@ -99,7 +99,7 @@ class MIFaceSearch(SearchProblem):
 
     def start(self, chunk: Chunk, device: torch.device) -> list[Tensor]:
         x = torch.cat([self.attack.start(self.samples, self.shape, s) for s in chunk.streams])
-        return [x.to(device).requires_grad_(True)]
+        return [x.to(device, dtype_of(self.target)).requires_grad_(True)]
 
     def optimizer(self, leaves: list[Tensor]) -> torch.optim.Optimizer:
         return torch.optim.Adam(leaves, lr=self.p.lr)
