@@ -3,6 +3,7 @@ CelebA layout, image folders, .npy), loaded through the registry; and every bad-
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -145,8 +146,20 @@ def make_cifar(root: Path) -> Path:
     return root
 
 
-def test_cifar10_local_batches_without_md5(registry, tmp_path):
+def bless_as_official(monkeypatch, root: Path) -> None:
+    """Make torchvision's list of official md5s name these tiny files (the real ones are 160 MB)."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import calculate_md5
+
+    folder = root / "cifar-10-batches-py"
+    monkeypatch.setattr(CIFAR10, "train_list", [[f, calculate_md5(str(folder / f))] for f, _ in CIFAR10.train_list])
+    monkeypatch.setattr(CIFAR10, "test_list", [[f, calculate_md5(str(folder / f))] for f, _ in CIFAR10.test_list])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": calculate_md5(str(folder / "batches.meta"))})
+
+
+def test_cifar10_official_batches_load(registry, tmp_path, monkeypatch):
     make_cifar(tmp_path)
+    bless_as_official(monkeypatch, tmp_path)
     splits = registry.create("dataset", "cifar10", root=str(tmp_path)).load(0)
     assert splits.class_names == CIFAR_NAMES[:5] and splits.num_classes == 5
     assert splits.evaluation_num_classes == 10
@@ -161,12 +174,31 @@ def test_cifar10_local_batches_without_md5(registry, tmp_path):
         assert torch.allclose(image[2], torch.full((32, 32), 200 / 255))
 
 
-def test_cifar10_damaged_batch_is_reported(registry, tmp_path):
+class Payload:
+    """Unpickling this runs code: what a planted batch would do."""
+
+    def __reduce__(self):
+        return (Path.touch, (Path(os.environ["WORKBENCH_TEST_PAYLOAD"]),))
+
+
+def test_cifar10_planted_pickle_is_refused_before_it_is_unpickled(registry, tmp_path, monkeypatch):
     make_cifar(tmp_path)
+    bless_as_official(monkeypatch, tmp_path)
+    marker = tmp_path / "payload-ran"
+    monkeypatch.setenv("WORKBENCH_TEST_PAYLOAD", str(marker))
+    batch = tmp_path / "cifar-10-batches-py/data_batch_3"
+    with open(batch, "wb") as handle:
+        pickle.dump({"data": cifar_rows(list(range(10))), "labels": list(range(10)), "x": Payload()}, handle)
+    with pytest.raises(WorkbenchError, match=r"data_batch_3 is not the official CIFAR-10 file.*can run code"):
+        registry.create("dataset", "cifar10", root=str(tmp_path)).load(0)
+    assert not marker.exists()
+
+
+def test_cifar10_damaged_batch_is_reported(registry, tmp_path, monkeypatch):
+    make_cifar(tmp_path)
+    bless_as_official(monkeypatch, tmp_path)
     (tmp_path / "cifar-10-batches-py/data_batch_3").write_bytes(b"\x80\x04garbage")
-    with pytest.raises(
-        WorkbenchError, match=r"cifar10: cannot read the files in .*expected cifar-10-batches-py/data_batch_1"
-    ):
+    with pytest.raises(WorkbenchError, match=r"cifar10: .*data_batch_3 is not the official CIFAR-10 file"):
         registry.create("dataset", "cifar10", root=str(tmp_path)).load(0)
 
 
@@ -461,6 +493,70 @@ def test_folder_ood_without_images(registry, tmp_path):
     assert component.missing() == [component.describe().files[0].path]
     with pytest.raises(WorkbenchError, match=r"places365: no images under .*empty"):
         component.load(32, 3, 0)
+
+
+def test_symlink_loop_loads_each_image_once(registry, tmp_path):
+    """A loop (cat/loop -> ..) used to turn 12 images into hundreds, with copies of one image
+    on both sides of the split; now each real file counts once, wherever links lead."""
+    root = make_folder(tmp_path / "data", {"cat": 6, "dog": 6})
+    os.symlink("..", root / "cat" / "loop")
+    os.symlink(root / "dog" / "0.png", root / "cat" / "same-as-dog-0.png")
+    splits = registry.create("dataset", "image-folder", root=str(root), test_fraction=0.5).load(0)
+    paths = [p.resolve() for p in splits.train.paths + splits.test.paths]
+    assert len(paths) == 12 and len(set(paths)) == 12
+    assert not set(splits.train.paths) & set(splits.test.paths)
+    ood = registry.create("ood_dataset", "textures", root=str(root)).load(16, 3, 0)
+    assert len(ood) == 12 and len({p.resolve() for p in ood.paths}) == 12
+    # A symlinked class folder (a common way to assemble a dataset) is followed.
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    os.symlink(root / "cat", linked / "cat")
+    os.symlink(root / "dog", linked / "dog")
+    assert registry.create("dataset", "image-folder", root=str(linked), test_fraction=0.5).load(0).num_classes == 2
+
+
+def test_16_bit_png_keeps_its_intensities(registry, tmp_path):
+    """PIL's 8-bit conversion clips 16-bit values: a 16-bit PNG read as 97 % white."""
+    ramp = (np.linspace(0, 65535, 32 * 32).reshape(32, 32)).astype(np.uint16)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.fromarray(ramp).save(tmp_path / name / f"{i}.png")
+    assert Image.open(tmp_path / "a" / "0.png").mode.startswith("I")
+    splits = registry.create("dataset", "image-folder", root=str(tmp_path), image_size=32, in_channels=1,
+                             test_fraction=0.5).load(0)
+    image, _ = splits.train[0]
+    expected = torch.from_numpy(ramp.astype(np.float32) / 65535)
+    assert torch.allclose(image[0], expected, atol=1e-6)
+    assert float((image >= 0.999).float().mean()) < 0.01 and abs(float(image.mean()) - 0.5) < 0.01
+    rgb, _ = registry.create("dataset", "image-folder", root=str(tmp_path), image_size=16,
+                             test_fraction=0.5).load(0).train[0]
+    assert rgb.shape == (3, 16, 16) and abs(float(rgb.mean()) - 0.5) < 0.02
+
+
+def _png_claiming(path: Path, width: int, height: int) -> None:
+    """A small PNG whose header claims width x height (what a decompression bomb looks like)."""
+    import zlib
+
+    Image.new("L", (4, 4)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
+    path.write_bytes(bytes(data))
+
+
+def test_a_196_megapixel_png_is_one_clear_error(registry, tmp_path):
+    make_folder(tmp_path, {"a": 2, "b": 2})
+    bomb = tmp_path / "a" / "0.png"
+    _png_claiming(bomb, 14000, 14000)
+    splits = registry.create("dataset", "image-folder", root=str(tmp_path), test_fraction=0.5).load(0)
+    index = [i for i, p in enumerate(splits.train.paths + splits.test.paths) if p == bomb][0]
+    dataset, i = (splits.train, index) if index < len(splits.train) else (splits.test, index - len(splits.train))
+    with pytest.raises(WorkbenchError) as info:
+        dataset[i]
+    message = str(info.value)
+    assert str(bomb) in message and "too large to decode safely" in message and "\n" not in message
 
 
 # ---------------------------------------------------------------- 300K tiny images (.npy)

@@ -77,6 +77,11 @@ def open_image(path: str | Path) -> Image.Image:
             return image.copy()
     except FileNotFoundError:
         raise WorkbenchError(f"image {path} does not exist; expected an image file at that path") from None
+    except Image.DecompressionBombError as exc:
+        raise WorkbenchError(
+            f"image {path} is too large to decode safely ({exc}); expected ordinary photos "
+            "(downscale it or remove it)"
+        ) from None
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise WorkbenchError(
             f"cannot read image {path}: {exc}; expected a complete image file (re-extract or remove it)"
@@ -97,8 +102,13 @@ def pil_to_float(
     center_crop_fraction: float = 1.0,
     path: Path | str = "",
 ) -> Tensor:
-    """PIL image -> `[C, H, W]` float in [0, 1]: optional centred crop, resize, channel conversion."""
-    image = image.convert("L" if in_channels == 1 else "RGB")
+    """PIL image -> `[C, H, W]` float in [0, 1]: optional centred crop, resize, channel conversion.
+
+    16-bit (and 32-bit integer or float) images are scaled by their bit depth, not clipped to
+    8 bits: PIL's `convert("L")` would turn a 16-bit PNG almost entirely white.
+    """
+    high = high_depth_to_float(image, path)
+    image = high if high is not None else image.convert("L" if in_channels == 1 else "RGB")
     if center_crop_size is not None:
         if min(image.size) < center_crop_size:
             raise WorkbenchError(
@@ -113,7 +123,44 @@ def pil_to_float(
         image = image.crop((left, top, left + side, top + side))
     if image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    if image.mode == "F":
+        tensor = torch.from_numpy(np.array(image, dtype=np.float32))[None].clamp_(0.0, 1.0)
+        return convert_channels(tensor[None], in_channels)[0]
     return pil_to_tensor(image).float().div_(255.0)
+
+
+# PIL modes of more than 8 bits a channel, and the value that is full intensity in each.
+HIGH_DEPTH_MODES = {"I;16": 65535.0, "I;16L": 65535.0, "I;16B": 65535.0, "I;16N": 65535.0}
+
+
+def high_depth_to_float(image: Image.Image, path: Path | str = "") -> Image.Image | None:
+    """A single-channel image of more than 8 bits as a PIL 'F' image in [0, 1]; None for others.
+
+    PNG keeps 16-bit grayscale as 'I;16' (or 'I'); 16-bit RGB PNGs are already reduced to 8 bits
+    a channel by PIL. 'I' holds 32-bit integers: 16-bit data when no value passes 65535.
+    """
+    mode = image.mode
+    if mode not in HIGH_DEPTH_MODES and mode not in ("I", "F"):
+        return None
+    array = np.asarray(image, dtype=np.float64)
+    if mode in HIGH_DEPTH_MODES:
+        scale = HIGH_DEPTH_MODES[mode]
+    elif mode == "I":
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if low < 0 or high > 65535:
+            raise WorkbenchError(
+                f"image {path} holds 32-bit integers from {low:g} to {high:g}; expected 8- or 16-bit images"
+            )
+        scale = 255.0 if high <= 255 and image.format not in ("PNG", "TIFF") else 65535.0
+    else:  # "F": floating point (TIFF); [0, 1] or [0, 255]
+        high = float(np.nanmax(array)) if array.size else 0.0
+        if not np.all(np.isfinite(array)) or array.min() < 0 or high > 255:
+            raise WorkbenchError(
+                f"image {path} is floating point with values outside [0, 255] or not finite; "
+                "expected intensities in [0, 1] or [0, 255]"
+            )
+        scale = 1.0 if high <= 1.0 else 255.0
+    return Image.fromarray((array / scale).astype(np.float32))
 
 
 def uint8_to_float(images: Tensor | np.ndarray, image_size: int, in_channels: int) -> Tensor:

@@ -5,6 +5,7 @@ Sources are text (a URL or a paper) for a person to follow: nothing here downloa
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +26,22 @@ def first_image_under(root: Path) -> Path | None:
     """The first image file found under `root` (recursively), or None; stops early on big trees."""
     if not root.is_dir():
         return None
-    for path in root.rglob("*"):
-        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
-            return path
+    visited: set[tuple[int, int]] = set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        try:
+            info = os.stat(folder)
+        except OSError:
+            subfolders[:] = []
+            continue
+        if (info.st_dev, info.st_ino) in visited:  # a symlink loop: never walk a folder twice
+            subfolders[:] = []
+            continue
+        visited.add((info.st_dev, info.st_ino))
+        subfolders.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+                return path
     return None
 
 

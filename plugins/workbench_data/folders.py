@@ -11,7 +11,6 @@ from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
-from torchvision.datasets import ImageFolder as TorchvisionImageFolder
 
 from workbench.api import DataSplits, StrictModel, WorkbenchError, did_you_mean
 
@@ -94,15 +93,10 @@ class ImageFolder(DataComponent):
     def load(self, seed: int) -> DataSplits:
         p = self.params
         root = require_files(self.describe())
-        try:
-            folder = TorchvisionImageFolder(str(root), allow_empty=True)
-        except (FileNotFoundError, OSError) as exc:
-            raise WorkbenchError(
-                f"image-folder: cannot list classes in {root}: {exc}; expected root/CLASS/IMAGE"
-            ) from None
-        private = self.choose_private(folder.classes)
-        paths = np.array([path for path, _ in folder.samples], dtype=object)
-        folder_names = np.array([folder.classes[label] for _, label in folder.samples], dtype=object)
+        classes, samples = class_folders(root)
+        private = self.choose_private(classes)
+        paths = np.array([path for path, _ in samples], dtype=object)
+        folder_names = np.array([classes[label] for _, label in samples], dtype=object)
         for name in private:
             if not np.any(folder_names == name):
                 raise WorkbenchError(
@@ -145,11 +139,72 @@ class ImageFolder(DataComponent):
 # ---------------------------------------------------------------- folder OOD sets
 
 
-def list_images(root: Path) -> list[Path]:
-    """Every image file under root, sorted, so the order (and seeded subsets) are reproducible."""
-    return sorted(
-        path for path in root.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file()
-    )
+def list_images(root: Path, seen: set[tuple[int, int]] | None = None,
+                skip: frozenset[tuple[int, int]] = frozenset()) -> list[Path]:
+    """Every image file under root, sorted, so the order (and seeded subsets) are reproducible.
+
+    Symlinked folders are followed, each real folder visited once, and a file reached twice
+    (a symlink loop, two links to one folder or one file) counts once: a loop must not turn
+    12 images into hundreds with copies on both sides of a train/test split. `seen` (real
+    files, by device and inode) is shared across calls to keep one image in one class only;
+    folders in `skip` are never entered (a class's link back to the dataset root).
+    """
+    seen = set() if seen is None else seen
+    visited: set[tuple[int, int]] = set(skip)
+    found: list[Path] = []
+    stack = [Path(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            info = folder.stat()
+        except OSError:
+            continue  # a dangling link
+        if (info.st_dev, info.st_ino) in visited:
+            continue
+        visited.add((info.st_dev, info.st_ino))
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as exc:
+            raise WorkbenchError(f"cannot list the folder {folder}: {exc.strerror or exc}") from None
+        subfolders = []
+        for entry in entries:
+            try:
+                if entry.is_dir():  # follows symlinks; loops end at `visited`
+                    subfolders.append(Path(entry.path))
+                elif entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
+                    stat = entry.stat()
+                    if (stat.st_dev, stat.st_ino) not in seen:
+                        seen.add((stat.st_dev, stat.st_ino))
+                        found.append(Path(entry.path))
+            except OSError:
+                continue
+        stack.extend(reversed(subfolders))
+    return sorted(found)
+
+
+def class_folders(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """(sorted class folder names, [(image path, class index)]) of a root/CLASS/IMAGE tree,
+    each real image once (see `list_images`)."""
+    try:
+        classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    except OSError as exc:
+        raise WorkbenchError(
+            f"image-folder: cannot list classes in {root}: {exc.strerror or exc}; expected root/CLASS/IMAGE"
+        ) from None
+    if not classes:
+        raise WorkbenchError(f"image-folder: {root} has no class folders; expected root/CLASS/IMAGE")
+    def identity(folder: Path) -> tuple[int, int]:
+        info = folder.stat()
+        return info.st_dev, info.st_ino
+
+    others = {name: identity(root / name) for name in classes}
+    outside = frozenset({identity(root)})
+    seen: set[tuple[int, int]] = set()
+    samples = []
+    for label, name in enumerate(classes):
+        skip = outside | {key for key in others.values() if key != others[name]}
+        samples += [(path, label) for path in list_images(root / name, seen, skip)]
+    return classes, samples
 
 
 class FolderOODParams(RootParams, OODSizeParams):

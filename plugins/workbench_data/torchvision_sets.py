@@ -1,7 +1,7 @@
 """MNIST, Fashion-MNIST, CIFAR-10 (datasets) and SVHN (OOD) read from local files by torchvision.
 
 torchvision reads the formats; this module adds the BiDO class split, clear errors for missing
-or damaged files, and local reading without torchvision's md5 checks (see `_LocalCIFAR10`).
+or damaged files, and md5 checks of CIFAR-10's pickled batches before anything is unpickled.
 Nothing downloads unless a recipe sets `download = true`.
 """
 
@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 import numpy as np
 from pydantic import Field
 from torchvision.datasets import CIFAR10, MNIST, SVHN, FashionMNIST
+from torchvision.datasets.utils import check_integrity
 
 from workbench.api import DataSplits, StrictModel, WorkbenchError
 
@@ -208,17 +209,19 @@ def make_class_splits(
 # ---------------------------------------------------------------- CIFAR-10
 
 
-class _LocalCIFAR10(CIFAR10):
-    """torchvision's CIFAR10 reader with presence checks instead of md5 checks.
-
-    torchvision compares every batch to the md5 of the official archive, which rejects any
-    re-pickled or subsetted copy (and the tiny files tests build). Used only when
-    `download` is off, i.e. for files the user placed; downloads keep the md5 checks.
-    """
-
-    train_list: ClassVar[list[list[Any]]] = [[filename, None] for filename, _ in CIFAR10.train_list]
-    test_list: ClassVar[list[list[Any]]] = [[filename, None] for filename, _ in CIFAR10.test_list]
-    meta: ClassVar[dict[str, Any]] = {**CIFAR10.meta, "md5": None}
+def check_official_cifar10(root: Path, source: str) -> None:
+    """Every CIFAR-10 batch matches the md5 of the official archive before torchvision unpickles
+    it: a pickle can run any code, so a planted or altered batch is refused, never opened."""
+    folder = root / CIFAR10.base_folder
+    official = [*CIFAR10.train_list, *CIFAR10.test_list, [CIFAR10.meta["filename"], CIFAR10.meta["md5"]]]
+    for filename, md5 in official:
+        path = folder / filename
+        if path.is_file() and not check_integrity(str(path), md5):
+            raise WorkbenchError(
+                f"cifar10: {path} is not the official CIFAR-10 file (its md5 differs); the batches are "
+                f"Python pickles, which can run code, so only the official files are read; re-extract "
+                f"cifar-10-python.tar.gz from {source} (for a subset of CIFAR, use image-folder)"
+            )
 
 
 class Cifar10Params(DownloadableParams):
@@ -237,8 +240,8 @@ class Cifar10(DataComponent):
     )
     source: ClassVar[str] = "https://www.cs.toronto.edu/~kriz/cifar.html (cifar-10-python.tar.gz)"
     notes: ClassVar[str] = (
-        "Extract cifar-10-python.tar.gz into root. Local files are read without md5 checks (so subsets "
-        "and re-pickled copies work); downloads keep torchvision's checks."
+        "Extract cifar-10-python.tar.gz into root. Every batch is checked against the official md5 "
+        "before it is unpickled (a pickle can run code): altered or re-pickled copies are refused."
     )
     params: Cifar10Params
     params_model: ClassVar[type[StrictModel]] = Cifar10Params
@@ -256,7 +259,10 @@ class Cifar10(DataComponent):
     def load(self, seed: int) -> DataSplits:
         p = self.params
         description = self.describe()
-        reader = CIFAR10 if p.download else _LocalCIFAR10
+        if not p.download:
+            require_files(description)
+            check_official_cifar10(self.root, self.source)
+        reader = CIFAR10
         train = read_with_torchvision(
             description, p.download, lambda: reader(str(self.root), train=True, download=p.download)
         )
