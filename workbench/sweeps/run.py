@@ -1,0 +1,451 @@
+"""Running a sweep: its directory, its event stream, its jobs on an executor, resume and retry.
+
+```
+SWEEP_DIR/
+  sweep.toml      the sweep as it ran (resolved)
+  sweep.json      identity (hash of every run's recipe hash), pid, host, start time
+  events.jsonl    sweep_started, sweep_run_queued/_skipped/_started/_finished/_failed, sweep_finished
+  shared/<point>/ where the seed-independent stages train once (E, public-data GAN priors)
+  runs/<point>-s<seed>/   ordinary run directories
+  aggregate.json, report.md, pareto.png
+```
+
+Rerunning (`--resume`) finishes only what is missing: finished runs are skipped, interrupted
+and failed ones resumed from their checkpoints. One failed run does not stop the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workbench import __version__
+from workbench.checkpoint import atomic_write_text
+from workbench.components import Job
+from workbench.errors import RunError, WorkbenchError
+from workbench.events import EVENTS_FILE, EventWriter, read_events
+from workbench.recipe import to_toml
+from workbench.runs import RESULTS_FILE, RUN_FILE, live_pid, process_start, read_run_file, run_status
+from workbench.sweeps.aggregate import aggregate, write_aggregate, write_pareto, write_report
+from workbench.sweeps.spec import SWEEP_FILE, PlannedRun, Sweep, load_sweep
+
+SWEEP_INFO_FILE = "sweep.json"
+RUNS_FOLDER = "runs"
+SHARED_FOLDER = "shared"
+
+
+class SweepInterrupted(WorkbenchError):
+    """Ctrl-C: the sweep stopped cleanly; `--resume` finishes what is missing."""
+
+    exit_code = 130
+
+
+@dataclass
+class SweepOptions:
+    """What `workbench sweep` (or `workbench run --seeds`) was asked to do."""
+
+    sweep: Path
+    """A sweep file, or a sweep directory (its sweep.toml)."""
+    sweep_dir: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    executor: str | None = None
+    resume: bool = False
+    force: bool = False
+    cache_dir: Path | None = None
+    plugins_dir: Path | None = None
+
+
+@dataclass
+class SweepResult:
+    sweep_dir: Path
+    aggregate: dict[str, Any]
+    finished: list[str]
+    failed: dict[str, str]
+    skipped: list[str]
+
+
+def is_sweep_dir(path: Path) -> bool:
+    return (Path(path) / SWEEP_INFO_FILE).exists() or (Path(path) / SWEEP_FILE).exists()
+
+
+def default_sweep_dir(source: Path) -> Path:
+    return Path("runs") / f"{source.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def prepare_sweep_dir(sweep_dir: Path, identity: str, *, resume: bool, force: bool) -> bool:
+    """Check the sweep directory against this sweep; True when continuing one. Never deletes:
+    `--force` moves an existing sweep aside."""
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise RunError(f"{sweep_dir}: is a file, not a sweep directory; choose another --sweep-dir")
+    if not sweep_dir.exists() or not any(sweep_dir.iterdir()):
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        return False
+    if not is_sweep_dir(sweep_dir):
+        raise RunError(f"{sweep_dir}: exists and is not a workbench sweep directory (no {SWEEP_INFO_FILE}); "
+                       "choose another --sweep-dir")
+    pid = sweep_live_pid(sweep_dir)
+    if pid is not None and pid != os.getpid():
+        raise RunError(f"{sweep_dir}: a sweep is live there (pid {pid}); wait for it or stop it first")
+    if force:
+        aside = sweep_dir.with_name(f"{sweep_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+        sweep_dir.rename(aside)
+        sweep_dir.mkdir(parents=True)
+        return False
+    saved = read_sweep_info(sweep_dir).get("identity")
+    if saved != identity:
+        raise RunError(f"{sweep_dir}: holds a different sweep (identity {saved}, this one {identity}); choose "
+                       "another --sweep-dir, or pass --force to move the old one aside")
+    if not resume:
+        raise RunError(f"{sweep_dir}: already holds this sweep; pass --resume to finish what is missing or "
+                       "--force to start over")
+    return True
+
+
+def read_sweep_info(sweep_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((Path(sweep_dir) / SWEEP_INFO_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def sweep_live_pid(sweep_dir: Path) -> int | None:
+    """The pid of the process running this sweep now, or None (same checks as a run's)."""
+    info = read_sweep_info(sweep_dir)
+    if not info:
+        return None
+    # live_pid reads run.json; the sweep's file has the same fields.
+    pid, recorded = info.get("pid"), info.get("pid_started")
+    if info.get("host") not in (None, socket.gethostname()) or not isinstance(pid, int):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    if recorded is not None and process_start(pid) not in (None, recorded):
+        return None
+    return pid
+
+
+def _run_state(run_dir: Path, digest: str) -> str:
+    """complete / resumable / new / live / conflict, for one planned run's directory."""
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return "new"
+    saved = read_run_file(run_dir).get("recipe_hash")
+    if saved is not None and saved != digest:
+        return "conflict"
+    if live_pid(run_dir) is not None:
+        return "live"
+    if (run_dir / RESULTS_FILE).exists() and run_status(run_dir) == "finished":
+        return "complete"
+    return "resumable"
+
+
+def _tail_types(path: Path, size: int = 4096) -> list[str]:
+    """Event types in the last few KB of an event file (cheap to poll)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, handle.seek(0, 2) - size))
+            chunk = handle.read()
+    except OSError:
+        return []
+    types = []
+    for line in chunk.splitlines()[1:] if len(chunk) >= size else chunk.splitlines():
+        try:
+            types.append(json.loads(line)["type"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return types
+
+
+def _last_error(run_dir: Path) -> str | None:
+    error = None
+    for event in read_events(run_dir / EVENTS_FILE):
+        if event["type"] == "run_failed":
+            error = event.get("error")
+    return error
+
+
+class SweepRunner:
+    """Runs one sweep into one sweep directory. Create with `SweepRunner.start(options)`."""
+
+    def __init__(self, sweep: Sweep, registry, sweep_dir: Path, events: EventWriter, options: SweepOptions,
+                 resumed: bool):
+        self.sweep = sweep
+        self.registry = registry
+        self.sweep_dir = sweep_dir
+        self.events = events
+        self.options = options
+        self.resumed = resumed
+        self.executor = None
+
+    @classmethod
+    def start(cls, options: SweepOptions, listeners: list | None = None, sweep: Sweep | None = None) -> SweepRunner:
+        from workbench.registry import load_registry
+
+        registry = load_registry(plugins_dir=str(options.plugins_dir) if options.plugins_dir else None)
+        source = Path(options.sweep)
+        if sweep is None:
+            if source.is_dir():  # `workbench sweep SWEEP_DIR --resume`
+                options.sweep_dir = options.sweep_dir or source
+            sweep = load_sweep(source, options.overrides, registry, options.executor)
+        sweep_dir = Path(options.sweep_dir) if options.sweep_dir else default_sweep_dir(sweep.source)
+        resumed = prepare_sweep_dir(sweep_dir, sweep.identity, resume=options.resume, force=options.force)
+        atomic_write_text(sweep_dir / SWEEP_FILE, sweep.to_toml(registry))
+        atomic_write_text(sweep_dir / SWEEP_INFO_FILE, json.dumps({
+            "identity": sweep.identity, "source": str(sweep.source), "recipe": str(sweep.recipe_path),
+            "runs": len(sweep.runs), "pid": os.getpid(), "pid_started": process_start(os.getpid()),
+            "host": socket.gethostname(), "started": time.time(), "version": __version__,
+        }, indent=2))
+        events = EventWriter(sweep_dir)
+        events.listeners.extend(listeners or [])
+        return cls(sweep, registry, sweep_dir, events, options, resumed)
+
+    def emit(self, type: str, **fields: Any) -> None:
+        self.events.emit(type, **fields)
+
+    def run_dir(self, run: PlannedRun) -> Path:
+        return self.sweep_dir / RUNS_FOLDER / run.id
+
+    # -------------------------------------------------------------- the sweep
+
+    def run(self) -> SweepResult:
+        started = time.perf_counter()
+        sweep = self.sweep
+        self.emit("sweep_started", sweep=str(sweep.source), sweep_dir=str(self.sweep_dir),
+                  recipe=str(sweep.recipe_path), runs=[r.id for r in sweep.runs], points=[p.id for p in sweep.points],
+                  seeds=list(sweep.spec.seeds), executor=sweep.spec.executor.use, resumed=self.resumed,
+                  identity=sweep.identity, version=__version__)
+        try:
+            pending, skipped = self._plan()
+            failed: dict[str, str] = {}
+            if pending:
+                self.executor = self.registry.create_from("executor", sweep.spec.executor)
+                failed.update(self._shared_stages(pending))
+                failed.update(self._run_all(pending))
+                self.executor.close()
+                self.executor = None
+            result = self._aggregate(failed, skipped)
+        except KeyboardInterrupt:
+            self._close(cancel=True)
+            self.emit("sweep_interrupted", message="stopped by the user; --resume finishes what is missing")
+            self.events.close()
+            raise SweepInterrupted(f"interrupted; finish with: workbench sweep {self.sweep_dir} --resume") from None
+        except Exception as exc:
+            self._close(cancel=True)
+            self.emit("sweep_failed", error=str(exc) if isinstance(exc, WorkbenchError) else f"{type(exc).__name__}: {exc}")
+            self.events.close()
+            raise
+        self.emit("sweep_finished", finished=len(result.finished), failed=len(result.failed),
+                  skipped=len(result.skipped), seconds=round(time.perf_counter() - started, 3))
+        self.events.close()
+        return result
+
+    def _close(self, cancel: bool) -> None:
+        if self.executor is not None:
+            try:
+                self.executor.close(cancel=cancel)
+            finally:
+                self.executor = None
+
+    def _plan(self) -> tuple[list[tuple[PlannedRun, bool]], list[str]]:
+        """(runs to execute with whether each resumes, runs already complete); conflicts are errors."""
+        pending, skipped, problems = [], [], []
+        for run in self.sweep.runs:
+            state = _run_state(self.run_dir(run), run.digest)
+            if state == "complete":
+                skipped.append(run.id)
+                self.emit("sweep_run_skipped", run=run.id, reason="complete")
+            elif state == "conflict":
+                problems.append(f"{self.run_dir(run)}: holds a run of a different recipe")
+            elif state == "live":
+                problems.append(f"{self.run_dir(run)}: a run is live there")
+            else:
+                resume = state == "resumable"
+                previous = run_status(self.run_dir(run)) if resume else None
+                pending.append((run, resume))
+                self.emit("sweep_run_queued", run=run.id, point=run.point.id, seed=run.seed, resume=resume,
+                          previous=previous)
+        if problems:
+            raise RunError("; ".join(problems) + "; pass --force to start the sweep over")
+        if self.resumed:
+            resumed = sum(1 for _, r in pending if r)
+            self.emit("log", level="info", message=(
+                f"{len(skipped)} of {len(self.sweep.runs)} runs complete (skipped), {resumed} to resume or retry, "
+                f"{len(pending) - resumed} new"))
+        return pending, skipped
+
+    def _threads(self) -> int | None:
+        """CPU threads per job: the executor's own figure, or the cores shared among its workers.
+        Fixed per machine and executor, so a resumed sweep computes exactly what a straight one does."""
+        executor = self.executor
+        threads = getattr(executor, "job_threads", None)
+        if threads:
+            return int(threads)
+        workers = getattr(getattr(executor, "params", None), "workers", None)
+        if self.sweep.spec.executor.use == "inline":
+            workers = 1
+        if workers:
+            return max(1, (os.cpu_count() or 1) // workers)
+        return 1 if self.sweep.spec.executor.use == "processes" else None
+
+    def _job(self, kind: str, run_dir: Path, **fields: Any) -> Job:
+        cache = self.options.cache_dir
+        if cache is None:
+            from workbench.cache import default_cache_dir
+
+            cache = default_cache_dir()
+        return Job(kind=kind, run_dir=str(run_dir), cache_dir=str(Path(cache).resolve()),
+                   plugins_dir=str(self.options.plugins_dir) if self.options.plugins_dir else None,
+                   threads=self._threads(), **fields)
+
+    def _shared_stages(self, pending: list[tuple[PlannedRun, bool]]) -> dict[str, str]:
+        """Train the seed-independent stages once, before the runs (which then load them): one job per
+        distinct stage, in `shared/<point>/`. Runs whose stage failed to train fail with it."""
+        if not self.sweep.spec.share_stages:
+            return {}
+        jobs, owners, seen = [], [], {}
+        for run, _ in pending:
+            for name in self._seed_free_stages(run):
+                key = self._stage_identity(run, name)
+                if key in seen:
+                    seen[key][1].append(run.id)
+                    continue
+                folder = self.sweep_dir / SHARED_FOLDER / run.point.id
+                if not (folder / "recipe.toml").exists():
+                    atomic_write_text(folder / "recipe.toml", to_toml(run.resolved, "Recipe the sweep's shared "
+                                                                      "stages train from"))
+                seen[key] = (len(jobs), [run.id])
+                jobs.append(self._job("shared-stage", folder, item=name))
+                owners.append(key)
+        if not jobs:
+            return {}
+        self.emit("log", level="info", message=f"training {len(jobs)} shared stage(s) once for the sweep")
+        outcomes = self.executor.run(jobs, lambda: None)
+        failed = {}
+        for key, outcome in zip(owners, outcomes, strict=True):
+            if not outcome.ok:
+                if outcome.error == "interrupted":
+                    raise KeyboardInterrupt
+                self.emit("log", level="error", message=f"shared stage {key[0]} failed: {outcome.error}")
+                for run_id in seen[key][1]:
+                    failed[run_id] = f"shared stage {key[0]}: {outcome.error}"
+        if failed:
+            for run_id, error in failed.items():
+                self.emit("sweep_run_failed", run=run_id, error=error)
+            pending[:] = [(r, resume) for r, resume in pending if r.id not in failed]
+        return failed
+
+    def _seed_free_stages(self, run: PlannedRun) -> list[str]:
+        recipe = run.recipe
+        if not recipe.attacks:
+            return []
+        names = []
+        if recipe.evaluation is not None and getattr(recipe.evaluation, "seed", None) is not None:
+            names.append("evaluation-model")
+        for name, table in recipe.attacks.items():
+            if table.params.get("prior_seed") is not None:
+                names.append(f"prior:{name}")
+        return names
+
+    def _stage_identity(self, run: PlannedRun, name: str) -> tuple[str, str]:
+        resolved = run.resolved
+        part = resolved.get("evaluation") if name == "evaluation-model" else \
+            resolved["attacks"][name.removeprefix("prior:")]
+        return name, json.dumps([resolved["data"], part, resolved.get("device")], sort_keys=True)
+
+    def _run_all(self, pending: list[tuple[PlannedRun, bool]]) -> dict[str, str]:
+        jobs = [self._job("run", self.run_dir(run), options={
+            "recipe": str(self.sweep.recipe_path), "overrides": run.overrides, "resume": resume, "force": False,
+            "workers": 1}) for run, resume in pending]
+        for run, _ in pending:
+            self.run_dir(run).parent.mkdir(parents=True, exist_ok=True)
+        reported: dict[str, str] = {}  # run id -> "started" / "finished" / "failed"
+        t0 = time.time()
+        last = [0.0]
+
+        def poll() -> None:
+            now = time.monotonic()
+            if now - last[0] < 0.5:
+                return
+            last[0] = now
+            for run, _ in pending:
+                self._observe(run, reported, t0)
+
+        outcomes = self.executor.run(jobs, poll)
+        failed = {}
+        for (run, _), outcome in zip(pending, outcomes, strict=True):
+            self._observe(run, reported, t0)
+            if outcome.ok and reported.get(run.id) != "failed":
+                if reported.get(run.id) != "finished":
+                    self.emit("sweep_run_finished", run=run.id, point=run.point.id, seed=run.seed)
+                    reported[run.id] = "finished"
+                continue
+            if outcome.error == "interrupted":
+                raise KeyboardInterrupt
+            error = outcome.error or _last_error(self.run_dir(run)) or "failed"
+            failed[run.id] = error
+            if reported.get(run.id) != "failed":
+                self.emit("sweep_run_failed", run=run.id, point=run.point.id, seed=run.seed, error=error)
+                reported[run.id] = "failed"
+        return failed
+
+    def _observe(self, run: PlannedRun, reported: dict[str, str], t0: float) -> None:
+        """Emit started / finished / failed for a run whose directory says so (live progress)."""
+        state = reported.get(run.id)
+        if state in ("finished", "failed"):
+            return
+        run_dir = self.run_dir(run)
+        if state is None:
+            if not (run_dir / RUN_FILE).exists() or read_run_file(run_dir).get("started", 0) < t0 - 1:
+                return
+            self.emit("sweep_run_started", run=run.id, point=run.point.id, seed=run.seed)
+            reported[run.id] = state = "started"
+        types = _tail_types(run_dir / EVENTS_FILE)
+        if "run_finished" in types:
+            self.emit("sweep_run_finished", run=run.id, point=run.point.id, seed=run.seed)
+            reported[run.id] = "finished"
+        elif "run_failed" in types:
+            error = _last_error(run_dir) or "failed"
+            self.emit("sweep_run_failed", run=run.id, point=run.point.id, seed=run.seed, error=error)
+            reported[run.id] = "failed"
+
+    # -------------------------------------------------------------- outputs
+
+    def _aggregate(self, failed: dict[str, str], skipped: list[str]) -> SweepResult:
+        points, finished = [], []
+        for point in self.sweep.points:
+            results = {}
+            for run in self.sweep.runs:
+                if run.point is not point:
+                    continue
+                path = self.run_dir(run) / RESULTS_FILE
+                try:
+                    results[run.seed] = json.loads(path.read_text()) if run.id not in failed else None
+                except (OSError, ValueError):
+                    results[run.seed] = None
+                if results[run.seed] is not None:
+                    finished.append(run.id)
+            points.append({"id": point.id, "values": point.values, "seeds": list(self.sweep.spec.seeds),
+                           "results": results})
+        data = aggregate(points)
+        write_aggregate(self.sweep_dir, data)
+        spec = self.sweep.spec
+        header = {"recipe": str(self.sweep.recipe_path), "title": self.sweep.runs[0].recipe.title,
+                  "seeds": spec.seeds, "grid": spec.grid, "executor": spec.executor.use,
+                  "finished": len(finished), "total": len(self.sweep.runs)}
+        write_report(self.sweep_dir, data, header, failed)
+        write_pareto(self.sweep_dir, data, spec.pareto.x, spec.pareto.y)
+        return SweepResult(self.sweep_dir, data, finished, failed, skipped)
+
+
+def run_sweep(options: SweepOptions, listeners: list | None = None) -> SweepResult:
+    """Start and run a sweep; returns what it finished, what failed, and the aggregate."""
+    return SweepRunner.start(options, listeners).run()
