@@ -128,8 +128,13 @@ def test_an_entry_with_a_renamed_tensor_key_does_not_block_later_runs(tmp_path):
     tensors["model.renamed"] = tensors.pop("model.weight")
     save_file(tensors, str(path), metadata=header)
     assert cache.load_modules("target", KEY, {"model": model}) is None and not path.exists()
-    # An intact entry whose tensors do not fit the model (another layout) is dropped too.
-    cache.save_state("target", KEY, {"model.weight": torch.ones(5, 5)})
+    # An intact entry whose tensors do not fit the model (another layout) is dropped too, and
+    # the model is left untouched: no key is copied from an entry that does not fit whole.
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cache.save_state("target", KEY, {"model.weight": torch.ones(2, 3)})  # fits, but bias is missing
+    assert cache.load_modules("target", KEY, {"model": model}) is None
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    cache.save_state("target", KEY, {"model.weight": torch.ones(5, 5), "model.bias": torch.ones(2)})
     assert cache.load_modules("target", KEY, {"model": model}) is None
     cache.save_state("target", KEY, {f"model.{k}": torch.zeros_like(v) for k, v in model.state_dict().items()},
                      {"history": [1]})

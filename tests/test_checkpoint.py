@@ -111,7 +111,7 @@ def test_resume_follows_the_checkpoint_not_a_stale_last_json(tmp_path):
     (tmp_path / "run" / "last.json").write_text(json.dumps({"epoch": 99, "history": []}))
     resumed, result = _tiny_training(tmp_path, epochs=3, resume=True)
     assert result.epochs_run == 1 and len(result.history) == 3
-    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)[1]["epoch"] == 3
 

@@ -12,6 +12,7 @@ recognises as its own.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -257,12 +258,16 @@ class StageCache:
         if found is None:
             return None
         tensors, meta = found
-        try:
-            for prefix, module in modules.items():
-                module.load_state_dict(tensors_with_prefix(tensors, prefix), strict=True)
-        except (RuntimeError, KeyError, ValueError) as exc:
-            self.discard(self.path(stage, key), f"does not fit the model ({str(exc).splitlines()[0]})")
-            return None
+        parts = {prefix: tensors_with_prefix(tensors, prefix) for prefix in modules}
+        # Checked before anything is copied: a failed strict load_state_dict has already copied
+        # the keys that matched, and a stage "retrained" from there starts from foreign weights.
+        for prefix, module in modules.items():
+            problem = state_mismatch(module, parts[prefix])
+            if problem:
+                self.discard(self.path(stage, key), f"does not fit the model ({prefix}: {problem})")
+                return None
+        for prefix, module in modules.items():
+            module.load_state_dict(parts[prefix], strict=True)
         return meta
 
     def save_state(self, stage: str, key: dict[str, Any], tensors: dict[str, Tensor],
@@ -293,11 +298,9 @@ class StageCache:
                              f"--cache-dir or ${CACHE_ENV}") from None
         tag = self.root / "CACHEDIR.TAG"
         if not tag.exists():  # marks the folder as ours (and tells backup tools to skip it)
-            try:
+            with contextlib.suppress(OSError):
                 tag.write_text("Signature: 8a477f597d28d172789f06886806bc55\n"
                                "# This file is a cache directory tag created by workbench (the stage cache).\n")
-            except OSError:
-                pass
 
     # -------------------------------------------------------------- listing and clearing
 
@@ -354,10 +357,8 @@ class StageCache:
             for path in folder.iterdir():
                 if TEMP_NAME.fullmatch(path.name) and path.is_file() and not path.is_symlink():
                     path.unlink(missing_ok=True)
-            try:
+            with contextlib.suppress(OSError):
                 folder.rmdir()  # only when nothing else is left in it
-            except OSError:
-                pass
         return len(entries)
 
     @staticmethod
@@ -366,6 +367,20 @@ class StageCache:
         sidecar = legacy_sidecar(path)
         if sidecar.is_file():
             sidecar.unlink(missing_ok=True)
+
+
+def state_mismatch(module: nn.Module, state: dict[str, Tensor]) -> str | None:
+    """Why `state` cannot be loaded into `module` whole (missing, unexpected or reshaped keys), or None."""
+    expected = module.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    if missing or unexpected:
+        shown = ", ".join([*(f"missing {k}" for k in missing[:2]), *(f"unexpected {k}" for k in unexpected[:2])])
+        return f"{len(missing)} missing and {len(unexpected)} unexpected keys: {shown}"
+    for name, tensor in expected.items():
+        if tuple(tensor.shape) != tuple(state[name].shape):
+            return f"{name} has shape {list(state[name].shape)}, the model {list(tensor.shape)}"
+    return None
 
 
 def _legacy_entry(path: Path, stage: str) -> bool:
