@@ -196,6 +196,49 @@ def test_knn_and_fid_metrics_use_e_features_of_the_attacked_classes(registry):
     )
 
 
+def reference_fid(r: np.ndarray, p: np.ndarray) -> float:
+    s1, s2 = np.cov(r, rowvar=False), np.cov(p, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2)
+    return float(
+        ((r.mean(0) - p.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean).real
+    )
+
+
+def test_fid_conventions_cap_the_private_side_and_keep_successful_reconstructions(registry):
+    gen = torch.Generator().manual_seed(1)
+    private_y = torch.arange(24) % 2  # classes 0 and 1, twelve images each
+    private_x = torch.rand(24, 1, 4, 4, generator=gen)
+    # Reconstructions: PixelEvaluator predicts the brightest column, so these steer E exactly.
+    recon_x = torch.rand(8, 1, 4, 4, generator=gen) * 0.5
+    recon_t = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])
+    hit_column = torch.tensor([0, 1, 0, 3, 0, 1, 2, 1])  # rows 3 and 6 miss
+    for i, c in enumerate(hit_column.tolist()):
+        recon_x[i, 0, :, c] += 1.0
+    ctx = eval_context(AttackResult(images=recon_x, targets=recon_t), private_x, private_y)
+    r, p = recon_x.flatten(1).double().numpy(), private_x.flatten(1).double().numpy()
+
+    # BiDO: all reconstructions against the first 5 private images of each attacked class.
+    first5 = np.concatenate([np.flatnonzero(private_y.numpy() == k)[:5] for k in (0, 1)])
+    capped = registry.create("metric", "fid", private_per_class=5).evaluate(ctx)["fid"]
+    assert capped == pytest.approx(reference_fid(r, p[np.sort(first5)]), rel=1e-4)
+    assert registry.create("metric", "fid").evaluate(ctx)["fid"] == pytest.approx(
+        reference_fid(r, p), rel=1e-4
+    )
+
+    # LOMMA / PLG-MI: only reconstructions E gets right.
+    ok = (hit_column == recon_t).numpy()
+    figures = registry.create("metric", "fid", successful_only=True).evaluate(ctx)
+    assert figures["fid"] == pytest.approx(reference_fid(r[ok], p), rel=1e-4)
+    assert figures["fid_successes"] == 6
+    # A defense so strong that fewer than two succeed: no distance, the count only.
+    none_hit = AttackResult(images=recon_x[[3, 6]], targets=recon_t[[3, 6]])
+    assert registry.create("metric", "fid", successful_only=True).evaluate(
+        eval_context(none_hit, private_x, private_y)
+    ) == {"fid_successes": 0.0}
+    with pytest.raises(WorkbenchError, match="convention"):
+        registry.create("metric", "fid", convention="lomma")
+
+
 def test_metrics_report_user_errors(registry):
     images = torch.stack([column_image(0), column_image(1)])
     result = AttackResult(images=images, targets=torch.tensor([0, 3]))

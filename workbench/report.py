@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from workbench.checkpoint import atomic_write_text
 from workbench.events import EVENTS_FILE, read_events
@@ -120,6 +123,22 @@ def _figures(run_dir: Path, results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def fid_conventions(run_dir: Path, recipe: Recipe) -> list[str]:
+    """One header line per FID metric: which convention (feature model, which reconstructions,
+    how many private images) produced the figure. Read from the resolved recipe, so defaults show."""
+    try:
+        tables = tomllib.loads((Path(run_dir) / "recipe.toml").read_text()).get("metrics", [])
+    except (OSError, ValueError):
+        tables = [{"use": m.use, **m.params} for m in recipe.metrics]
+    lines = []
+    for table in tables:
+        if "fid" in str(table.get("use", "")):
+            shown = [(k, v) for k, v in table.items() if k not in ("use", "weights_file")]
+            params = ", ".join(f"{k} = {json.dumps(v)}" for k, v in shown)
+            lines.append(f"- FID convention: `{table['use']}` ({params or 'defaults'}); see docs/attacks.md")
+    return lines
+
+
 def write_report(run_dir: Path, results: dict[str, Any], recipe: Recipe) -> Path:
     run_dir = Path(run_dir)
     machine = results.get("machine", {})
@@ -129,6 +148,7 @@ def write_report(run_dir: Path, results: dict[str, Any], recipe: Recipe) -> Path
         f"- recipe: `{results['recipe']}` (hash `{results['recipe_hash']}`), seed {results['seed']}",
         f"- device: {results.get('device', '?')}; " + ", ".join(f"{k} {v}" for k, v in machine.items()),
         f"- variants: {', '.join(v['name'] for v in results['variants'])}",
+        *fid_conventions(run_dir, recipe),
         "",
         "## Results",
         "",

@@ -11,7 +11,14 @@ from workbench.api import NoParams, hookimpl
 from workbench_attacks.gmi import GMI, GMIParams
 from workbench_attacks.kedmi import KEDMI, KEDMIParams
 from workbench_attacks.miface import MIFace, MIFaceParams
-from workbench_attacks.privacy import FID, AttackAccuracy, InceptionFID, InceptionFIDParams, KNNDistance
+from workbench_attacks.privacy import (
+    FID,
+    AttackAccuracy,
+    FIDParams,
+    InceptionFID,
+    InceptionFIDParams,
+    KNNDistance,
+)
 
 
 @hookimpl
@@ -53,12 +60,12 @@ def register_metrics(register):
     register(
         "fid",
         FID,
-        params=NoParams,
+        params=FIDParams,
         summary="Fréchet distance to the private images in E's feature space (BiDO's convention).",
     )
     register(
         "fid-inception",
         InceptionFID,
         params=InceptionFIDParams,
-        summary="Fréchet distance in Inception-v3 feature space, from local weights only (never downloads).",
+        summary="Fréchet distance in Inception-v3 space (LOMMA / PLG-MI / PPA conventions), local weights only.",
     )

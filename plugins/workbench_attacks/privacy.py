@@ -9,6 +9,7 @@ feature. Private class k is E's class k.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -148,15 +149,26 @@ def _image_batches(images: Tensor, batch_size: int):
         yield images[start : start + batch_size]
 
 
-def private_images(dataset: Dataset, classes: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
-    """Private training images (and labels) of the given classes, stacked on CPU."""
+def private_images(
+    dataset: Dataset, classes: Tensor, batch_size: int, per_class: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Private training images (and labels) of the given classes, stacked on CPU; with
+    `per_class`, only the first that many of each class in dataset order."""
     wanted = set(int(c) for c in classes)
+    taken: dict[int, int] = {}
     images, labels = [], []
     for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         y = torch.as_tensor(y)
-        keep = torch.tensor([int(v) in wanted for v in y], dtype=torch.bool)
-        images.append(x[keep])
-        labels.append(y[keep])
+        keep = []
+        for v in y.tolist():
+            v = int(v)
+            ok = v in wanted and (per_class is None or taken.get(v, 0) < per_class)
+            if ok:
+                taken[v] = taken.get(v, 0) + 1
+            keep.append(ok)
+        mask = torch.tensor(keep, dtype=torch.bool)
+        images.append(x[mask])
+        labels.append(y[mask])
     return torch.cat(images), torch.cat(labels).long()
 
 
@@ -188,20 +200,39 @@ class AttackAccuracy(Metric):
 
 
 def _features_for(
-    ctx: EvalContext, metric: str, model: nn.Module | None = None
+    ctx: EvalContext,
+    metric: str,
+    model: nn.Module | None = None,
+    *,
+    private_per_class: int | None = None,
+    successful_only: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(recon features, recon targets, private features, private labels) for the attacked classes."""
+    """(recon features, recon targets, private features, private labels) for the attacked classes.
+
+    `private_per_class` caps the private images per class (the first ones); `successful_only`
+    keeps only the reconstructions E classifies as their target (top-1).
+    """
     attack = _require_attack(ctx, metric)
     extractor = model if model is not None else _require_evaluation_model(ctx, metric)
     targets = attack.targets.cpu().long()
-    images, labels = private_images(ctx.data.train, torch.unique(targets), ctx.batch_size)
+    recon_images = attack.images
+    if successful_only:
+        judge = _require_evaluation_model(ctx, metric)
+        logits, _ = _run_model(
+            judge, _image_batches(recon_images, ctx.batch_size), ctx.device, features=False
+        )
+        hit = logits.argmax(dim=1) == targets
+        recon_images, targets = recon_images[hit], targets[hit]
+        if len(targets) == 0:
+            return torch.empty(0), targets, torch.empty(0), torch.empty(0, dtype=torch.long)
+    images, labels = private_images(ctx.data.train, torch.unique(targets), ctx.batch_size, private_per_class)
     missing = sorted(set(int(t) for t in torch.unique(targets)) - set(int(v) for v in torch.unique(labels)))
     if missing:
         raise WorkbenchError(
             f"metric {metric!r}: the private training split has no image of attacked classes {missing}"
         )
     _, recon_feats = _run_model(
-        extractor, _image_batches(attack.images, ctx.batch_size), ctx.device, features=True
+        extractor, _image_batches(recon_images, ctx.batch_size), ctx.device, features=True
     )
     _, private_feats = _run_model(
         extractor, _image_batches(images, ctx.batch_size), ctx.device, features=True
@@ -231,20 +262,61 @@ def _fid(metric: str, recon: Tensor, private: Tensor) -> float:
     return frechet_distance(*feature_statistics(recon), *feature_statistics(private))
 
 
-class FID(Metric):
-    """Fréchet distance in E's feature space between reconstructions and private images.
+Convention = Literal["bido", "lomma", "plgmi", "ppa"]
 
-    The private side is the training images of the attacked classes, as in BiDO's scripts.
-    """
+CONVENTIONS: dict[str, dict] = {
+    "bido": {"features": "E", "successful_only": False},
+    "lomma": {"features": "Inception", "successful_only": True},
+    "plgmi": {"features": "Inception", "successful_only": True},
+    "ppa": {"features": "Inception", "successful_only": False},
+}
+"""The four FID conventions of the field (spec/attacks.md A3.3; docs/attacks.md):
+`bido`  E's penultimate features, all reconstructions vs ≤ N private training images per class
+        (DefendMI `DMI/fid_score.py`; N = 5 on CelebA, 100 on MNIST: `private_per_class`);
+`lomma` Inception-v3, only the reconstructions E classifies correctly (LOMMA `metrics/fid.py`);
+`plgmi` Inception-v3, successful reconstructions only (PLG-MI `evaluation.py`);
+`ppa`   Inception-v3, all (final) reconstructions vs the training images of the attacked classes."""
+
+
+class FIDParams(StrictModel):
+    convention: Literal["bido"] = "bido"
+    """`bido`: Fréchet distance in E's feature space over all reconstructions (DefendMI
+    `DMI/fid_score.py:282-330`). The Inception conventions (`lomma`, `plgmi`, `ppa`) are the
+    `fid-inception` metric's."""
+    private_per_class: int | None = Field(None, ge=2)
+    """Private training images per attacked class on the real side, the first ones in dataset
+    order (default: all). BiDO: 5 on CelebA, 100 on MNIST (DefendMI
+    `attack_res/{celeba,mnist}/private_domain.py`)."""
+    successful_only: bool = False
+    """Only the reconstructions E classifies as their target class (top-1) on the fake side
+    (False in BiDO's convention)."""
+
+
+def _fid_or_nothing(metric: str, key: str, recon: Tensor, private: Tensor, successful_only: bool) -> dict:
+    if successful_only and len(recon) < 2:
+        # Fewer than two successful reconstructions: no distance to report (a strong defense).
+        return {f"{key}_successes": float(len(recon))}
+    figures = {key: _fid(metric, recon, private)}
+    if successful_only:
+        figures[f"{key}_successes"] = float(len(recon))
+    return figures
+
+
+class FID(Metric):
+    """Fréchet distance in E's feature space between reconstructions and private images
+    (BiDO's convention; `private_per_class` caps the private side as BiDO does)."""
 
     section = "attacks"
 
-    def __init__(self, params=None):
-        self.params = params
+    def __init__(self, params: FIDParams | None = None):
+        self.params = params if params is not None else FIDParams()
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
-        recon, _, private, _ = _features_for(ctx, "fid")
-        return {"fid": _fid("fid", recon, private)}
+        p = self.params
+        recon, _, private, _ = _features_for(
+            ctx, "fid", private_per_class=p.private_per_class, successful_only=p.successful_only
+        )
+        return _fid_or_nothing("fid", "fid", recon, private, p.successful_only)
 
 
 class InceptionFIDParams(StrictModel):
@@ -253,6 +325,14 @@ class InceptionFIDParams(StrictModel):
     missing). Never downloaded: fetch torchvision's IMAGENET1K_V1 weights yourself once."""
     image_size: int = Field(299, ge=75)
     """Images are resized to this square size before Inception (its native size is 299)."""
+    convention: Literal["lomma", "plgmi", "ppa"] = "ppa"
+    """Which reconstructions count: `lomma` and `plgmi` only those E classifies as their target
+    (LOMMA `metrics/fid.py:247-264`, PLG-MI `reconstruct.py:252-255`), `ppa` all of them (PPA
+    `attack.py`, FID block). Sets `successful_only` unless that is given."""
+    private_per_class: int | None = Field(None, ge=2)
+    """Private training images per attacked class on the real side, the first ones (default: all)."""
+    successful_only: bool | None = None
+    """Only reconstructions E classifies as their target (default: as `convention` says)."""
 
 
 class InceptionFeatures(nn.Module):
@@ -342,5 +422,15 @@ class InceptionFID(Metric):
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         if self._model is None:
             self._model = InceptionFeatures(self.params.weights_file, self.params.image_size).to(ctx.device)
-        recon, _, private, _ = _features_for(ctx, "fid-inception", self._model)
-        return {"fid_inception": _fid("fid-inception", recon, private)}
+        p = self.params
+        successful = p.successful_only
+        if successful is None:
+            successful = CONVENTIONS[p.convention]["successful_only"]
+        recon, _, private, _ = _features_for(
+            ctx,
+            "fid-inception",
+            self._model,
+            private_per_class=p.private_per_class,
+            successful_only=successful,
+        )
+        return _fid_or_nothing("fid-inception", "fid_inception", recon, private, successful)
