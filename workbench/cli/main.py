@@ -86,14 +86,25 @@ def run(
     workers: Annotated[int | None, typer.Option(
         help="Variants trained in parallel processes (default: up to the CPU count; 1 on CUDA).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress output; results table only.")] = False,
+    sink: Annotated[list[str] | None, typer.Option(
+        "--sink", help="Also send the run's events to this event sink (tensorboard, mlflow, or a plugin's), "
+                       "besides the recipe's [[sinks]]; repeatable.")] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="Run the recipe over these seeds as a sweep (\"0-4\", \"0,3,7\"); --run-dir is then the sweep "
+             "directory. Same as `workbench sweep` with a seeds-only sweep file.")] = None,
 ) -> None:
     """Run a whole experiment from a recipe: train every variant, evaluate, report."""
     from workbench.cli.progress import ConsoleReporter
     from workbench.runner import Runner, RunOptions
 
-    registry()  # surfaces plugin warnings before the run starts
+    if seeds is not None:
+        _run_seeds(recipe, seeds, run_dir, set_ or [], resume, force, cache_dir, quiet)
+        return
+    reg = registry()  # surfaces plugin warnings before the run starts
+    for name in sink or []:
+        reg.get("event_sink", name)  # a misspelt --sink is an error before anything is written
     options = RunOptions(recipe=recipe, run_dir=run_dir, overrides=set_ or [], resume=resume, force=force,
-                         cache_dir=cache_dir, workers=workers,
+                         cache_dir=cache_dir, workers=workers, sinks=sink or [],
                          plugins_dir=Path(os.environ[PLUGINS_DIR_ENV]) if os.environ.get(PLUGINS_DIR_ENV) else None)
     reporter = ConsoleReporter(err, quiet=quiet)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
@@ -112,6 +123,126 @@ def run(
 def _raise_keyboard_interrupt(signum, frame) -> None:
     """SIGTERM (a cancel from the TUI) stops a run like Ctrl-C: cleanly and resumable."""
     raise KeyboardInterrupt
+
+
+# ------------------------------------------------------------------ sweep
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(metavar="SWEEP", help="Sweep TOML file, or a sweep directory to resume.")],
+    sweep_dir: Annotated[Path | None, typer.Option(help="Where the sweep is written (default runs/<sweep>-<time>).")] = None,
+    executor: Annotated[str | None, typer.Option(
+        help="Run on this executor instead of the file's (inline, processes, submitit, ray...).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a value: a sweep key (seeds=0-9, executor.workers=4, grid.<path>=[...]) or a "
+                      "recipe path for every run (key.path=value). Repeatable.")] = None,
+    resume: Annotated[bool, typer.Option(help="Finish what is missing in --sweep-dir: skip complete runs, resume "
+                                              "interrupted ones, retry failed ones.")] = False,
+    force: Annotated[bool, typer.Option(help="Move an existing sweep in --sweep-dir aside and start over.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="Stage cache folder (default $WORKBENCH_CACHE_DIR or the user cache dir).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress lines; the summary only.")] = False,
+) -> None:
+    """Run a recipe over seeds and a grid of values on an executor; aggregate with 95 % CIs."""
+    from workbench.sweeps import SweepOptions
+
+    registry()
+    options = SweepOptions(sweep=sweep_file, sweep_dir=sweep_dir, overrides=set_ or [], executor=executor,
+                           resume=resume, force=force, cache_dir=cache_dir, plugins_dir=_plugins_dir())
+    _sweep(options, quiet)
+
+
+def _plugins_dir() -> Path | None:
+    return Path(os.environ[PLUGINS_DIR_ENV]) if os.environ.get(PLUGINS_DIR_ENV) else None
+
+
+def _run_seeds(recipe: Path, seeds: str, run_dir: Path | None, overrides: list[str], resume: bool, force: bool,
+               cache_dir: Path | None, quiet: bool) -> None:
+    """`workbench run RECIPE --seeds 0-4`: a seeds-only sweep of the recipe (processes executor)."""
+    from workbench.sweeps import SweepOptions
+    from workbench.sweeps.spec import seeds_only_sweep
+
+    reg = registry()
+    sweep_spec = seeds_only_sweep(recipe, seeds, overrides, reg)
+    options = SweepOptions(sweep=recipe, sweep_dir=run_dir, resume=resume, force=force, cache_dir=cache_dir,
+                           plugins_dir=_plugins_dir())
+    _sweep(options, quiet, sweep_spec)
+
+
+def _sweep(options, quiet: bool, spec=None) -> None:
+    from workbench.errors import RecipeError
+    from workbench.sweeps import SweepRunner
+    from workbench.sweeps.aggregate import cell, figure_title, headline_figures
+
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        try:
+            runner = SweepRunner.start(options, listeners=[] if quiet else [_sweep_printer()], sweep=spec)
+        except RecipeError as exc:
+            for problem in exc.problems:
+                err.print(f"{exc.source}: {problem}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        result = runner.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    columns = headline_figures(result.aggregate)
+    table = Table(title="mean ± std (n) over seeds", title_justify="left")
+    for column in ("point", "variant", *(figure_title(c) for c in columns)):
+        table.add_column(column)
+    for point in result.aggregate["points"]:
+        for variant in point["variants"]:
+            table.add_row(point["id"], variant["name"], *(cell(variant["figures"].get(c)) for c in columns))
+    out.print(table)
+    out.print(f"sweep directory: {result.sweep_dir}  (report: {result.sweep_dir / 'report.md'})", highlight=False)
+    if result.failed:
+        for run_id, error in sorted(result.failed.items()):
+            err.print(f"[red]failed:[/] {run_id}: {error}", highlight=False, soft_wrap=True)
+        err.print(f"{len(result.failed)} run(s) failed; retry them with: workbench sweep {result.sweep_dir} --resume",
+                  highlight=False)
+        raise typer.Exit(1)
+
+
+def _sweep_printer():
+    """Sweep events as plain lines: a run queued, started, finished or failed, with k of N."""
+    state = {"total": 0, "done": 0}
+
+    def listener(event: dict) -> None:
+        kind = event["type"]
+        if kind == "sweep_started":
+            state["total"] = len(event.get("runs", []))
+            err.print(f"sweep of {state['total']} runs on {event.get('executor')} -> {event.get('sweep_dir')}",
+                      highlight=False)
+        elif kind in ("sweep_run_skipped", "sweep_run_finished", "sweep_run_failed"):
+            state["done"] += 1
+            what = {"sweep_run_skipped": "complete, skipped", "sweep_run_finished": "finished",
+                    "sweep_run_failed": f"[red]failed[/]: {event.get('error')}"}[kind]
+            err.print(f"[{state['done']}/{state['total']}] {event['run']} {what}", highlight=False, soft_wrap=True)
+        elif kind == "sweep_run_started":
+            err.print(f"  {event['run']} started", highlight=False)
+        elif kind == "log":
+            err.print(event.get("message", ""), highlight=False)
+
+    return listener
+
+
+# ------------------------------------------------------------------ export
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (finished, or stopped: what it holds).")],
+    sink: Annotated[str, typer.Option("--sink", help="Event sink to replay into: tensorboard, mlflow, or a plugin's.")],
+    to: Annotated[str | None, typer.Option(
+        "--to", help="Where the sink writes (its `directory`; default RUN_DIR/<sink>, which must be empty); "
+                     "for mlflow also a tracking URI.")] = None,
+) -> None:
+    """Replay a run's events.jsonl into an event sink: the same result as the sink attached live."""
+    from workbench.sinks import export_run
+
+    target, count = export_run(registry(), run_dir, sink, to)
+    where = f" -> {target}" if target is not None else (f" -> {to}" if to else "")
+    out.print(f"exported {count} events of {run_dir} to {sink}{where}", highlight=False)
 
 
 # ------------------------------------------------------------------ recipes

@@ -318,7 +318,6 @@ def load_sweep(path: Path | str, overrides: list[str] | None = None, registry=No
     path = Path(path)
     if path.is_dir():
         path = path / SWEEP_FILE
-    source = str(path)
     sweep_sets, recipe_sets = split_overrides(overrides or [])
     raw = parse_toml(path)
     if sweep_sets:
@@ -326,31 +325,58 @@ def load_sweep(path: Path | str, overrides: list[str] | None = None, registry=No
     if executor is not None:
         table = raw.get("executor") if isinstance(raw.get("executor"), dict) else {}
         raw["executor"] = table if table.get("use") == executor else {"use": executor}
+    return build_sweep(raw, path, recipe_sets, registry)
+
+
+def seeds_only_sweep(recipe: Path | str, seeds: str, overrides: list[str], registry) -> Sweep:
+    """`workbench run RECIPE --seeds 0-4`: the recipe over seeds, no grid, on `processes`."""
+    recipe = Path(recipe)
+    if recipe.is_dir():
+        raise RecipeError(str(recipe), ["--seeds needs a recipe file; resume a seeds sweep with "
+                                        "`workbench sweep SWEEP_DIR --resume`"])
+    raw = {"recipe": str(recipe.resolve()), "seeds": seeds}
+    sweep = build_sweep(raw, recipe.parent / f"{recipe.stem}-seeds.toml", list(overrides), registry)
+    return sweep
+
+
+def build_sweep(raw: dict[str, Any], path: Path, recipe_sets: list[str], registry) -> Sweep:
+    """Validate a sweep file's data (read from `path`) and expand it; see `load_sweep`. Checks go on
+    past the first problem (structure, executor, recipe, grid paths) so every one is reported."""
+    source = str(path)
+    problems: list[str] = []
+    spec = None
     try:
         spec = SweepFile.model_validate(raw)
     except ValidationError as exc:
-        raise RecipeError(source, structure_problems(exc, SweepFile)) from None
-    problems = registry.validate("executor", spec.executor, "executor")
+        problems += structure_problems(exc, SweepFile)
+    executor = raw.get("executor", {"use": "processes"})
+    if isinstance(executor, dict) and isinstance(executor.get("use"), str):
+        problems += registry.validate("executor", executor, "executor")
+    pareto = raw.get("pareto") if isinstance(raw.get("pareto"), dict) else {}
     problems += [f"pareto.{axis}: figures are dotted paths such as 'attacks.gmi.top1'"
-                 for axis in ("x", "y") if getattr(spec.pareto, axis) is not None
-                 and not re.fullmatch(r"[\w\-+]+(\.[\w\-+]+)+", getattr(spec.pareto, axis))]
-    recipe_path = (path.parent / spec.recipe).resolve()
+                 for axis in ("x", "y") if isinstance(pareto.get(axis), str)
+                 and not re.fullmatch(r"[\w\-+]+(\.[\w\-+]+)+", pareto[axis])]
+    if not isinstance(raw.get("recipe"), str):
+        raise RecipeError(source, problems)
+    recipe_path = (path.parent / raw["recipe"]).resolve()
     try:
         raw_recipe = parse_toml(recipe_path)
     except RecipeError as exc:
-        raise RecipeError(source, problems + [f"recipe {spec.recipe!r} ({recipe_path}): {p}" for p in exc.problems]) from None
-    common = [*spec.overrides, *recipe_sets]
+        raise RecipeError(source, problems + [f"recipe {raw['recipe']!r} ({recipe_path}): {p}"
+                                              for p in exc.problems]) from None
+    common = [*(spec.overrides if spec else raw.get("overrides") or []), *recipe_sets]
     try:
-        base_raw = apply_overrides(raw_recipe, common)
+        base_raw = apply_overrides(raw_recipe, [o for o in common if isinstance(o, str)])
         base = validate_raw(base_raw, str(recipe_path), registry)
     except RecipeError as exc:
         raise RecipeError(source, problems + [f"recipe {recipe_path.name}: {p}" for p in exc.problems]) from None
     base_resolved = resolve(base, registry)
-    for grid_path in spec.grid:
+    grid = raw.get("grid") if isinstance(raw.get("grid"), dict) else {}
+    for grid_path in grid:
         problem = _walk_problem(base_resolved, grid_path)
         if problem:
             problems.append(problem)
-    if problems:
+    if problems or spec is None:
         raise RecipeError(source, problems)
     shared = shared_stage_overrides(base, base_raw, registry) if spec.share_stages else []
     points = expand_points(spec.grid)
