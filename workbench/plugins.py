@@ -30,6 +30,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "workbench_metrics",
     "workbench_ood",
     "workbench_attacks",
+    "workbench_sinks",
 )
 
 DISABLE_ENV = "WORKBENCH_DISABLE_PLUGINS"

@@ -29,6 +29,7 @@ DefenseTable = ComponentTable.of("defense")
 AttackTable = ComponentTable.of("attack")
 MetricTable = ComponentTable.of("metric")
 OODScoreTable = ComponentTable.of("ood_score")
+EventSinkTable = ComponentTable.of("event_sink")
 
 
 class OptimizerConfig(StrictModel):
@@ -169,6 +170,9 @@ class Recipe(StrictModel):
     """Model-inversion attacks by the name they get in results (kind `attack`)."""
     ood: OODEvaluationConfig | None = None
     """OOD evaluation; unset = none."""
+    sinks: list[EventSinkTable] = []
+    """Event sinks (kind `event_sink`: `tensorboard`, `mlflow`...) that get every event of the run too;
+    they never change a figure, so they are not part of the recipe hash."""
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Recipe:
@@ -198,6 +202,8 @@ class Recipe(StrictModel):
             yield "ood.score", self.ood.score
             for name, table in self.ood.test_sets.items():
                 yield f"ood.test_sets.{name}", table
+        for i, sink in enumerate(self.sinks):
+            yield f"sinks[{i}]", sink
 
     def variant(self, name: str) -> VariantConfig:
         for variant in self.variants:
@@ -358,6 +364,8 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None, registry=N
 def resolve(recipe: Recipe, registry) -> dict[str, Any]:
     """The recipe as plain data with every default filled in, components included."""
     data = recipe.model_dump(mode="json", exclude_none=True)
+    if not data.get("sinks"):
+        data.pop("sinks", None)  # recipes without sinks resolve (and hash) as before sinks existed
 
     def put(where: str, value: dict[str, Any]) -> None:
         node: Any = data
@@ -376,7 +384,9 @@ def resolve(recipe: Recipe, registry) -> dict[str, Any]:
 
 
 def recipe_hash(resolved: dict[str, Any]) -> str:
-    """A short stable hash of a resolved recipe (what a run directory belongs to)."""
+    """A short stable hash of a resolved recipe (what a run directory belongs to). Event sinks are
+    left out: they change no figure, and a run resumes with other sinks."""
+    resolved = {k: v for k, v in resolved.items() if k != "sinks"}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True).encode()).hexdigest()[:16]
 
 

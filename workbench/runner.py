@@ -40,6 +40,7 @@ from workbench.runs import (
     TARGET_FILE,
     default_run_dir,
     prepare_run_dir,
+    read_variant_results,
     write_run_file,
 )
 from workbench.trainer import OODFeed, train_classifier
@@ -257,7 +258,7 @@ class Runner:
         return None
 
     def _run_variants(self) -> None:
-        pending = [v for v in self.recipe.variants if not (self.variant_dir(v) / RESULTS_FILE).exists()]
+        pending = [v for v in self.recipe.variants if read_variant_results(self.variant_dir(v)) is None]
         workers = min(self.workers, len(pending))
         threads = threads_per_job(len(self.recipe.variants)) if self.device.type == "cpu" else None
         if workers <= 1:
@@ -325,9 +326,12 @@ class Runner:
     def _run_variant(self, variant: VariantConfig) -> None:
         folder = self.variant_dir(variant)
         folder.mkdir(parents=True, exist_ok=True)
-        if (folder / RESULTS_FILE).exists():
+        if read_variant_results(folder) is not None:
             self.emit("log", level="info", message=f"{variant.name}: already evaluated, skipped")
             return
+        if (folder / RESULTS_FILE).exists():
+            self.emit("log", level="warning", message=f"{folder / RESULTS_FILE}: truncated or not a variant's "
+                      "results; evaluating the variant again")
         model = self.train_target(variant)
         figures = self.evaluate(variant, model)
         atomic_write_text(folder / RESULTS_FILE, json.dumps({"name": variant.name, **figures}, indent=2))
@@ -449,7 +453,11 @@ class Runner:
         variants = []
         for variant in self.recipe.variants:
             path = self.variant_dir(variant) / RESULTS_FILE
-            variants.append(json.loads(path.read_text()))
+            entry = read_variant_results(path.parent)
+            if entry is None:
+                raise RunError(f"{path}: missing or unreadable; continue with `workbench run {self.run_dir} --resume` "
+                               "to evaluate the variant again")
+            variants.append(entry)
         results = {
             "recipe": str(self.source), "recipe_hash": self.digest, "seed": self.recipe.seed,
             "title": self.recipe.title, "machine": describe_machine(), "device": str(self.device),
