@@ -192,6 +192,44 @@ class RunInfo:
         return data
 
 
+def _finite(value: Any) -> float | None:
+    """A real number (not a bool, not NaN or inf), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if value == value and abs(value) != float("inf") else None
+
+
+def clean_results(data: Any) -> dict[str, Any] | None:
+    """`results.json` (the run's) reduced to what readers can rely on, or None when it holds no
+    variants: `variants` a list of dicts, each with a str `name`; sections (`utility`, `ood`,
+    `attacks`) dicts; attacks dicts of dicts. A bad entry is dropped, never a crash: `runs list`,
+    `runs show` and the TUI read results that a crash, a hand edit or a bug may have damaged."""
+    if not isinstance(data, dict) or not isinstance(data.get("variants"), list):
+        return None
+    variants = []
+    for entry in data["variants"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            continue
+        variant = {k: v for k, v in entry.items() if k not in ("utility", "ood", "attacks")}
+        for section in ("utility", "ood"):
+            if isinstance(entry.get(section), dict):
+                variant[section] = entry[section]
+        if isinstance(entry.get("attacks"), dict):
+            variant["attacks"] = {k: v for k, v in entry["attacks"].items() if isinstance(v, dict)}
+        variants.append(variant)
+    return {**data, "variants": variants}
+
+
+def read_variant_results(folder: Path) -> dict[str, Any] | None:
+    """A variant's own `results.json` when it is whole (a JSON object with its str `name`), else
+    None: a truncated or hand-broken file means the variant is evaluated again, not a crash."""
+    try:
+        data = json.loads((Path(folder) / RESULTS_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("name"), str) else None
+
+
 def is_run_dir(path: Path) -> bool:
     return (path / EVENTS_FILE).exists() or (path / RUN_FILE).exists() or (path / RECIPE_FILE).exists()
 
@@ -206,19 +244,23 @@ def summarize(run_dir: Path) -> RunInfo:
     for event in read_events(run_dir / EVENTS_FILE):
         kind = event["type"]
         info.last_event = kind
+        # Fields are type-checked: one bad line must not break the listing of every run.
         if kind == "run_started":
             if info.started is None:
-                info.started = event.get("t")
-            info.recipe = event.get("recipe", info.recipe)
-            info.variants = event.get("variants", info.variants)
+                info.started = _finite(event.get("t"))
+            recipe, variants = event.get("recipe"), event.get("variants")
+            info.recipe = recipe if isinstance(recipe, str) else info.recipe
+            if isinstance(variants, list):
+                info.variants = [v for v in variants if isinstance(v, str)]
             info.ended = None
         elif kind in ("run_finished", "run_failed", "run_interrupted"):
-            info.ended = event.get("t")
+            info.ended = _finite(event.get("t"))
             if kind == "run_failed":
-                info.error = event.get("error")
+                error = event.get("error")
+                info.error = error if isinstance(error, str) else str(error)
     try:
-        info.results = json.loads((run_dir / RESULTS_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+        info.results = clean_results(json.loads((run_dir / RESULTS_FILE).read_text()))
+    except (OSError, ValueError):
         info.results = None
     return info
 

@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, RichLog, Static
 
 from workbench.errors import WorkbenchError
-from workbench.runs import RunInfo, is_run_dir, summarize
+from workbench.runs import RunInfo, clean_results, is_run_dir, summarize
 from workbench.tui.charts import half_block_image, line_chart, load_picture, scatter_chart
 from workbench.tui.follow import EventFollower, RunState, format_seconds
 from workbench.tui.launch import cancel_run, resume_run
@@ -417,21 +417,20 @@ def read_results(run_dir: Path) -> list[dict[str, Any]]:
     """Per-variant results: the run's results.json, else each finished variant's own (a running run)."""
     run_dir = Path(run_dir)
     try:
-        data = json.loads((run_dir / "results.json").read_text())
-        variants = data.get("variants") if isinstance(data, dict) else None
-        if isinstance(variants, list):
-            return [v for v in variants if isinstance(v, dict) and "name" in v]
-    except (OSError, json.JSONDecodeError):
+        data = clean_results(json.loads((run_dir / "results.json").read_text()))
+        if data is not None:
+            return data["variants"]
+    except (OSError, ValueError):
         pass
     found = []
     for path in sorted(run_dir.glob("*/results.json")):
         try:
             variant = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
             continue
         if isinstance(variant, dict):
-            found.append({"name": path.parent.name, **variant})
-    return found
+            found.append({**variant, "name": path.parent.name})
+    return (clean_results({"variants": found}) or {"variants": []})["variants"]
 
 
 def _number(value: Any) -> float | None:
