@@ -123,10 +123,10 @@ def get_plugin_manager(
             dist_version = dist.version if dist is not None else None
             try:
                 plugin = ep.load()
-            except Exception as exc:  # a broken third-party package must not break the rest
+            except (Exception, SystemExit) as exc:  # a broken third-party package must not break the rest
                 manager.problems.append(
                     f"plugin {ep.name!r} ({dist_name or ep.value}) failed to import: "
-                    f"{type(exc).__name__}: {exc}; reinstall it or block it with {DISABLE_ENV}={ep.name}"
+                    f"{describe_failure(exc)}; reinstall it or block it with {DISABLE_ENV}={ep.name}"
                 )
                 continue
             manager.register(plugin, ep.name, PluginInfo(ep.name, "entrypoint", dist_name, dist_version))
@@ -153,10 +153,20 @@ def load_plugins_dir(manager: PluginManager, folder: Path, disabled: set[str] = 
             module = importlib.util.module_from_spec(spec)
             sys.modules[module_name] = module
             spec.loader.exec_module(module)
-        except Exception as exc:
-            manager.problems.append(f"plugin file {path} failed to import: {type(exc).__name__}: {exc}")
+        except (Exception, SystemExit) as exc:
+            sys.modules.pop(module_name, None)
+            manager.problems.append(f"plugin file {path} failed to import: {describe_failure(exc)}; "
+                                    f"fix it or block it with {DISABLE_ENV}={name}")
             continue
         manager.register(module, name, PluginInfo(name, "local", str(path), None))
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for an exception a plugin raised (SystemExit included: sys.exit at import)."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r}) while importing"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _version() -> str:

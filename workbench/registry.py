@@ -92,6 +92,11 @@ class Registry:
                     f"{existing.plugin!r}; kept the first; rename yours"
                 )
                 return
+            wrong = registration_problem(name, factory, params)
+            if wrong:
+                self.problems.append(f"plugin {plugin_name!r} registers {kind} {name!r} with {wrong}; "
+                                     "the component was left out")
+                return
             doc = summary or inspect.getdoc(factory) or ""
             self._components[kind][name] = Component(
                 kind, name, factory, params, doc.strip().splitlines()[0] if doc.strip() else "", plugin_name
@@ -99,7 +104,7 @@ class Registry:
 
         try:
             impl.function(register=register)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # SystemExit too: a plugin must not end the command
             self.problems.append(
                 f"plugin {plugin_name!r} failed in {hook_name}: {type(exc).__name__}: {exc}"
             )
@@ -166,11 +171,51 @@ class Registry:
             nested: ComponentTable | None = getattr(config, field_name)
             if nested is not None:
                 nested._instance = self.create(nested_kind, nested.use, **nested.params)
-        return component.factory(config)
+        created = component.factory(config)
+        builtin = getattr(self.manager.info.get(component.plugin), "source", None) == "builtin"
+        if kind == "dependency" and not builtin:
+            return CheckedMeasure(created, name, component.plugin)
+        return created
 
     def create_from(self, kind: str, table: ComponentTable | dict) -> Any:
         table = table if isinstance(table, ComponentTable) else ComponentTable.model_validate(table)
         return self.create(kind, table.use, **table.params)
+
+
+def registration_problem(name: Any, factory: Any, params: Any) -> str | None:
+    """What is wrong with one `register(name, factory, params)` call, or None."""
+    if not isinstance(name, str) or not name:
+        return f"name {name!r} (expected a non-empty string)"
+    if not callable(factory):
+        return f"factory {factory!r} (expected a class or function)"
+    if not (isinstance(params, type) and issubclass(params, BaseModel)):
+        shown = getattr(params, "__name__", repr(params))
+        return f"params={shown} (expected a pydantic model class, e.g. a subclass of workbench.api.StrictModel)"
+    return None
+
+
+class CheckedMeasure:
+    """A third-party dependency measure whose every result is checked against the contract
+    (a 0-d tensor): a wrong shape or type is one line naming the plugin and the component, not
+    a traceback from deep inside the loss."""
+
+    def __init__(self, measure: Any, name: str, plugin: str):
+        self._measure, self._name, self._plugin = measure, name, plugin
+
+    def __getattr__(self, attribute: str) -> Any:
+        return getattr(self._measure, attribute)
+
+    def __call__(self, a: Any, b: Any) -> Any:
+        import torch
+
+        value = self._measure(a, b)
+        if not isinstance(value, torch.Tensor) or value.dim() != 0:
+            got = (f"a tensor of shape {list(value.shape)}" if isinstance(value, torch.Tensor)
+                   else f"a {type(value).__name__}")
+            raise WorkbenchError(f"dependency {self._name!r} (plugin {self._plugin!r}) returned {got}; a measure "
+                                 "must return a 0-d tensor (measure(a, b) on [m, d_a], [m, d_b]), "
+                                 "differentiable, on the inputs' device")
+        return value
 
 
 def load_registry(*, plugins_dir: str | None = None, manager: PluginManager | None = None) -> Registry:
