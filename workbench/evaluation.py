@@ -43,6 +43,10 @@ def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registr
                      ) -> tuple[nn.Module, dict[str, Any]]:
     """E: trained once on the private data (digits: all ten classes), cached by its config."""
     config = recipe.evaluation
+    if config.seed is not None and config.seed != recipe.seed:
+        # E's own seed (sweeps): its own split of the data, so runs of every seed share one E.
+        recipe = recipe.model_copy(update={"seed": config.seed})
+        data = registry.create_from("dataset", recipe.data).load(config.seed)
     num_classes = data.evaluation_num_classes or data.num_classes
     train_set = data.evaluation_train or data.train
     test_set = data.evaluation_test or data.test

@@ -136,6 +136,9 @@ class EvaluationConfig(StrictModel):
     """E's backbone (kind `backbone`)."""
     train: TrainConfig = TrainConfig()
     """E's training settings."""
+    seed: int | None = None
+    """E's own seed (its data split, initialisation and batches); unset = the run's `seed`. A sweep
+    sets it to the recipe's seed so that every run is judged by one E, trained once."""
 
 
 class OODEvaluationConfig(StrictModel):

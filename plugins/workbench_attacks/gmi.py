@@ -50,6 +50,9 @@ class GMIParams(GANBudget, SearchBudget):
     gives the reference value and where it is set (BiDO's copy: `AlanPeng0897/Defend_MI`,
     GMI's authors: `AI-secure/GMI-Attack`); see docs/attacks.md."""
 
+    prior_seed: int | None = None
+    """Seed of the GAN prior (its initialisation, training draws and cache key); unset = the run's
+    seed. The prior sees only public data, so a sweep sets it once and all its runs share one prior."""
     gp_weight: float = Field(10.0, ge=0)
     """Weight of the WGAN-GP gradient penalty (reference 10: DefendMI `GMI/train_gan.py:80-116`)."""
     iterations: int = Field(200, ge=1)
@@ -175,7 +178,8 @@ class GMI:
         """The trained (or cached) generator and critic, frozen; and whether the cache hit."""
         p = self.params
         device = torch.device(ctx.device)
-        with seeds.seeded(ctx.seed, "attack", "gmi", "init", device=device):
+        seed = ctx.seed if p.prior_seed is None else p.prior_seed
+        with seeds.seeded(seed, "attack", "gmi", "init", device=device):
             generator = Generator(p.z_dim, ctx.data.in_channels, ctx.data.image_size, p.gan_width)
             critic = Critic(ctx.data.in_channels, ctx.data.image_size, p.gan_width)
         for network in (generator, critic):
@@ -188,12 +192,12 @@ class GMI:
                 pool,
                 p,
                 device=device,
-                rng=seeds.generator(ctx.seed, "attack", "gmi", "gan"),
+                rng=seeds.generator(seed, "attack", "gmi", "gan"),
                 on_progress=lambda **f: ctx.emit("progress", stage="attack:gmi:gan", **f),
             )
 
         networks = {"generator": generator, "critic": critic}
-        hit = load_or_train(ctx, self.name, "gmi-gan", self.gan_key(pool, ctx.seed), networks, train)
+        hit = load_or_train(ctx, self.name, "gmi-gan", self.gan_key(pool, seed), networks, train)
         return generator, critic, hit
 
     def prepare(self, ctx: AttackContext) -> None:
