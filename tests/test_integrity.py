@@ -98,3 +98,134 @@ def test_resume_redoes_a_variant_whose_results_are_truncated(run_tiny_recipe):
     assert read_variant_results(run_dir / "none")["name"] == "none"
     events = (run_dir / "events.jsonl").read_text()
     assert "evaluating the variant again" in events
+
+
+# ------------------------------------------------------------------ broken plugins, one line each
+
+
+def test_a_plugin_calling_sys_exit_at_import_is_named_and_the_rest_keep_working(tmp_path, monkeypatch, capsys):
+    from workbench.plugins import get_plugin_manager
+
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "quitter.py").write_text("import sys\nsys.exit(3)\n")
+    (folder / "fine.py").write_text(
+        "from workbench.api import NoParams, hookimpl\n\n\nclass Tiny:\n    '''A fine metric.'''\n\n\n"
+        "@hookimpl\ndef register_metrics(register):\n    register('fine-metric', Tiny)\n")
+    manager = get_plugin_manager(entrypoints=False, plugins_dir=folder)
+    (problem,) = manager.problems
+    assert "quitter.py" in problem and "sys.exit(3)" in problem and "fine" in manager.info
+
+    import importlib.metadata
+
+    class Quitter:
+        name, value, dist = "quitter-ep", "quitter_pkg:plugin", None
+
+        def load(self):
+            raise SystemExit(1)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [Quitter()])
+    manager = get_plugin_manager()
+    assert any("'quitter-ep'" in p and "sys.exit(1)" in p for p in manager.problems)
+    code, out, err = _cli(monkeypatch, capsys, "--plugins-dir", str(folder), "plugins", "list")
+    assert code == 0 and "fine-metric" in out and "quitter.py" in err and "Traceback" not in err
+
+
+def test_a_plugin_registering_params_dict_is_left_out_with_one_line(register_plugin, make_registry):
+    from workbench.api import hookimpl
+
+    class Sloppy:
+        @hookimpl
+        def register_metrics(self, register):
+            register("sloppy", lambda params: None, params=dict)
+            register("fine", lambda params: None)
+
+    register_plugin(Sloppy(), "sloppy-plugin")
+    registry = make_registry()
+    (problem,) = [p for p in registry.problems if "sloppy" in p]
+    assert "params=dict" in problem and "pydantic model class" in problem
+    assert "sloppy" not in registry.names("metric") and "fine" in registry.names("metric")
+
+
+@pytest.mark.parametrize("returns", ["vector", "float"])
+def test_a_measure_breaking_its_contract_is_one_line_naming_plugin_and_component(
+        register_plugin, make_registry, returns):
+    import torch
+
+    from workbench.api import hookimpl
+    from workbench.errors import WorkbenchError
+
+    class Measure:
+        """A third-party measure that returns the wrong thing."""
+
+        def __init__(self, params):
+            pass
+
+        def __call__(self, a, b):
+            per_sample = (a.sum(1) * b.sum(1))
+            return per_sample if returns == "vector" else float(per_sample.mean())
+
+    class Plugin:
+        @hookimpl
+        def register_dependency_measures(self, register):
+            register("wrong-shape", Measure)
+
+    register_plugin(Plugin(), "acme-measures")
+    registry = make_registry()
+    defense = registry.create("defense", "bido", measure={"use": "wrong-shape"})
+    x, y = torch.rand(8, 1, 4, 4), torch.arange(8) % 2
+    logits, hiddens = torch.randn(8, 2, requires_grad=True), [torch.randn(8, 5)]
+    with pytest.raises(WorkbenchError) as info:
+        defense.loss(x=x, y=y, logits=logits, hiddens=hiddens, model=None)
+    message = str(info.value)
+    assert "'wrong-shape'" in message and "'acme-measures'" in message and "0-d tensor" in message
+    assert ("shape [8]" if returns == "vector" else "a float") in message and "\n" not in message
+
+
+PLAIN_DEFENSE = '''
+from workbench.api import Defense, LossOutput, cross_entropy, hookimpl
+
+LABEL_SMOOTHING = {smoothing}
+
+
+class Plain(Defense):
+    """A third-party defense: cross-entropy."""
+
+    def __init__(self, params):
+        pass
+
+    def loss(self, *, x, y, logits, hiddens, model):
+        ce = cross_entropy(logits, y)
+        return LossOutput(ce, {{"ce": float(ce.detach())}})
+
+
+@hookimpl
+def register_defenses(register):
+    register("acme-plain", Plain)
+'''
+
+
+def test_a_third_party_defense_edited_is_retrained_not_reloaded(tmp_path, register_plugin, run_tiny_recipe):
+    """End to end: the same recipe twice reloads the target from the stage cache; after the
+    plugin's source changes (version not bumped), the target is trained again."""
+    import importlib.util
+
+    source = tmp_path / "acme_defense.py"
+    source.write_text(PLAIN_DEFENSE.format(smoothing=0.0))
+    spec = importlib.util.spec_from_file_location("acme_defense", source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    register_plugin(module, "acme-defense")
+    recipe = TINY_RECIPE.replace("epochs = 5", "epochs = 1").replace('{ use = "none" }', '{ use = "acme-plain" }')
+
+    def trained_again(run_dir) -> bool:
+        events = (run_dir / "events.jsonl").read_text()
+        return "target loaded from the stage cache" not in events
+
+    first, _ = run_tiny_recipe(recipe)
+    assert trained_again(first)
+    second, _ = run_tiny_recipe(recipe)
+    assert not trained_again(second)
+    source.write_text(PLAIN_DEFENSE.format(smoothing=0.1))  # the plugin edited
+    third, _ = run_tiny_recipe(recipe)
+    assert trained_again(third)
