@@ -229,3 +229,40 @@ def test_a_third_party_defense_edited_is_retrained_not_reloaded(tmp_path, regist
     source.write_text(PLAIN_DEFENSE.format(smoothing=0.1))  # the plugin edited
     third, _ = run_tiny_recipe(recipe)
     assert trained_again(third)
+
+
+# ------------------------------------------------------------------ the TUI's cancel
+
+
+def _sleeper(*argv: str):
+    import subprocess
+
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *argv], start_new_session=True)
+
+
+def test_cancel_never_signals_a_process_that_is_not_the_run(tmp_path):
+    """run.json's pid now held by another process: refused by start time when run.json has one,
+    by command line when it has none; the process is not signalled either way."""
+    from workbench.errors import WorkbenchError
+    from workbench.runs import process_start
+    from workbench.tui.demo import write_run
+    from workbench.tui.launch import cancel_run
+
+    stranger = _sleeper()  # e.g. the user's editor, which got the pid after the run died
+    try:
+        run_dir = write_run(tmp_path / "old", status="running", pid=stranger.pid)  # no start time recorded
+        with pytest.raises(WorkbenchError, match="not a workbench process.*not signalled"):
+            cancel_run(run_dir)
+        info = json.loads((run_dir / "run.json").read_text())
+        (run_dir / "run.json").write_text(json.dumps({**info, "pid_started": "1"}))  # the run started earlier
+        with pytest.raises(WorkbenchError, match="not running|another time"):
+            cancel_run(run_dir)
+        assert stranger.poll() is None  # still alive: never signalled
+        # The same process with its start time recorded is the run, whatever its command line.
+        (run_dir / "run.json").write_text(json.dumps({**info, "pid_started": process_start(stranger.pid)}))
+        assert cancel_run(run_dir) == stranger.pid
+        assert stranger.wait(timeout=20) == -15
+    finally:
+        if stranger.poll() is None:
+            stranger.kill()
+            stranger.wait()

@@ -298,7 +298,9 @@ def test_third_party_component_in_the_model(toy_registry):
 
 
 def test_cancel_sends_sigterm_to_the_recorded_process(tmp_path):
-    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    # argv names workbench: the fixture's run.json records no start time, so cancel checks the command line.
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "workbench"],
+                               start_new_session=True)
     try:
         run_dir = write_run(tmp_path / "live", status="running", pid=process.pid)
         assert cancel_run(run_dir) == process.pid

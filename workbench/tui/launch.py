@@ -104,21 +104,79 @@ def _has_ended(run_dir: Path) -> bool:
 
 
 def cancel_run(run_dir: Path) -> int:
-    """SIGTERM to the run's process (from run.json); returns the pid. The runner stops cleanly."""
+    """SIGTERM to the run's process (from run.json); returns the pid. The runner stops cleanly.
+
+    The pid is checked against the run before the signal: the process must have started when
+    run.json says (pid reuse), or, where run.json records no start time, its command line must be
+    a workbench process. The signal goes
+    through a pidfd opened before the checks (Linux), so the pid cannot change hands in between.
+    """
     run_dir = Path(run_dir)
-    recorded = read_run_file(run_dir).get("pid")
-    if recorded is None:
+    info = read_run_file(run_dir)
+    recorded = info.get("pid")
+    if not isinstance(recorded, int) or isinstance(recorded, bool) or recorded <= 0:
         raise WorkbenchError(f"{run_dir / 'run.json'}: no process id recorded; is this a run directory?")
     pid = read_pid(run_dir)  # None when the recorded pid ended or now belongs to another process
     if pid is None or _has_ended(run_dir):
         raise WorkbenchError(f"{run_dir}: not running (pid {recorded} has ended); nothing to cancel")
+    handle = _open_pidfd(pid)
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        raise WorkbenchError(f"{run_dir}: not running (pid {pid} has ended); nothing to cancel") from None
-    except PermissionError:
-        raise WorkbenchError(f"{run_dir}: pid {pid} belongs to another user; cannot cancel it") from None
+        problem = _not_this_run(pid, info)
+        if problem:
+            raise WorkbenchError(f"{run_dir}: pid {pid} {problem}; not signalled (the run has ended, and "
+                                 "the pid now belongs to another process)")
+        try:
+            if handle is not None:
+                signal.pidfd_send_signal(handle, signal.SIGTERM)
+            else:
+                os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            raise WorkbenchError(f"{run_dir}: not running (pid {pid} has ended); nothing to cancel") from None
+        except PermissionError:
+            raise WorkbenchError(f"{run_dir}: pid {pid} belongs to another user; cannot cancel it") from None
+    finally:
+        if handle is not None:
+            os.close(handle)
     return pid
+
+
+def _open_pidfd(pid: int) -> int | None:
+    """A pidfd for `pid` (Linux 5.3+), or None where there is none (then os.kill is used)."""
+    if not hasattr(os, "pidfd_open") or not hasattr(signal, "pidfd_send_signal"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise WorkbenchError(f"pid {pid} has ended; nothing to cancel") from None
+    except OSError:
+        return None
+
+
+def process_command_line(pid: int) -> list[str] | None:
+    """A process's argv (Linux /proc), or None where it cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def _not_this_run(pid: int, info: dict) -> str | None:
+    """Why process `pid` is not the run that run.json describes, or None when it is."""
+    from workbench.runs import process_start
+
+    recorded_start = info.get("pid_started")
+    now = process_start(pid)
+    if recorded_start is not None and now is not None:
+        if now != recorded_start:
+            return f"started at another time than the run (start {now}, run.json {recorded_start})"
+        return None  # the same process: a run started from Python (a notebook) has no `workbench` in argv
+    # No start time to compare (an older run.json): the command line must at least be workbench's.
+    argv = process_command_line(pid)
+    if argv is not None and not any("workbench" in part for part in argv):
+        shown = " ".join(argv)[:80]
+        return f"is not a workbench process ({shown!r})"
+    return None
 
 
 # ------------------------------------------------------------------ recipes
