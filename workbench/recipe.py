@@ -268,9 +268,37 @@ def structure_problems(exc: ValidationError, model: type[BaseModel] = None) -> l
     return problems
 
 
+MAX_RECIPE_BYTES = 1_000_000
+"""A recipe is a small text file; anything larger is not one (and is not read into memory)."""
+
+
+def _not_a_recipe_file(path: Path) -> str | None:
+    """Why `path` cannot be a recipe (a device, a FIFO, a folder, a huge file), or None."""
+    import stat
+
+    try:
+        mode, size = path.stat().st_mode, path.stat().st_size
+    except FileNotFoundError:
+        return "file not found"
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    if stat.S_ISDIR(mode):
+        return "is a folder, not a recipe file; expected a TOML file"
+    if not stat.S_ISREG(mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        return f"is {kind}, not a recipe file; expected a TOML file"
+    if size > MAX_RECIPE_BYTES:
+        return f"is {size:,} bytes; a recipe is a small TOML file (at most {MAX_RECIPE_BYTES:,} bytes)"
+    return None
+
+
 def parse_toml(path: Path) -> dict[str, Any]:
     """The raw TOML of a recipe file, or a RecipeError naming the file and the line."""
     path = Path(path)
+    not_a_file = _not_a_recipe_file(path)  # /dev/zero or a FIFO would hang read_text
+    if not_a_file:
+        raise RecipeError(str(path), [not_a_file])
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
