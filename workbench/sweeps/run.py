@@ -141,10 +141,10 @@ def _run_state(run_dir: Path, digest: str) -> str:
     saved = read_run_file(run_dir).get("recipe_hash")
     if saved is not None and saved != digest:
         return "conflict"
-    if live_pid(run_dir) is not None:
-        return "live"
     if (run_dir / RESULTS_FILE).exists() and run_status(run_dir) == "finished":
         return "complete"
+    if live_pid(run_dir) not in (None, os.getpid()):
+        return "live"
     return "resumable"
 
 

@@ -207,6 +207,9 @@ def _apply_sweep_overrides(raw: dict[str, Any], overrides: list[str], source: st
         if key.startswith("grid."):  # grid keys are dotted recipe paths: one key, not a nesting
             value = apply_overrides({}, [f"v={text}"], source)["v"]
             raw.setdefault("grid", {})[key.removeprefix("grid.")] = value
+        elif key.startswith("executor.") and not isinstance(raw.get("executor"), dict):
+            raw["executor"] = {"use": "processes"}  # the default executor, with this param set
+            plain.append(item)
         elif key == "seeds" and not text.strip().startswith("["):
             raw["seeds"] = text.strip().strip('"')
         else:
