@@ -65,6 +65,8 @@ class RunOptions:
     plugins_dir: Path | None = None
     workers: int | None = None
     """Variants trained in parallel worker processes; None = as many as the CPU allows (1 on CUDA)."""
+    sinks: list[str] = field(default_factory=list)
+    """Event sinks by name (`--sink`), added to the recipe's `[[sinks]]`."""
 
 
 def resolve_workers(requested: int | None, variants: int, device: torch.device) -> int:
@@ -152,6 +154,9 @@ class Runner:
         write_run_file(run_dir, digest, source, __version__)
         events = EventWriter(run_dir)
         events.listeners.extend(listeners or [])
+        if recipe.sinks or options.sinks:  # TensorBoard, MLflow...: each on its own thread (workbench.sinks)
+            from workbench.sinks import attach_sinks
+            attach_sinks(events, registry, recipe.sinks, options.sinks, run_dir, resolved)
         cache = StageCache(options.cache_dir or default_cache_dir(), registry=registry)
         runner = cls(recipe, registry, run_dir, digest, resolved, events, cache, resumed, source)
         runner.workers = resolve_workers(options.workers, len(recipe.variants), runner.device)

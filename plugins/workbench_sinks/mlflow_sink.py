@@ -113,7 +113,7 @@ class MLflowSink:
         if self.parent is not None:  # a replay of a resumed run: its runs exist already
             self._children(event)
             return
-        start = int(float(event.get("t", 0)) * 1000)
+        start = round(float(event.get("t", 0)) * 1000)
         run_dir = str(self.run_dir.resolve())
         tags = {
             "workbench.run_dir": run_dir,
@@ -158,7 +158,7 @@ class MLflowSink:
             child_tags = {**self.tags, "mlflow.parentRunId": self.parent, "workbench.variant": variant}
             self.children[variant] = self.client.create_run(
                 self.experiment_id,
-                start_time=int(float(event.get("t", 0)) * 1000),
+                start_time=round(float(event.get("t", 0)) * 1000),
                 tags=child_tags,
                 run_name=variant,
             ).info.run_id
@@ -180,7 +180,7 @@ class MLflowSink:
         run_id = self._run_id(item.scope)
         if run_id is not None:
             self.pending.append(
-                (run_id, Metric(key(item.tag), item.value, int(item.wall_time * 1000), item.step))
+                (run_id, Metric(key(item.tag), item.value, round(item.wall_time * 1000), item.step))
             )
 
     def flush(self) -> None:
@@ -196,7 +196,7 @@ class MLflowSink:
         self.flush()
         if self.params.artifacts:
             self._artifacts()
-        end = int(item.wall_time * 1000)
+        end = round(item.wall_time * 1000)
         for run_id in [*self.children.values(), self.parent]:
             if run_id is not None:
                 self.client.set_terminated(run_id, status=item.status, end_time=end)
