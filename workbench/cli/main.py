@@ -40,7 +40,8 @@ plugins_app.command("new")(plugins_new)
 
 # Piped output is read by people too: wide enough that the results table never wraps.
 out = Console() if Console().is_terminal else Console(width=220)
-err = Console(stderr=True)
+# Plain (non-terminal) stderr never hard-wraps: a log or a grep sees each message on one line.
+err = Console(stderr=True) if Console(stderr=True).is_terminal else Console(stderr=True, soft_wrap=True)
 
 
 def registry():
@@ -295,7 +296,14 @@ def recipes_new(
         return
     if output.exists():
         raise WorkbenchError(f"{output}: already exists; choose another --output")
-    output.write_text(STARTER_RECIPE)
+    if not output.parent.is_dir():
+        raise WorkbenchError(f"{output}: the folder {output.parent} does not exist or is not a folder; "
+                             "create it first or choose another --output")
+    try:
+        with output.open("x", encoding="utf-8") as handle:  # "x": never overwrite what appeared meanwhile
+            handle.write(STARTER_RECIPE)
+    except OSError as exc:
+        raise WorkbenchError(f"{output}: cannot write ({exc.strerror or exc}); choose another --output") from None
     out.print(f"wrote {output}; check it with: workbench recipes validate {output}", highlight=False)
 
 
