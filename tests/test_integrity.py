@@ -15,6 +15,7 @@ from workbench.testing import TINY_RECIPE
 def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["workbench", *args])
     monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("WORKBENCH_PLUGINS_DIR", raising=False)  # --plugins-dir sets it; undone after the test
     try:
         main()
         code = 0
@@ -87,6 +88,7 @@ def test_tui_results_reader_survives_bad_entries(damaged_runs, tmp_path):
     assert read_results(running) == [{"name": "none", "utility": {"test_accuracy": 0.5}}]
 
 
+@pytest.mark.slow
 def test_resume_redoes_a_variant_whose_results_are_truncated(run_tiny_recipe):
     recipe = TINY_RECIPE.replace("epochs = 5", "epochs = 2")
     run_dir, first = run_tiny_recipe(recipe)
@@ -205,6 +207,7 @@ def register_defenses(register):
 '''
 
 
+@pytest.mark.slow
 def test_a_third_party_defense_edited_is_retrained_not_reloaded(tmp_path, register_plugin, run_tiny_recipe):
     """End to end: the same recipe twice reloads the target from the stage cache; after the
     plugin's source changes (version not bumped), the target is trained again."""
@@ -266,3 +269,76 @@ def test_cancel_never_signals_a_process_that_is_not_the_run(tmp_path):
         if stranger.poll() is None:
             stranger.kill()
             stranger.wait()
+
+
+# ------------------------------------------------------------------ plain output, one line per message
+
+
+def test_plain_output_never_hard_wraps_at_80_columns(tmp_path, monkeypatch, capsys):
+    import io
+
+    from rich.console import Console
+
+    from workbench.cli.progress import ConsoleReporter
+
+    buffer = io.StringIO()
+    reporter = ConsoleReporter(Console(file=buffer))  # not a terminal: 80 columns
+    long_message = "the evaluation model was loaded from " + "/a/rather/long/cache/path" * 8
+    with reporter:
+        reporter({"type": "log", "level": "warning", "message": long_message})
+        reporter({"type": "epoch", "stage": "train", "variant": "bido-coco+-with-a-long-name", "epoch": 3,
+                  "epochs": 20, "metrics": {"loss": 1.0, "ce": 0.5, "train_accuracy": 0.9, "test_accuracy": 0.8,
+                                            "ood_loss": 0.1, "dep_x/0": 0.2, "dep_y/0": 0.3}})
+    lines = buffer.getvalue().splitlines()
+    assert len(lines) == 2 and lines[0] == f"warning: {long_message}" and len(lines[1]) > 80
+
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "broken_plugin_with_a_long_name.py").write_text("raise ImportError('" + "x" * 120 + "')\n")
+    code, out, err = _cli(monkeypatch, capsys, "--plugins-dir", str(folder), "plugins", "list")
+    warning = [line for line in err.splitlines() if "broken_plugin_with_a_long_name" in line]
+    assert code == 0 and len(warning) == 1 and "x" * 120 in warning[0]
+
+
+def test_recipes_new_into_a_missing_folder_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    for target in (tmp_path / "nonexistent" / "x.toml", tmp_path / "afile" / "x.toml"):
+        (tmp_path / "afile").write_text("")
+        code, out, err = _cli(monkeypatch, capsys, "recipes", "new", "-o", str(target))
+        assert code and "does not exist or is not a folder" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo", "folder"])
+def test_a_recipe_that_is_not_a_file_never_hangs(tmp_path, monkeypatch, capsys, kind):
+    import os
+
+    path = {"device": "/dev/zero", "fifo": str(tmp_path / "fifo"), "folder": str(tmp_path)}[kind]
+    if kind == "fifo":
+        os.mkfifo(path)
+    code, out, err = _cli(monkeypatch, capsys, "recipes", "validate", path)
+    assert code and "not a recipe file" in (out + err) and "Traceback" not in err
+    if kind != "folder":  # a folder is how `run` resumes a run directory
+        code, out, err = _cli(monkeypatch, capsys, "run", path)
+        assert code and "not a recipe file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_run_dir_or_cache_dir_that_is_a_file_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(TINY_RECIPE)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    code, out, err = _cli(monkeypatch, capsys, "run", str(recipe), "--run-dir", str(blocker))
+    assert code and "is a file" in err and len(err.strip().splitlines()) == 1
+    code, out, err = _cli(monkeypatch, capsys, "run", str(recipe), "--run-dir", str(tmp_path / "run"),
+                          "--cache-dir", str(blocker))
+    assert code and "is a file" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_non_dict_run_json_on_resume_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "recipe.toml").write_text(TINY_RECIPE)
+    (run_dir / "events.jsonl").write_text('{"type": "run_started", "t": 1.0}\n')
+    (run_dir / "run.json").write_text("[1, 2, 3]")
+    code, out, err = _cli(monkeypatch, capsys, "run", str(run_dir), "--resume")
+    assert code and "run.json" in err and "--force" in err and len(err.strip().splitlines()) == 1

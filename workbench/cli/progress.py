@@ -89,7 +89,8 @@ class ConsoleReporter:
 
     def _plain(self, kind: str, event: dict[str, Any]) -> None:
         def print_(text: str, **_: object) -> None:
-            self.console.print(text, markup=False, highlight=False)
+            # Plain output (a file, a pipe) never hard-wraps at the console's width (80 there).
+            self.console.print(text, markup=False, highlight=False, soft_wrap=not self.console.is_terminal)
 
         if kind == "run_started":
             print_(f"run {event['run_dir']}: {', '.join(event['variants'])} on {event.get('device')}"
