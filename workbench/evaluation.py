@@ -21,7 +21,6 @@ from workbench.checkpoint import (
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
-    tensors_with_prefix,
     weights_fingerprint,
 )
 from workbench.components import AttackContext, AttackResult, DataSplits, EvalContext
