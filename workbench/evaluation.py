@@ -53,19 +53,15 @@ def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registr
            "data": resolved["data"], "seed": recipe.seed, "classes": num_classes}
     torch.manual_seed(recipe.seed)
     model = registry.create_from("backbone", config.backbone).build(num_classes, data.in_channels, data.image_size)
-    cached = cache.load_state("evaluation-model", key)
-    if cached is not None:
-        tensors, meta = cached
-        try:
-            model.load_state_dict(tensors_with_prefix(tensors, "model"))
-            model.to(device).eval()
-            emit("log", level="info", message=f"evaluation model loaded from the stage cache "
-                                              f"(test accuracy {meta.get('test_accuracy', float('nan')):.4f})")
-            figures = {"test_accuracy": meta.get("test_accuracy"), "backbone": config.backbone.use, "cached": True}
-            emit("result", variant=None, section="evaluation_model", figures=figures)
-            return model, figures
-        except RuntimeError:
-            emit("log", level="warning", message="cached evaluation model did not fit; training again")
+    # Loaded only when the entry fits the model whole (a bad one is named, removed and retrained).
+    meta = cache.load_modules("evaluation-model", key, {"model": model})
+    if meta is not None:
+        model.to(device).eval()
+        emit("log", level="info", message=f"evaluation model loaded from the stage cache "
+                                          f"(test accuracy {meta.get('test_accuracy', float('nan')):.4f})")
+        figures = {"test_accuracy": meta.get("test_accuracy"), "backbone": config.backbone.use, "cached": True}
+        emit("result", variant=None, section="evaluation_model", figures=figures)
+        return model, figures
     defense = registry.create("defense", "none")
     train_classifier(model, defense, train_set, config.train, device=device, seed=recipe.seed + 1,
                      emit=emit, stage="train", variant="evaluation-model")
@@ -155,8 +151,9 @@ def run_attack(name: str, attack: Any, target: nn.Module, data: DataSplits, eval
             tensors, meta = load_checkpoint(out)
             return AttackResult(images=tensors["images"], targets=tensors["targets"],
                                 restarts=tensors.get("restarts"), figures=meta.get("figures", {}))
-        except CheckpointError:
-            pass
+        except (CheckpointError, KeyError) as exc:
+            reason = str(exc).split(";")[0] if isinstance(exc, CheckpointError) else f"{out}: no tensor {exc}"
+            emit("log", level="warning", message=f"{reason}; computing the reconstructions again")
     started = time.perf_counter()
     for p in target.parameters():
         p.requires_grad_(False)
