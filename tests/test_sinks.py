@@ -399,6 +399,48 @@ def test_a_sink_that_raises_is_dropped_and_the_others_go_on(run_tiny_recipe, reg
     assert Recorder.seen_by_all[:-1] == written and Recorder.seen_by_all[-1] == {"type": "closed"}
 
 
+LOCAL_PLUGIN = """
+from workbench.api import hookimpl
+
+
+class Broken:
+    def __init__(self, params):
+        pass
+
+    def open(self, run_dir, recipe):
+        pass
+
+    def write(self, event):
+        if event["type"] == "epoch":
+            raise RuntimeError("disk full")
+
+    def close(self):
+        pass
+
+
+@hookimpl
+def register_event_sinks(register):
+    register("broken-on-epoch", Broken)
+"""
+
+
+@pytest.mark.slow
+def test_a_sink_failing_on_a_worker_event_is_reported_once(run_tiny_recipe, tmp_path, capsys):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "broken_sink.py").write_text(LOCAL_PLUGIN)
+    two_variants = TWO_EPOCHS + '\n[[variants]]\nname = "mid"\ndefense = { use = "mid", beta = 0.01 }\n'
+    run_dir, _ = run_tiny_recipe(two_variants, sinks=["broken-on-epoch"], plugins_dir=plugins, workers=2)
+    assert_complete(run_dir)
+    events = list(read_events(run_dir))
+    assert sum(e["type"] == "epoch" for e in events) == 4  # both variants, trained in the workers
+    # In events.jsonl when the parent emits again before the run ends, else on stderr; once.
+    messages = warnings_of(run_dir) + capsys.readouterr().err.replace("warning: ", "").strip().splitlines()
+    assert messages == [
+        "event sink 'broken-on-epoch' failed in write (epoch event) and was dropped: RuntimeError: disk full"
+    ]
+
+
 def test_a_sink_that_hangs_never_holds_the_run(run_tiny_recipe, register_plugin, monkeypatch, capsys):
     register_plugin(TestSinks(), "test-sinks")
     monkeypatch.setenv("WORKBENCH_SINK_TIMEOUT", "0.5")

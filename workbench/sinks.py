@@ -28,7 +28,7 @@ from typing import Any
 import tomllib
 
 from workbench.errors import WorkbenchError
-from workbench.events import TERMINAL_EVENTS, read_events
+from workbench.events import TERMINAL_EVENTS, EventWriter, read_events
 from workbench.params import ComponentTable
 
 TIMEOUT_ENV = "WORKBENCH_SINK_TIMEOUT"
@@ -142,9 +142,13 @@ class EventSinks:
                 thread.queue.put(event)
         if self._reporting:  # the warning's own log event, coming back through the writer
             return
-        self._report()
         if event.get("type") in TERMINAL_EVENTS:
-            self.close()
+            self.close()  # what is still to report goes to stderr: the terminal event stays the last
+        elif sys._getframe(1).f_code is EventWriter.emit.__code__:
+            # Report only while the parent emits its own events: an event of a worker, relayed from
+            # the file, comes while workers append to it, and the relay would hand a warning written
+            # then to the listeners a second time.
+            self._report()
 
     def _report(self) -> None:
         """Warnings from the sink threads, as `log` events while the run goes on (main thread only)."""
