@@ -280,14 +280,15 @@ class StageCache:
         return path
 
     def discard(self, path: Path | None, reason: str) -> None:
-        """Remove a bad entry and say so in one line (a warning, and `on_problem` if set)."""
+        """Remove a bad entry and say so in one line (to `on_problem` when set, else a logged warning)."""
         if path is None:
             return
         message = f"stage cache entry {path}: {reason}; removed, recomputing it"
         self.problems.append(message)
-        log.warning(message)
-        if self.on_problem is not None:
+        if self.on_problem is not None:  # the runner: a warning event
             self.on_problem(message)
+        else:
+            log.warning(message)
         self._remove(path)
 
     def _ensure_root(self) -> None:

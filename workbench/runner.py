@@ -122,6 +122,8 @@ class Runner:
         self.resolved = resolved
         self.events = events
         self.cache = cache
+        # A corrupt cache entry is named in the run's events (the TUI and the log show it), then recomputed.
+        cache.on_problem = cache.on_problem or (lambda message: self.emit("log", level="warning", message=message))
         self.resumed = resumed
         self.source = source
         self.device = resolve_device(recipe.device)
