@@ -342,3 +342,43 @@ def test_a_non_dict_run_json_on_resume_is_one_clear_line(tmp_path, monkeypatch, 
     (run_dir / "run.json").write_text("[1, 2, 3]")
     code, out, err = _cli(monkeypatch, capsys, "run", str(run_dir), "--resume")
     assert code and "run.json" in err and "--force" in err and len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ bit flips, end to end
+
+
+def _flip(path, offset=-3):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+def test_bit_flips_in_cache_entries_and_run_checkpoints_end_to_end(run_tiny_recipe, isolated_cache, tmp_path):
+    """A flipped cache entry is named in the run's events and recomputed (same figures); a
+    flipped training checkpoint in a run directory is refused with the way forward."""
+    from workbench.errors import WorkbenchError
+
+    recipe = TINY_RECIPE.replace("epochs = 5", "epochs = 2")
+    first, results = run_tiny_recipe(recipe)
+    (entry,) = (isolated_cache / "target").glob("*.safetensors")
+    _flip(entry)
+    second, again = run_tiny_recipe(recipe)
+    events = (second / "events.jsonl").read_text()
+    assert f"stage cache entry {entry}: corrupt checkpoint (checksum mismatch); removed, recomputing it" in events
+    assert again["variants"][0]["utility"] == results["variants"][0]["utility"]
+
+    # The run directory: an unfinished variant whose training state was damaged.
+    for name in ("results.json", "target.safetensors"):
+        (second / "none" / name).unlink()
+    (second / "results.json").unlink()
+    last = second / "none" / "last.safetensors"
+    _flip(last)
+    with pytest.raises(WorkbenchError) as info:
+        run_tiny_recipe(recipe, run_dir=second, resume=True, cache_dir=tmp_path / "empty-cache")
+    message = str(info.value)
+    assert str(last) in message and "checksum mismatch" in message and "--resume" in message
+    assert "--force" in message and "\n" not in message
+    last.unlink()  # the way forward: the variant trains again from scratch
+    _, resumed = run_tiny_recipe(recipe, run_dir=second, resume=True, cache_dir=tmp_path / "empty-cache")
+    assert resumed["variants"][0]["utility"] == results["variants"][0]["utility"]
