@@ -17,6 +17,7 @@ from typing import Any
 
 from workbench.errors import RunError
 from workbench.events import EVENTS_FILE, TERMINAL_EVENTS, read_events
+from workbench.files import atomic_write_text
 
 RECIPE_FILE = "recipe.toml"
 """The recipe as it ran, every default filled in."""
@@ -47,8 +48,6 @@ def read_run_file(run_dir: Path) -> dict[str, Any]:
 def write_run_file(run_dir: Path, digest: str, source: Path, version: str) -> None:
     """Record this process as the run's owner (pid plus its start time, so a recycled pid is not
     mistaken for the run)."""
-    from workbench.checkpoint import atomic_write_text
-
     atomic_write_text(Path(run_dir) / RUN_FILE, json.dumps({
         "recipe_hash": digest, "source": str(source), "pid": os.getpid(), "pid_started": process_start(os.getpid()),
         "host": socket.gethostname(), "started": time.time(), "version": version,
@@ -153,6 +152,11 @@ class RunInfo:
     results: dict[str, Any] | None = None
     error: str | None = None
     last_event: str | None = None
+    kind: str = "run"
+    """`run`, or `sweep` (a sweep directory: `done` of `total` runs finished, `failed` of them failed)."""
+    done: int | None = None
+    total: int | None = None
+    failed: int = 0
 
     @property
     def duration(self) -> float | None:
@@ -175,7 +179,10 @@ class RunInfo:
 
     @property
     def headline(self) -> str:
-        """Test accuracy (and mean FPR95 when present) per variant, compactly."""
+        """Test accuracy (and mean FPR95 when present) per variant, compactly; a sweep's progress."""
+        if self.kind == "sweep":
+            failed = f", {self.failed} failed" if self.failed else ""
+            return f"sweep: {self.done or 0} of {self.total or 0} runs finished{failed}"
         if not self.results:
             return ""
         parts = []
@@ -231,15 +238,71 @@ def read_variant_results(folder: Path) -> dict[str, Any] | None:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / EVENTS_FILE).exists() or (path / RUN_FILE).exists() or (path / RECIPE_FILE).exists()
+    return ((path / EVENTS_FILE).exists() or (path / RUN_FILE).exists() or (path / RECIPE_FILE).exists()
+            or (path / SWEEP_INFO_FILE).exists())
+
+
+SWEEP_INFO_FILE = "sweep.json"
+"""Marks a sweep directory (see workbench/sweeps/run.py): its identity, pid, host, start time."""
+
+
+def summarize_sweep(sweep_dir: Path) -> RunInfo:
+    """A sweep directory as one RunInfo: status from its events and process, `done` of `total` runs."""
+    sweep_dir = Path(sweep_dir)
+    info = RunInfo(path=sweep_dir, name=sweep_dir.name, status="unknown", kind="sweep")
+    try:
+        owner = json.loads((sweep_dir / SWEEP_INFO_FILE).read_text())
+    except (OSError, ValueError):
+        owner = {}
+    owner = owner if isinstance(owner, dict) else {}
+    total = owner.get("runs")
+    info.total = total if isinstance(total, int) else None
+    last = None
+    finished: set[str] = set()
+    failed: set[str] = set()
+    for event in read_events(sweep_dir / EVENTS_FILE):
+        kind, run = event["type"], event.get("run")
+        info.last_event = kind
+        if kind == "sweep_started":
+            info.started = info.started or _finite(event.get("t"))
+            info.recipe = event.get("sweep") if isinstance(event.get("sweep"), str) else info.recipe
+            runs = event.get("runs")
+            info.total = len(runs) if isinstance(runs, list) else info.total
+            finished, failed, info.ended, last = set(), set(), None, kind
+        elif kind in ("sweep_run_finished", "sweep_run_skipped") and isinstance(run, str):
+            finished.add(run)
+            failed.discard(run)
+        elif kind == "sweep_run_failed" and isinstance(run, str):
+            failed.add(run)
+        elif kind in ("sweep_finished", "sweep_failed", "sweep_interrupted"):
+            info.ended, last = _finite(event.get("t")), kind
+            if kind == "sweep_failed":
+                error = event.get("error")
+                info.error = error if isinstance(error, str) else str(error)
+    info.done, info.failed = len(finished), len(failed)
+    pid, recorded = owner.get("pid"), owner.get("pid_started")
+    alive = (owner.get("host") in (None, socket.gethostname()) and pid_alive(pid)
+             and (recorded is None or process_start(pid) in (None, recorded)))
+    if last == "sweep_started":
+        info.status = "running" if alive else "interrupted"
+    else:
+        info.status = {"sweep_finished": "finished", "sweep_failed": "failed",
+                       "sweep_interrupted": "interrupted"}.get(last, "unknown")
+        if last == "sweep_finished" and failed:
+            info.status = "failed"
+            info.error = f"{len(failed)} of {info.total} runs failed: {', '.join(sorted(failed))}"
+    return info
 
 
 def summarize(run_dir: Path) -> RunInfo:
-    """A RunInfo for one run directory (a missing or unreadable one gives status `missing`)."""
+    """A RunInfo for one run directory (a missing or unreadable one gives status `missing`); a sweep
+    directory gives one RunInfo for the whole sweep."""
     run_dir = Path(run_dir)
     info = RunInfo(path=run_dir, name=run_dir.name, status="missing")
     if not run_dir.is_dir():
         return info
+    if (run_dir / SWEEP_INFO_FILE).exists():
+        return summarize_sweep(run_dir)
     info.status = run_status(run_dir)
     for event in read_events(run_dir / EVENTS_FILE):
         kind = event["type"]

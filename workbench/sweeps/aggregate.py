@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-from workbench.checkpoint import atomic_write_text
 from workbench.sweeps.stats import paired, summarize
 
 AGGREGATE_FILE = "aggregate.json"
@@ -72,6 +71,8 @@ def aggregate(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_aggregate(sweep_dir: Path, data: dict[str, Any]) -> Path:
+    from workbench.checkpoint import atomic_write_text
+
     path = Path(sweep_dir) / AGGREGATE_FILE
     atomic_write_text(path, json.dumps(_clean(data), indent=2) + "\n")
     return path
@@ -185,6 +186,8 @@ def render_report(data: dict[str, Any], header: dict[str, Any], failed: dict[str
 
 
 def write_report(sweep_dir: Path, data: dict[str, Any], header: dict[str, Any], failed: dict[str, str]) -> Path:
+    from workbench.checkpoint import atomic_write_text
+
     path = Path(sweep_dir) / REPORT_FILE
     atomic_write_text(path, render_report(data, header, failed))
     return path

@@ -30,11 +30,18 @@ from workbench.components import Job
 from workbench.errors import RunError, WorkbenchError
 from workbench.events import EVENTS_FILE, EventWriter, read_events
 from workbench.recipe import to_toml
-from workbench.runs import RESULTS_FILE, RUN_FILE, live_pid, process_start, read_run_file, run_status
+from workbench.runs import (
+    RESULTS_FILE,
+    RUN_FILE,
+    SWEEP_INFO_FILE,
+    live_pid,
+    process_start,
+    read_run_file,
+    run_status,
+)
 from workbench.sweeps.aggregate import aggregate, write_aggregate, write_pareto, write_report
 from workbench.sweeps.spec import SWEEP_FILE, PlannedRun, Sweep, load_sweep
 
-SWEEP_INFO_FILE = "sweep.json"
 RUNS_FOLDER = "runs"
 SHARED_FOLDER = "shared"
 

@@ -152,7 +152,7 @@ class RunsScreen(Screen):
     def action_open(self) -> None:
         info = self._current()
         if info is not None:
-            self.app.push_screen(RunScreen(info.path))
+            self.app.push_screen(SweepScreen(info.path) if info.kind == "sweep" else RunScreen(info.path))
 
     def action_toggle(self) -> None:
         info = self._current()
@@ -162,20 +162,28 @@ class RunsScreen(Screen):
         self._fill()
 
     def action_results(self) -> None:
-        chosen = [info.path for info in self.runs if info.path in self.selected]
-        if not chosen and self._current() is not None:
-            chosen = [self._current().path]
+        chosen = [info.path for info in self.runs if info.path in self.selected and info.kind != "sweep"]
+        current = self._current()
+        if not chosen and current is not None:
+            if current.kind == "sweep":
+                self.app.push_screen(SweepScreen(current.path))
+                return
+            chosen = [current.path]
         if chosen:
             self.app.push_screen(ResultsScreen(chosen))
 
     def action_cancel(self) -> None:
         info = self._current()
-        if info is not None:
+        if info is not None and info.kind == "sweep":
+            self.notify("stop a sweep where it runs (Ctrl-C); it stays resumable", severity="warning")
+        elif info is not None:
             self.app.cancel(info.path)
 
     def action_resume(self) -> None:
         info = self._current()
-        if info is not None:
+        if info is not None and info.kind == "sweep":
+            self.notify(f"finish a sweep with: workbench sweep {info.path} --resume", severity="warning")
+        elif info is not None:
             self.app.resume(info.path)
 
 
@@ -516,6 +524,86 @@ class ResultsScreen(Screen):
 
     def action_back(self) -> None:
         self.app.pop_screen()
+
+
+class SweepScreen(Screen):
+    """One sweep: progress (k of N runs), its aggregate table (mean ± std over seeds, paired
+    differences against `none`) and its Pareto plot, re-read while the sweep runs."""
+
+    BINDINGS = [Binding("escape", "back", "Back"), Binding("f5", "reload", "Reload")]
+
+    def __init__(self, sweep_dir: Path) -> None:
+        super().__init__()
+        self.sweep_dir = Path(sweep_dir)
+        self._stamp: tuple | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with VerticalScroll():
+            yield Label("", id="sweep-title")
+            yield Static("", id="sweep-progress")
+            yield DataTable(id="sweep-aggregate", zebra_stripes=True)
+            yield Static("", id="sweep-pareto")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.action_reload()
+        self.set_interval(2.0, self._poll)
+
+    def _poll(self) -> None:
+        stamp = RunScanner._stamp(self.sweep_dir) + (_mtime(self.sweep_dir / "aggregate.json"),)
+        if stamp != self._stamp:
+            self.action_reload()
+
+    def action_reload(self) -> None:
+        from workbench.runs import summarize_sweep
+        from workbench.sweeps.aggregate import cell, figure_title, headline_figures, verdict
+
+        self._stamp = RunScanner._stamp(self.sweep_dir) + (_mtime(self.sweep_dir / "aggregate.json"),)
+        info = summarize_sweep(self.sweep_dir)
+        self.query_one("#sweep-title", Label).update(
+            f"Sweep {info.name}  ({Path(info.recipe).name if info.recipe else ''})")
+        progress = Text(f"{progress_bar((info.done or 0) / info.total if info.total else None)}  ")
+        progress.append(f"{info.done or 0} of {info.total or '?'} runs finished", style="bold")
+        if info.failed:
+            progress.append(f", {info.failed} failed", style="bold red")
+        progress.append("  ")
+        progress.append_text(styled_status(info.status))
+        self.query_one("#sweep-progress", Static).update(progress)
+        table = self.query_one(DataTable)
+        table.clear(columns=True)
+        try:
+            data = json.loads((self.sweep_dir / "aggregate.json").read_text())
+            points = data["points"]
+        except (OSError, ValueError, KeyError, TypeError):
+            data, points = None, []
+        if data is not None:
+            columns = headline_figures(data)
+            table.add_columns("point", "variant", *(figure_title(c) for c in columns),
+                              *(f"Δ {figure_title(c)}" for c in columns))
+            for point in points:
+                for variant in point.get("variants", []):
+                    paired = variant.get("paired", {}).get("figures", {})
+                    table.add_row(point["id"], variant["name"], *(cell(variant["figures"].get(c)) for c in columns),
+                                  *(verdict(paired[c]) if c in paired else "–" for c in columns))
+        picture = self.sweep_dir / "pareto.png"
+        pareto = Text("Privacy against utility (pareto.png)\n", style="bold")
+        if picture.exists():
+            width = max(40, min(100, self.app.size.width - 4))
+            pareto.append_text(half_block_image(load_picture(picture, max_width=width, max_height_cells=24)))
+        else:
+            pareto.append("aggregate.json and pareto.png are written when the sweep ends", style="dim")
+        self.query_one("#sweep-pareto", Static).update(pareto)
+
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def cancel(app, run_dir: Path) -> None:
