@@ -382,3 +382,38 @@ def test_bit_flips_in_cache_entries_and_run_checkpoints_end_to_end(run_tiny_reci
     last.unlink()  # the way forward: the variant trains again from scratch
     _, resumed = run_tiny_recipe(recipe, run_dir=second, resume=True, cache_dir=tmp_path / "empty-cache")
     assert resumed["variants"][0]["utility"] == results["variants"][0]["utility"]
+
+
+# ------------------------------------------------------------------ GAN priors: whole or not at all
+
+
+def test_a_prior_entry_holding_only_some_keys_is_retrained_from_fresh_weights(tmp_path):
+    """An entry with the generator but not the critic used to load the generator, fail on the
+    critic, and train the 'new' prior from the half-loaded weights."""
+    import torch
+
+    from workbench.api import AttackContext
+    from workbench.cache import StageCache
+    from workbench_attacks.common import load_or_train
+
+    cache = StageCache(tmp_path)
+    key = {"gan": {"z_dim": 4}, "public": "abc", "seed": 0}
+    cache.save_state("gmi-gan", key, {"generator.weight": torch.full((3, 4), 7.0), "generator.bias": torch.ones(3)})
+
+    torch.manual_seed(0)
+    generator, critic = torch.nn.Linear(4, 3), torch.nn.Linear(3, 1)
+    fresh = {k: v.clone() for k, v in generator.state_dict().items()}
+    seen = {}
+
+    def train():
+        seen.update({k: v.clone() for k, v in generator.state_dict().items()})
+        return {"steps": 1.0}
+
+    ctx = AttackContext(target=None, data=None, evaluation_model=None, device=torch.device("cpu"), seed=0, cache=cache)
+    hit = load_or_train(ctx, "gmi", "gmi-gan", key, {"generator": generator, "critic": critic}, train)
+    assert not hit and seen and all(torch.equal(seen[k], fresh[k]) for k in fresh)
+    # The retrained prior replaced the partial entry and now loads whole.
+    torch.manual_seed(1)
+    again = {"generator": torch.nn.Linear(4, 3), "critic": torch.nn.Linear(3, 1)}
+    assert load_or_train(ctx, "gmi", "gmi-gan", key, again, lambda: pytest.fail("retrained a whole entry"))
+    assert torch.equal(again["generator"].weight, generator.weight)
