@@ -545,6 +545,41 @@ def test_cli_user_errors_are_one_line(tmp_path, monkeypatch, capsys):
     assert code != 0 and "not a run directory" in one_line(err)
 
 
+@pytest.mark.slow
+def test_sweep_sink_reaches_every_run_with_its_grid_point(tmp_path, monkeypatch, capsys):
+    from workbench.sinks import SINKS_ENV
+
+    monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv(SINKS_ENV, "")  # restored after the test: the CLI sets it for the sweep's runs
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(TWO_EPOCHS)
+    code, _, err = invoke(
+        monkeypatch,
+        capsys,
+        "run",
+        str(recipe),
+        "--seeds",
+        "0-1",
+        "--run-dir",
+        str(tmp_path / "sweep-a"),
+        "--sink",
+        "tensorboard",
+        "--quiet",
+    )
+    assert code == 0, err
+    runs = sorted(p for p in (tmp_path / "sweep-a" / "runs").iterdir() if p.is_dir())
+    assert len(runs) == 2
+    for run in runs:
+        results = json.loads((run / "results.json").read_text())
+        hparams = tb_hparams(run / "tensorboard")["none"]
+        assert hparams["sweep.sweep"] == "sweep-a" and hparams["sweep.point"] == run.name.rsplit("-s", 1)[0]
+        assert hparams["seed"] == results["seed"]
+        scalars = tb_scalars(run / "tensorboard")
+        assert scalars[("none", "utility/test_accuracy", 0)] == pytest.approx(
+            results["variants"][0]["utility"]["test_accuracy"], rel=1e-6
+        )
+
+
 def test_replay_reports_a_failing_sink_as_an_error(tmp_path):
     from workbench.errors import WorkbenchError
     from workbench.events import EventWriter

@@ -156,9 +156,8 @@ class Runner:
         write_run_file(run_dir, digest, source, __version__)
         events = EventWriter(run_dir)
         events.listeners.extend(listeners or [])
-        if recipe.sinks or options.sinks:  # TensorBoard, MLflow...: each on its own thread (workbench.sinks)
-            from workbench.sinks import attach_sinks
-            attach_sinks(events, registry, recipe.sinks, options.sinks, run_dir, resolved)
+        from workbench.sinks import attach_sinks  # TensorBoard, MLflow...: each on its own thread
+        attach_sinks(events, registry, recipe.sinks, options.sinks, run_dir, resolved)
         cache = StageCache(options.cache_dir or default_cache_dir(), registry=registry)
         runner = cls(recipe, registry, run_dir, digest, resolved, events, cache, resumed, source)
         runner.workers = resolve_workers(options.workers, len(recipe.variants), runner.device)

@@ -31,6 +31,9 @@ from workbench.errors import WorkbenchError
 from workbench.events import TERMINAL_EVENTS, EventWriter, read_events
 from workbench.params import ComponentTable
 
+SINKS_ENV = "WORKBENCH_SINKS"
+"""Comma-separated sink names added to every run this process and the processes it starts run: how
+`workbench sweep --sink NAME` reaches the runs of a sweep, on whatever executor runs them."""
 TIMEOUT_ENV = "WORKBENCH_SINK_TIMEOUT"
 DEFAULT_TIMEOUT = 60.0
 KIND = "event_sink"
@@ -208,8 +211,10 @@ def attach_sinks(
     run_dir: Path,
     resolved: dict[str, Any],
 ) -> EventSinks | None:
-    """Open the recipe's and the CLI's sinks as listeners of the run's `EventWriter` (None if no sinks)."""
-    tables = sink_tables(recipe_sinks, names)
+    """Open the recipe's sinks, those named by `--sink` and those in $WORKBENCH_SINKS as listeners of
+    the run's `EventWriter` (None if there are none)."""
+    from_env = [n.strip() for n in os.environ.get(SINKS_ENV, "").split(",") if n.strip()]
+    tables = sink_tables(recipe_sinks, [*names, *from_env])
     if not tables:
         return None
     early: list[str] = []

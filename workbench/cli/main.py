@@ -99,6 +99,7 @@ def run(
     from workbench.runner import Runner, RunOptions
 
     if seeds is not None:
+        _sinks_for_every_run(registry(), sink)
         _run_seeds(recipe, seeds, run_dir, set_ or [], resume, force, cache_dir, quiet)
         return
     reg = registry()  # surfaces plugin warnings before the run starts
@@ -144,14 +145,27 @@ def sweep(
     cache_dir: Annotated[Path | None, typer.Option(
         help="Stage cache folder (default $WORKBENCH_CACHE_DIR or the user cache dir).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress lines; the summary only.")] = False,
+    sink: Annotated[list[str] | None, typer.Option(
+        "--sink", help="Also send every run's events to this event sink (tensorboard, mlflow...); repeatable.")] = None,
 ) -> None:
     """Run a recipe over seeds and a grid of values on an executor; aggregate with 95 % CIs."""
     from workbench.sweeps import SweepOptions
 
-    registry()
+    _sinks_for_every_run(registry(), sink)
     options = SweepOptions(sweep=sweep_file, sweep_dir=sweep_dir, overrides=set_ or [], executor=executor,
                            resume=resume, force=force, cache_dir=cache_dir, plugins_dir=_plugins_dir())
     _sweep(options, quiet)
+
+
+def _sinks_for_every_run(reg, names: list[str] | None) -> None:
+    """`--sink` of a sweep: every run of it, in whatever process or host its executor runs it, gets
+    these sinks (through $WORKBENCH_SINKS, as --plugins-dir reaches them through its variable)."""
+    from workbench.sinks import SINKS_ENV
+
+    for name in names or []:
+        reg.get("event_sink", name)  # a misspelt --sink is an error before anything is written
+    if names:
+        os.environ[SINKS_ENV] = ",".join(dict.fromkeys(names))
 
 
 def _plugins_dir() -> Path | None:
