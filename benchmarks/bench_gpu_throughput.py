@@ -22,7 +22,6 @@ import torch
 from torch.utils.data import TensorDataset
 
 from workbench import load_registry
-from workbench.ood import estimate_margins, ood_training_loss
 from workbench.recipe import OODTrainingConfig, TrainConfig
 from workbench.trainer import OODFeed, train_classifier
 
@@ -44,9 +43,9 @@ def measure(name: str, defense_table: dict, ood: bool, args, registry) -> dict[s
     model = defense.prepare_model(model, CLASSES)
     feed = None
     if ood:
-        config = OODTrainingConfig(dataset={"use": "noise", "role": "auxiliary"}, loss="entropy", gamma=1e-3)
-        feed = OODFeed(dataset=synthetic(args.images // 2, seed=1), config=config, loss_fn=ood_training_loss,
-                       margin_fn=estimate_margins)
+        config = OODTrainingConfig(dataset={"use": "noise", "role": "auxiliary"}, loss="entropy")
+        feed = OODFeed(dataset=synthetic(args.images // 2, seed=1), config=config,
+                       loss=registry.create("ood_loss", "entropy", gamma=1e-3))
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch,
                          optimizer={"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4})
     stamps: list[float] = []

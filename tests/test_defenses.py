@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from workbench import load_registry
-from workbench.recipe import OODTrainingConfig, TrainConfig
 from workbench.batches import balanced_batches
+from workbench.recipe import OODTrainingConfig, TrainConfig
 from workbench.trainer import OODFeed, lr_at, train_classifier
 
 
@@ -107,13 +107,12 @@ def test_trainer_with_balanced_batches_and_sgd_learns(registry):
 def test_ood_phase_starts_after_warmup_and_logs_its_loss(registry):
     data = registry.create("dataset", "digits").load(0)
     aux = registry.create("ood_dataset", "letters", role="auxiliary", size=200).load(16, 1, 0)
-    from workbench.ood import ood_training_loss
-
     events = []
     model = registry.create("backbone", "mcnn", width=8).build(5, 1, 16)
-    config = OODTrainingConfig(dataset={"use": "letters"}, warmup_epochs=2, gamma=0.01)
+    config = OODTrainingConfig(dataset={"use": "letters"}, warmup_epochs=2, loss={"use": "entropy", "gamma": 0.01})
+    loss = registry.create("ood_loss", "entropy", gamma=0.01)
     train_classifier(model, registry.create("defense", "none"), data.train, TrainConfig(epochs=3),
-                     device=torch.device("cpu"), seed=0, ood=OODFeed(aux, config, ood_training_loss),
+                     device=torch.device("cpu"), seed=0, ood=OODFeed(aux, config, loss),
                      emit=lambda type, **f: events.append((type, f)))
     epochs = [f["metrics"] for t, f in events if t == "epoch"]
     assert "ood_loss" not in epochs[0] and "ood_loss" not in epochs[1]

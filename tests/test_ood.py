@@ -13,6 +13,7 @@ from torch import nn
 
 import workbench
 from workbench.errors import WorkbenchError
+from workbench.ood_metrics import CONVENTION, auroc, fpr_at_tpr, mean_over_sets, ood_metrics
 from workbench_ood.losses import (
     energy_margin_loss,
     entropy_loss,
@@ -20,7 +21,6 @@ from workbench_ood.losses import (
     free_energy,
     outlier_exposure_loss,
 )
-from workbench_ood.metrics import CONVENTION, auroc, fpr_at_tpr, mean_over_sets, ood_metrics
 
 
 @pytest.fixture(scope="module")
@@ -310,3 +310,90 @@ def test_outlier_exposure_loss_is_uniform_cross_entropy_minimal_at_uniform():
     assert at_uniform.item() == pytest.approx(math.log(6), rel=1e-12)
     at_uniform.backward()
     assert torch.allclose(uniform.grad, torch.zeros_like(uniform.grad), atol=1e-15)
+
+
+# ------------------------------------------------------------------ OOD losses as components
+
+
+def test_energy_loss_margins_are_the_last_warmup_epochs_running_means_as_the_reference_reads_them(registry):
+    """`OE_fit` ("ER") reads m_in/m_out from its epoch meters before adding the current batch, so the
+    margins are the batch-size-weighted means over every warm-up batch of the last epoch but the last."""
+    rng = np.random.default_rng(3)
+    loss = registry.create("ood_loss", "energy")
+    batches = {epoch: [(rng.normal(size=(n, 5)), rng.normal(size=(n // 2, 5)) * 3) for n in (8, 8, 6)]
+               for epoch in (0, 1)}
+    for epoch, pairs in batches.items():
+        for id_logits, ood_logits in pairs:
+            loss.observe(torch.from_numpy(id_logits), torch.from_numpy(ood_logits), epoch)
+
+    def energies(logits: np.ndarray) -> np.ndarray:
+        return -np.log(np.exp(logits).sum(axis=1))
+
+    used = batches[1][:-1]
+    expected_in = np.concatenate([energies(i) for i, _ in used]).mean()
+    expected_out = np.concatenate([energies(o) for _, o in used]).mean()
+    margins = loss.prepare(None, None, None, torch.device("cpu"))
+    assert margins == pytest.approx({"m_in": expected_in, "m_out": expected_out}, rel=1e-12)
+
+    id_logits, ood_logits = rng.normal(size=(4, 5)), rng.normal(size=(2, 5))
+    expected = 0.1 * (np.mean(np.maximum(energies(id_logits) - expected_in, 0) ** 2)
+                      + np.mean(np.maximum(expected_out - energies(ood_logits), 0) ** 2))
+    got = loss(torch.from_numpy(id_logits), torch.from_numpy(ood_logits))
+    assert got.item() == pytest.approx(expected, rel=1e-12)
+
+    resumed = registry.create("ood_loss", "energy")
+    resumed.restore(margins)
+    assert resumed(torch.from_numpy(id_logits), torch.from_numpy(ood_logits)).item() == pytest.approx(expected)
+
+
+def test_energy_loss_uses_the_recipes_margins_when_given(registry):
+    loss = registry.create("ood_loss", "energy", m_in=-7.0, m_out=-2.0, weight=0.5)
+    assert loss.prepare(None, None, None, torch.device("cpu")) == {"m_in": -7.0, "m_out": -2.0}
+    with pytest.raises(WorkbenchError, match="before its margins"):
+        registry.create("ood_loss", "energy")(torch.zeros(2, 3), torch.zeros(2, 3))
+
+
+def test_warmup_ood_batches_move_batchnorm_as_in_the_reference(registry):
+    """With `warmup_ood_forward` the OOD batches pass through the model in training mode during warm-up
+    (no gradient): BatchNorm's running statistics differ from a warm-up on ID data alone."""
+    from workbench.recipe import OODTrainingConfig, TrainConfig
+    from workbench.trainer import OODFeed, train_classifier
+
+    data = registry.create("dataset", "digits").load(0)
+    aux = registry.create("ood_dataset", "noise", role="auxiliary", size=128).load(16, 1, 0)
+    running = {}
+    for forward in (True, False):
+        model = registry.create("backbone", "scnn").build(5, 1, 16)
+        config = OODTrainingConfig(dataset={"use": "noise"}, warmup_epochs=1, warmup_ood_forward=forward)
+        torch.manual_seed(0)
+        train_classifier(model, registry.create("defense", "none"), data.train, TrainConfig(epochs=1),
+                         device=torch.device("cpu"), seed=0,
+                         ood=OODFeed(aux, config, registry.create("ood_loss", "entropy")))
+        bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        running[forward] = bn.running_mean.clone()
+    assert not torch.allclose(running[True], running[False])
+
+
+def test_a_third_party_ood_loss_plugs_in_through_its_hook(register_plugin, make_registry):
+    from workbench.api import StrictModel, hookimpl
+
+    class Params(StrictModel):
+        weight: float = 1.0
+
+    class MaxSoftmaxMargin:
+        def __init__(self, params):
+            self.params = params
+
+        def __call__(self, id_logits, ood_logits):
+            return self.params.weight * ood_logits.softmax(1).max(1).values.mean()
+
+    class Plugin:
+        @hookimpl
+        def register_ood_losses(self, register):
+            register("msp-margin", MaxSoftmaxMargin, params=Params)
+
+    register_plugin(Plugin(), "msp-margin-plugin")
+    registry = make_registry()
+    loss = registry.create("ood_loss", "msp-margin", weight=2.0)
+    assert loss(torch.zeros(2, 4), torch.zeros(3, 4)).item() == pytest.approx(0.5)
+    assert registry.get("ood_loss", "msp-margin").plugin == "msp-margin-plugin"

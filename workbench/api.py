@@ -12,6 +12,7 @@ internal and may change without notice.
   `OODLoss`, `Executor`, `EventSink`) and the dataclasses they exchange (`Job`, `Outcome`...).
 - Helpers the built-ins share: `cross_entropy` (the trainer's reduction), `accuracy`, `iterate_batches`,
   `StageCache` with `load_or_compute`, weight fingerprints and state-dict flattening, `seeds`.
+- Executors: `execute_outcome(job)` runs a `Job` in any process; `die_with_parent()` for workers.
 - Errors: `WorkbenchError` (one clear line for the user) and `did_you_mean`.
 """
 
@@ -45,6 +46,7 @@ from workbench.components import (
 from workbench.device import autocast
 from workbench.errors import WorkbenchError, did_you_mean
 from workbench.hookspecs import hookimpl
+from workbench.jobs import die_with_parent, execute_outcome
 from workbench.losses import accuracy, cross_entropy
 from workbench.params import ComponentTable, NestedComponent, NoParams, StrictModel
 
@@ -78,6 +80,8 @@ __all__ = [
     "autocast",
     "cross_entropy",
     "did_you_mean",
+    "die_with_parent",
+    "execute_outcome",
     "hookimpl",
     "iterate_batches",
     "model_state",

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from workbench.errors import RunError
+from workbench.files import atomic_path, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 
 # `__metadata__` keys; FORMAT marks a file this tool wrote (and so may verify or delete).
 FORMAT = "workbench-checkpoint/1"
@@ -37,40 +36,6 @@ WAY_FORWARD = ("delete it and continue with `workbench run RUN_DIR --resume` (wh
 
 class CheckpointError(RunError):
     """A checkpoint that is missing, truncated, corrupt or does not match what it should hold."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def checksum(tensors: dict[str, Tensor], meta_json: str) -> str:
@@ -97,17 +62,8 @@ def save_checkpoint(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]
     contiguous = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     meta_json = _meta_json(meta)
     header = {FORMAT_KEY: FORMAT, META_KEY: meta_json, SUM_KEY: checksum(contiguous, meta_json)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(contiguous, tmp, metadata=header)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with atomic_path(path) as tmp:
+        save_file(contiguous, str(tmp), metadata=header)
     # The old two-file scheme's sidecar would now describe another state: it must not outlive it.
     legacy_sidecar(path).unlink(missing_ok=True)
 

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from workbench import seeds
+from workbench.batches import iterate_batches
 from workbench.cache import StageCache
 from workbench.checkpoint import (
     CheckpointError,
@@ -25,16 +27,12 @@ from workbench.checkpoint import (
 )
 from workbench.components import AttackContext, AttackResult, DataSplits, EvalContext
 from workbench.device import autocast
-from workbench.ood import CONVENTION, mean_over_sets, ood_metrics
+from workbench.losses import accuracy
+from workbench.ood_metrics import CONVENTION, mean_over_sets, ood_metrics
 from workbench.plots import histogram, image_grid, save_png
 from workbench.recipe import Recipe
 from workbench.registry import Registry
-from workbench.batches import iterate_batches
-from workbench.losses import accuracy
 from workbench.trainer import train_classifier
-
-# Seed offsets keep every data source of a run on its own random stream.
-OOD_TEST_SEED_OFFSET = 10_000
 
 
 def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registry, data: DataSplits,
@@ -51,7 +49,7 @@ def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registr
     test_set = data.evaluation_test or data.test
     key = {"backbone": resolved["evaluation"]["backbone"], "train": resolved["evaluation"]["train"],
            "data": resolved["data"], "seed": recipe.seed, "classes": num_classes}
-    torch.manual_seed(recipe.seed)
+    torch.manual_seed(seeds.derive(recipe.seed, "evaluation-model", "init"))
     model = registry.create_from("backbone", config.backbone).build(num_classes, data.in_channels, data.image_size)
     # Loaded only when the entry fits the model whole (a bad one is named, removed and retrained).
     meta = cache.load_modules("evaluation-model", key, {"model": model})
@@ -63,7 +61,7 @@ def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registr
         emit("result", variant=None, section="evaluation_model", figures=figures)
         return model, figures
     defense = registry.create("defense", "none")
-    train_classifier(model, defense, train_set, config.train, device=device, seed=recipe.seed + 1,
+    train_classifier(model, defense, train_set, config.train, device=device, seed=seeds.derive(recipe.seed, "evaluation-model"),
                      emit=emit, stage="train", variant="evaluation-model")
     test_accuracy = accuracy(model, test_set, device)
     cache.save_state("evaluation-model", key, {f"model.{k}": v for k, v in model.state_dict().items()},
@@ -74,17 +72,6 @@ def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registr
 
 
 # ------------------------------------------------------------------ OOD
-
-
-@torch.no_grad()
-def _collect(dataset: Dataset, limit: int | None = None) -> Tensor:
-    parts, seen = [], 0
-    for x, _ in iterate_batches(dataset, 512, shuffle=False):
-        parts.append(x)
-        seen += len(x)
-        if limit is not None and seen >= limit:
-            break
-    return torch.cat(parts)[:limit] if parts else torch.empty(0)
 
 
 def score_dataset(score: Callable[[nn.Module, Tensor], Tensor], model: nn.Module, dataset: Dataset,
@@ -114,11 +101,11 @@ class OODEvaluator:
         self.score = registry.create_from("ood_score", config.score)
         self.data = data
         self.test_sets: dict[str, Dataset] = {}
-        for index, (name, table) in enumerate(config.test_sets.items()):
+        for name, table in config.test_sets.items():
             component = registry.create_from("ood_dataset", table)
             check_disjoint(component, data)
             self.test_sets[name] = component.load(data.image_size, data.in_channels,
-                                                  recipe.seed + OOD_TEST_SEED_OFFSET + index)
+                                                  seeds.derive(recipe.seed, "ood-test", name))
 
     def evaluate(self, model: nn.Module, device: torch.device, folder: Path, variant: str) -> dict[str, Any]:
         scores_dir = folder / "ood_scores"

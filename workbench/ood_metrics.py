@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from workbench.api import WorkbenchError
+from workbench.errors import WorkbenchError
 
 CONVENTION = (
     "ID positive (BiDO+ convention): scores are higher for in-distribution samples; "

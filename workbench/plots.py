@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from workbench.errors import WorkbenchError
+from workbench.files import atomic_path
 
 # Okabe–Ito colours: distinguishable with the common colour-vision deficiencies.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -471,18 +471,11 @@ def line_chart(
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write `image` as PNG atomically (temp file in the same folder, then `os.replace`).
+    """Write `image` as PNG atomically (`workbench.files.atomic_path`).
 
     A reader (the TUI, a browser on report.md) never sees a half-written file.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format="PNG")
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp:
+        image.save(tmp, format="PNG")
     return target

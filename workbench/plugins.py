@@ -31,6 +31,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "workbench_ood",
     "workbench_attacks",
     "workbench_sinks",
+    "workbench_executors",
 )
 
 DISABLE_ENV = "WORKBENCH_DISABLE_PLUGINS"

@@ -16,7 +16,15 @@ from typing import Any, Literal
 
 import tomlkit
 import tomllib
-from pydantic import BaseModel, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from workbench.errors import RecipeError, did_you_mean
 from workbench.params import ComponentTable, StrictModel, table_types
@@ -30,6 +38,7 @@ AttackTable = ComponentTable.of("attack")
 MetricTable = ComponentTable.of("metric")
 OODScoreTable = ComponentTable.of("ood_score")
 EventSinkTable = ComponentTable.of("event_sink")
+OODLossTable = ComponentTable.of("ood_loss")
 
 
 class OptimizerConfig(StrictModel):
@@ -100,22 +109,22 @@ class OODTrainingConfig(StrictModel):
 
     dataset: OODDatasetTable
     """Auxiliary OOD data (kind `ood_dataset`); must be disjoint from the OOD test sets."""
-    loss: Literal["entropy", "energy", "oe"] = "entropy"
-    """`entropy` (authors' default: −γ Σ entropy), `energy` (energy margin), `oe` (CE to uniform)."""
-    gamma: PositiveFloat = 1e-3
-    """Weight γ of the entropy loss."""
+    loss: OODLossTable = OODLossTable(use="entropy")
+    """The OOD term (kind `ood_loss`): `entropy` (BiDO+ default: −γ Σ entropy), `energy` (energy
+    margins), `oe` (cross-entropy to uniform), or a plugin's. A bare name is shorthand for `{ use = NAME }`."""
     batch_factor: PositiveFloat = 0.5
     """OOD batch size as a fraction of the ID batch size."""
     warmup_epochs: int = Field(0, ge=0)
-    """Epochs of plain training before OOD data joins."""
-    energy_weight: PositiveFloat = 0.1
-    """Weight of the energy-margin loss."""
-    m_in: float | None = None
-    """Energy margin for ID data; unset = estimated at the end of warm-up."""
-    m_out: float | None = None
-    """Energy margin for OOD data; unset = estimated at the end of warm-up."""
-    oe_weight: PositiveFloat = 0.5
-    """Weight of Hendrycks' outlier-exposure loss."""
+    """Epochs of plain training before the OOD term joins."""
+    warmup_ood_forward: bool = True
+    """During warm-up, pass each OOD batch through the model in training mode without gradients, as
+    the authors' `OE_fit` does: BatchNorm's running statistics see the OOD data, and the `energy`
+    loss estimates its margins from these passes. False: warm-up is plain training on ID data."""
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _loss_shorthand(cls, value: Any) -> Any:
+        return {"use": value} if isinstance(value, str) else value
 
 
 class VariantConfig(StrictModel):
@@ -195,6 +204,7 @@ class Recipe(StrictModel):
             yield f"variants[{i}].defense", variant.defense
             if variant.ood_training:
                 yield f"variants[{i}].ood_training.dataset", variant.ood_training.dataset
+                yield f"variants[{i}].ood_training.loss", variant.ood_training.loss
         for i, metric in enumerate(self.metrics):
             yield f"metrics[{i}]", metric
         if self.evaluation:

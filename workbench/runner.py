@@ -1,9 +1,16 @@
 """The headless runner: a recipe in, a run directory out.
 
-Stages per variant: train the target (checkpoint every epoch), evaluate utility, OOD and
-attacks; each stage writes its outcome into the variant's folder before the next begins, so
-`--resume` skips what is done and continues training from the last epoch. Everything a user
-or the TUI sees comes from `events.jsonl`.
+The stage graph, top to bottom (`Runner.run`):
+1. shared stages, which every variant needs and no defense changes: the data, the evaluation
+   model E, each attack's target-independent prior (`prepare`), the OOD test sets;
+2. per variant: train the target (checkpoint every epoch), then evaluate utility, OOD and every
+   attack; each writes its outcome into the variant's folder before the next begins, so
+   `--resume` skips what is done and continues training from the last epoch;
+3. `results.json` and `report.md`.
+Independent pieces (the trained shared stages, the variants) run as jobs (`workbench.jobs`) on
+the `processes` executor when there are several workers, else in this process. The run
+directory's layout and lifecycle live in `workbench.runs`. Everything a user or the TUI sees
+comes from `events.jsonl`.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from typing import Any
 
 import torch
 
-from workbench import __version__
+from workbench import __version__, seeds
 from workbench.cache import StageCache, default_cache_dir
 from workbench.checkpoint import (
     CheckpointError,
@@ -26,12 +33,11 @@ from workbench.checkpoint import (
     save_checkpoint,
     tensors_with_prefix,
 )
-from workbench.components import AttackContext, DataSplits, EvalContext
+from workbench.components import AttackContext, DataSplits, EvalContext, Job
 from workbench.device import describe_machine, resolve_device
 from workbench.errors import RunError, WorkbenchError
 from workbench.evaluation import OODEvaluator, attack_figures, check_disjoint, evaluation_model, run_attack
 from workbench.events import EVENTS_FILE, EventWriter
-from workbench.ood import estimate_margins, ood_training_loss
 from workbench.recipe import Recipe, VariantConfig, load_recipe, recipe_hash, resolve, to_toml
 from workbench.registry import Registry, load_registry
 from workbench.runs import (
@@ -133,7 +139,7 @@ class Runner:
         self.ood_evaluator = None
         self.workers = 1
         self.plugins_dir: Path | None = None
-        self._pool = None  # worker processes, made on first use by `in_workers`
+        self._executor = None  # the `processes` executor, made on first use by `run_jobs`
 
     # -------------------------------------------------------------- setup
 
@@ -188,22 +194,22 @@ class Runner:
                   resumed=self.resumed, device=str(self.device), recipe_hash=self.digest)
         try:
             self.prepare_shared_stages()
-            self._run_variants()
-            self.close_workers()
+            self.run_variants()
+            self.close_executor()
             results = self.collect_results()
             self._write_report(results)
         except KeyboardInterrupt:
-            self.close_workers(cancel=True)
+            self.close_executor(cancel=True)
             self.emit("run_interrupted", message="stopped by the user; resumable")
             self.events.close()
             raise RunInterrupted(f"interrupted; continue with: workbench run {self.run_dir} --resume") from None
         except WorkbenchError as exc:
-            self.close_workers(cancel=True)
+            self.close_executor(cancel=True)
             self.emit("run_failed", error=str(exc))
             self.events.close()
             raise
         except Exception as exc:
-            self.close_workers(cancel=True)
+            self.close_executor(cancel=True)
             self.emit("run_failed", error=f"{type(exc).__name__}: {exc}")
             self.events.close()
             raise
@@ -225,8 +231,8 @@ class Runner:
         threads = threads_per_job(len(jobs)) if self.device.type == "cpu" else None
         workers = min(self.workers, len(jobs))
         if not quiet and workers > 1 and threads:
-            trained = self.in_workers(_shared_stage_worker, jobs, threads,
-                                      f"training {len(jobs)} shared stages in {workers} worker processes")
+            trained = self.run_jobs("shared-stage", jobs, threads,
+                                    f"training {len(jobs)} shared stages in {workers} worker processes")
             # The priors stay in the cache for the variants; only E is needed here (variants that
             # run in this process), with the figures of the worker that trained it.
             self.shared_stage("evaluation-model", _quiet)
@@ -249,6 +255,11 @@ class Runner:
                 names.append(f"prior:{name}")
         return names
 
+    def train_shared_stage(self, name: str) -> dict[str, Any] | None:
+        """A job: train one shared stage into the stage cache (in a worker); E's figures back."""
+        self.data = self._load_data(_quiet)
+        return self.shared_stage(name, self.emit)
+
     def shared_stage(self, name: str, emit) -> dict[str, Any] | None:
         """Train or load one shared stage (see `shared_stage_names`); E's figures for E."""
         recipe = self.recipe
@@ -263,50 +274,64 @@ class Runner:
         self._stage(name, lambda: attack.prepare(ctx), emit=emit)
         return None
 
-    def _run_variants(self) -> None:
+    def run_variants(self) -> None:
+        """Train and evaluate every variant not done yet: here, or as jobs on worker processes."""
         pending = [v for v in self.recipe.variants if read_variant_results(self.variant_dir(v)) is None]
         workers = min(self.workers, len(pending))
         threads = threads_per_job(len(self.recipe.variants)) if self.device.type == "cpu" else None
         if workers <= 1:
             with _threads(threads):
                 for variant in self.recipe.variants:
-                    self._run_variant(variant)
+                    self.run_variant(variant)
             return
-        self.in_workers(_variant_worker, [v.name for v in pending], threads or 1,
-                        f"training {len(pending)} variants in {workers} worker processes")
+        self.run_jobs("variant", [v.name for v in pending], threads or 1,
+                      f"training {len(pending)} variants in {workers} worker processes")
 
-    def in_workers(self, function, items: list[str], threads: int, message: str) -> list[Any]:
-        """`function(run_dir, cache_dir, plugins_dir, resumed, threads, item)` for each item in the
-        run's worker processes (spawned once, reused from the shared stages to the variants);
-        their events are relayed to this process's listeners. Results in the order of `items`."""
-        import concurrent.futures as cf
-        import multiprocessing
-
-        if self._pool is None:
-            self._pool = cf.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
-        events_path = self.run_dir / EVENTS_FILE
+    def run_jobs(self, kind: str, items: list[str], threads: int, message: str) -> list[Any]:
+        """One job per item on the run's `processes` executor (workers spawned once, reused from the
+        shared stages to the variants); their events are relayed to this process's listeners as
+        they arrive. Values in the order of `items`; the first failure ends the run."""
+        if self._executor is None:
+            self._executor = self.registry.create("executor", "processes", workers=self.workers)
         self.emit("log", level="info", message=message)
+        events_path = self.run_dir / EVENTS_FILE
         offset = events_path.stat().st_size
-        common = (str(self.run_dir), str(self.cache.root), str(self.plugins_dir) if self.plugins_dir else None,
-                  self.resumed, threads)
-        futures = [self._pool.submit(_guarded, function, *common, item) for item in items]
-        while True:
-            done = all(f.done() for f in futures)
-            offset = _relay_events(self, events_path, offset)
-            if done:
-                break
-            time.sleep(0.2)
-        return [future.result() for future in futures]
+        jobs = [Job(kind=kind, run_dir=str(self.run_dir), cache_dir=str(self.cache.root) if self.cache.root else None,
+                    item=item, plugins_dir=str(self.plugins_dir) if self.plugins_dir else None, threads=threads,
+                    resumed=self.resumed) for item in items]
 
-    def close_workers(self, cancel: bool = False) -> None:
-        """Shut the worker processes down; `cancel` stops them mid-task (Ctrl-C, a failure)."""
-        if self._pool is None:
-            return
-        if cancel:
-            for process in list(getattr(self._pool, "_processes", {}).values()):
-                process.terminate()
-        self._pool.shutdown(wait=True, cancel_futures=cancel)
-        self._pool = None
+        def relay() -> None:
+            nonlocal offset
+            offset = self._relay_events(events_path, offset)
+
+        outcomes = self._executor.run(jobs, relay)
+        for item, outcome in zip(items, outcomes, strict=True):
+            if not outcome.ok:
+                if outcome.error == "interrupted":
+                    raise KeyboardInterrupt
+                raise RunError(f"{kind} {item}: {outcome.error}")
+        return [outcome.value for outcome in outcomes]
+
+    def close_executor(self, cancel: bool = False) -> None:
+        """Shut the worker processes down; `cancel` stops them mid-job (Ctrl-C, a failure)."""
+        if self._executor is not None:
+            self._executor.close(cancel=cancel)
+            self._executor = None
+
+    def _relay_events(self, path: Path, offset: int) -> int:
+        """Hand events that workers appended since `offset` to this process's listeners."""
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            chunk = handle.read()
+        end = chunk.rfind(b"\n") + 1
+        for line in chunk[:end].splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            for listener in self.events.listeners:
+                listener(event)
+        return offset + end
 
     def _stage(self, name: str, work, variant: str | None = None, emit=None):
         """Run `work()` between stage_started / stage_finished events."""
@@ -329,7 +354,8 @@ class Runner:
     def variant_dir(self, variant: VariantConfig) -> Path:
         return self.run_dir / variant.name
 
-    def _run_variant(self, variant: VariantConfig) -> None:
+    def run_variant(self, variant: VariantConfig) -> None:
+        """Train (or load) one variant's target and evaluate it; results land in its folder."""
         folder = self.variant_dir(variant)
         folder.mkdir(parents=True, exist_ok=True)
         if read_variant_results(folder) is not None:
@@ -345,7 +371,7 @@ class Runner:
     def build_target(self, variant: VariantConfig):
         data = self.data
         backbone = self.registry.create_from("backbone", self.recipe.target.backbone)
-        torch.manual_seed(self.recipe.seed)
+        torch.manual_seed(seeds.derive(self.recipe.seed, "init"))
         model = backbone.build(data.num_classes, data.in_channels, data.image_size)
         defense = self.registry.create_from("defense", variant.defense)
         return defense.prepare_model(model, data.num_classes), defense
@@ -412,8 +438,8 @@ class Runner:
         config = variant.ood_training
         dataset = self.registry.create_from("ood_dataset", config.dataset)
         check_disjoint(dataset, self.data)
-        aux = dataset.load(self.data.image_size, self.data.in_channels, self.recipe.seed)
-        return OODFeed(dataset=aux, config=config, loss_fn=ood_training_loss, margin_fn=estimate_margins)
+        aux = dataset.load(self.data.image_size, self.data.in_channels, seeds.derive(self.recipe.seed, "ood-aux"))
+        return OODFeed(dataset=aux, config=config, loss=self.registry.create_from("ood_loss", config.loss))
 
     def evaluate(self, variant: VariantConfig, model) -> dict[str, Any]:
         """Utility (and, where configured, OOD and attack) figures for one trained target."""
@@ -441,9 +467,9 @@ class Runner:
                     self.emit(type, variant=_variant, **fields)
 
                 attack = self.registry.create_from("attack", table)
-                result = self._stage(f"attack:{name}", lambda a=attack, n=name: run_attack(
-                    n, a, model, self.data, self.evaluation_model, self.device, self.recipe.seed,
-                    self.cache.for_components(("attack", table.use)),
+                cache = self.cache.for_components(("attack", table.use))
+                result = self._stage(f"attack:{name}", lambda a=attack, n=name, c=cache: run_attack(
+                    n, a, model, self.data, self.evaluation_model, self.device, self.recipe.seed, c,
                     folder, emit), variant=variant.name)
                 figures["attacks"][name] = attack_figures(attack_metrics, model, self.data, self.evaluation_model,
                                                           result, self.device)
@@ -484,58 +510,3 @@ def run_recipe(options: RunOptions, listeners: list | None = None) -> tuple[Path
     """Start and run; returns the run directory and the results."""
     runner = Runner.start(options, listeners)
     return runner.run_dir, runner.run()
-
-
-# ------------------------------------------------------------------ parallel variants
-
-
-def _worker_runner(run_dir: str, cache_dir: str, plugins_dir: str | None, resumed: bool,
-                   threads: int) -> Runner:
-    torch.set_num_threads(threads)
-    return Runner.for_worker(Path(run_dir), Path(cache_dir), Path(plugins_dir) if plugins_dir else None, resumed)
-
-
-def _variant_worker(run_dir: str, cache_dir: str, plugins_dir: str | None, resumed: bool, threads: int,
-                    variant: str) -> None:
-    """Train and evaluate one variant in a worker process; results land in its folder."""
-    runner = _worker_runner(run_dir, cache_dir, plugins_dir, resumed, threads)
-    runner.prepare_shared_stages(quiet=True)
-    runner._run_variant(runner.recipe.variant(variant))
-    runner.events.close()
-
-
-def _shared_stage_worker(run_dir: str, cache_dir: str, plugins_dir: str | None, resumed: bool, threads: int,
-                         stage: str) -> dict[str, Any] | None:
-    """Train one shared stage (E, an attack prior) into the stage cache; E's figures back."""
-    runner = _worker_runner(run_dir, cache_dir, plugins_dir, resumed, threads)
-    runner.data = runner._load_data(_quiet)
-    figures = runner.shared_stage(stage, runner.emit)
-    runner.events.close()
-    return figures
-
-
-def _guarded(function, *args):
-    """Run `function` in a worker: Ctrl-C ends it quietly (the parent reports it), and a
-    WorkbenchError comes back as a RunError, a plain exception type that pickles to the parent."""
-    try:
-        return function(*args)
-    except KeyboardInterrupt:
-        return None
-    except WorkbenchError as exc:
-        raise RunError(str(exc)) from None
-
-
-def _relay_events(runner: Runner, path: Path, offset: int) -> int:
-    """Hand events that workers appended since `offset` to this process's listeners."""
-    with path.open("rb") as handle:
-        handle.seek(offset)
-        chunk = handle.read()
-    end = chunk.rfind(b"\n") + 1
-    for line in chunk[:end].splitlines():
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        for listener in runner.events.listeners:
-            listener(event)
-    return offset + end

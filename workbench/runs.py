@@ -17,6 +17,7 @@ from typing import Any
 
 from workbench.errors import RunError
 from workbench.events import EVENTS_FILE, TERMINAL_EVENTS, read_events
+from workbench.files import atomic_write_text
 
 RECIPE_FILE = "recipe.toml"
 """The recipe as it ran, every default filled in."""
@@ -47,8 +48,6 @@ def read_run_file(run_dir: Path) -> dict[str, Any]:
 def write_run_file(run_dir: Path, digest: str, source: Path, version: str) -> None:
     """Record this process as the run's owner (pid plus its start time, so a recycled pid is not
     mistaken for the run)."""
-    from workbench.checkpoint import atomic_write_text
-
     atomic_write_text(Path(run_dir) / RUN_FILE, json.dumps({
         "recipe_hash": digest, "source": str(source), "pid": os.getpid(), "pid_started": process_start(os.getpid()),
         "host": socket.gethostname(), "started": time.time(), "version": version,

@@ -7,6 +7,7 @@ a step, epoch figures as an event, and a checkpoint that makes the run resumable
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,9 +18,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from workbench import seeds
 from workbench.batches import balanced_batches, dataset_labels, iterate_batches, take
 from workbench.checkpoint import load_checkpoint, save_checkpoint, tensors_with_prefix
-from workbench.components import Defense
+from workbench.components import Defense, OODLoss
 from workbench.device import autocast
 from workbench.errors import RunError
 from workbench.losses import accuracy
@@ -89,10 +91,8 @@ class OODFeed:
 
     dataset: Dataset
     config: OODTrainingConfig
-    loss_fn: Callable[..., Tensor]
-    """`loss_fn(id_logits, ood_logits, config, margins) -> Tensor`."""
-    margin_fn: Callable[..., tuple[float, float]] | None = None
-    """`margin_fn(model, id_data, ood_data, device) -> (m_in, m_out)` at the end of warm-up."""
+    loss: OODLoss
+    """The `ood_loss` component: `loss(id_logits, ood_logits)`, optional `observe`, `prepare`, `restore`."""
 
 
 def train_classifier(
@@ -115,8 +115,10 @@ def train_classifier(
 ) -> TrainResult:
     """Train `model` (already through `defense.prepare_model`) and return its history.
 
-    A checkpoint after every epoch (model, optimizer, RNG, epoch, history) makes an interrupted
-    run resume to the same figures as an uninterrupted one on CPU.
+    A checkpoint after every epoch (model, optimizer, RNG, epoch, history, the OOD loss's state)
+    makes an interrupted run resume to the same figures as an uninterrupted one on CPU. Random
+    streams come from `seed` through `workbench.seeds`: the batch order of an epoch depends only
+    on (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would.
     """
     started = time.perf_counter()
     model.to(device)
@@ -124,11 +126,11 @@ def train_classifier(
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, config)
     history: list[dict[str, float]] = []
-    margins: dict[str, float] = {}
+    ood_state: dict[str, float] = {}
     first_epoch = 0
     checkpoint = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir else None
 
-    torch.manual_seed(seed)
+    torch.manual_seed(seeds.derive(seed, "train"))
     if resume and checkpoint is not None and checkpoint.exists():
         tensors, saved = load_checkpoint(checkpoint)
         try:
@@ -140,7 +142,9 @@ def train_classifier(
         torch.set_rng_state(tensors["rng.cpu"])
         first_epoch = int(saved["epoch"])
         history = saved.get("history", [])
-        margins = saved.get("margins", {})
+        ood_state = saved.get("ood_state", {})
+        if ood_state and ood is not None and hasattr(ood.loss, "restore"):
+            ood.loss.restore(ood_state)
 
     labels = dataset_labels(train_data) if config.balanced_batches else None
     ood_batch = max(1, round(config.batch_size * ood.config.batch_factor)) if ood else 0
@@ -149,15 +153,15 @@ def train_classifier(
     for epoch in range(first_epoch, config.epochs):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(config, epoch)
-        # Per-epoch generators: the shuffle order depends only on (seed, epoch), so a resumed
-        # run sees exactly the batches an uninterrupted one would.
-        shuffle = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        shuffle = seeds.generator(seed, "batch-order", epoch)
         ood_phase = ood is not None and epoch >= ood.config.warmup_epochs
-        if ood_phase and ood.config.loss == "energy" and "m_in" not in margins:
-            margins = _energy_margins(ood, model, train_data, device)
-        ood_batches = (iterate_batches(ood.dataset, ood_batch, shuffle=True, drop_last=True,
-                                       generator=torch.Generator().manual_seed(seed * 7_919 + epoch))
-                       if ood_phase else None)
+        if ood_phase and not ood_state and hasattr(ood.loss, "prepare"):
+            ood_state = ood.loss.prepare(model, train_data, ood.dataset, device)
+            emit("log", level="info", message=f"{variant or stage}: OOD loss prepared "
+                 + ", ".join(f"{k} = {v:.4g}" for k, v in ood_state.items()))
+        # The authors' warm-up passes OOD batches through the model too (no gradient, training mode).
+        ood_draws = ood is not None and (ood_phase or ood.config.warmup_ood_forward)
+        ood_batches = _ood_batches(ood, ood_batch, seed, epoch) if ood_draws else None
         if config.balanced_batches:
             bb = config.balanced_batches
             batches = (take(train_data, idx) for idx in balanced_batches(labels, bb.classes, bb.per_class, shuffle))
@@ -174,28 +178,33 @@ def train_classifier(
             if ood_batches is not None:
                 x_ood = next(ood_batches, None)
                 if x_ood is None:  # auxiliary set exhausted: start it over
-                    ood_batches = iterate_batches(ood.dataset, ood_batch, shuffle=True, drop_last=True,
-                                                  generator=torch.Generator().manual_seed(seed + epoch + step))
+                    ood_batches = _ood_batches(ood, ood_batch, seed, epoch, restart=step)
                     x_ood = next(ood_batches)
                 x_ood = x_ood[0].to(device, non_blocking=True)
-            inputs = x if x_ood is None else torch.cat([x, x_ood])
-            if device.type == "cuda":
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
+            if x_ood is not None and not ood_phase:  # warm-up: the OOD batch only moves BatchNorm
+                with torch.no_grad(), autocast(device):
+                    warmup_ood_logits = model(_layout(x_ood, device))
+                x_ood_joined = None
+            else:
+                x_ood_joined = x_ood
+            inputs = x if x_ood_joined is None else torch.cat([x, x_ood_joined])
             with autocast(device):
-                logits, hiddens = model.forward_hidden(inputs)
+                logits, hiddens = model.forward_hidden(_layout(inputs, device))
+            if x_ood is not None and not ood_phase and hasattr(ood.loss, "observe"):
+                ood.loss.observe(logits[:m].detach().float(), warmup_ood_logits.float(), epoch)
             # The defense sees the ID part only (dependency terms on ID data, as BiDO+ does).
             out = defense.loss(x=x, y=y, logits=logits[:m], hiddens=[h[:m] for h in hiddens], model=model)
             loss = out.loss
             logs = dict(out.logs)
-            if x_ood is not None:
-                ood_loss = ood.loss_fn(logits[:m].float(), logits[m:].float(), ood.config, margins)
+            if x_ood_joined is not None:
+                ood_loss = ood.loss(logits[:m].float(), logits[m:].float())
                 logs["ood_loss"] = float(ood_loss.detach())
                 loss = loss + ood_loss
                 logs["ood_share"] = abs(logs["ood_loss"]) / max(abs(float(loss.detach())), 1e-12)
             if not torch.isfinite(loss):
                 kept = f"; the last good checkpoint is {checkpoint}" if checkpoint and checkpoint.exists() else ""
                 raise RunError(f"{stage}{' ' + variant if variant else ''}: loss became {float(loss.detach())} at epoch "
-                               f"{epoch + 1} step {step + 1}; lower the learning rate or the defense's weights{kept}")
+                               f"{epoch + 1} step {step + 1}: {_blame(logits, out, logs, defense, ood)}{kept}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
@@ -225,7 +234,7 @@ def train_classifier(
             tensors["rng.cpu"] = torch.get_rng_state()
             save_checkpoint(checkpoint, tensors, {
                 **(meta or {}), "epoch": epoch + 1, "epochs": config.epochs, "history": history,
-                "param_groups": param_groups, "margins": margins, "kind": "training-state",
+                "param_groups": param_groups, "ood_state": ood_state, "kind": "training-state",
             })
             emit("checkpoint", stage=stage, variant=variant, path=str(checkpoint), epoch=epoch + 1)
 
@@ -235,12 +244,26 @@ def train_classifier(
     return TrainResult(epochs_run=config.epochs - first_epoch, history=history, seconds=seconds)
 
 
-def _energy_margins(ood: OODFeed, model: nn.Module, train_data: Dataset, device: torch.device) -> dict[str, float]:
-    """m_in / m_out from the config, or estimated from the model at the end of warm-up."""
-    cfg = ood.config
-    if cfg.m_in is not None and cfg.m_out is not None:
-        return {"m_in": cfg.m_in, "m_out": cfg.m_out}
-    if ood.margin_fn is None:
-        raise RunError("energy OOD loss: set ood_training.m_in and m_out (no estimator available)")
-    m_in, m_out = ood.margin_fn(model, train_data, ood.dataset, device)
-    return {"m_in": cfg.m_in if cfg.m_in is not None else m_in, "m_out": cfg.m_out if cfg.m_out is not None else m_out}
+def _ood_batches(ood: OODFeed, batch_size: int, seed: int, epoch: int, restart: int = 0):
+    """The epoch's auxiliary OOD batches (a fresh pass when the set runs out mid-epoch)."""
+    return iterate_batches(ood.dataset, batch_size, shuffle=True, drop_last=True,
+                           generator=seeds.generator(seed, "ood-batches", epoch, restart))
+
+
+def _layout(x: Tensor, device: torch.device) -> Tensor:
+    """Channels-last on CUDA (faster convolutions), unchanged on the CPU."""
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def _blame(logits: Tensor, out, logs: dict[str, float], defense: Defense, ood: OODFeed | None) -> str:
+    """Which part of the loss went non-finite, named by component, and what to try."""
+    if not torch.isfinite(logits.detach()).all():
+        return "the model's logits are not finite (the weights diverged); lower the learning rate"
+    bad = [key for key, value in logs.items() if key != "ood_share" and not math.isfinite(float(value))]
+    if "ood_loss" in bad:
+        return f"the OOD loss {type(ood.loss).__name__} went non-finite; lower its weight or the learning rate"
+    if bad or not torch.isfinite(out.loss.detach()):
+        terms = f" (terms {', '.join(bad)})" if bad else ""
+        return (f"the defense {type(defense).__name__}'s loss went non-finite{terms}; lower its weights or the "
+                "learning rate")
+    return "lower the learning rate"

@@ -1,13 +1,17 @@
-"""Built-in OOD plugin: scores for OOD detection (`ood_score`), plus the metric and loss math.
-
-The scores are components; `workbench_ood.metrics` (FPR95, AUROC, AUPR-In/Out in the BiDO+
-convention) and `workbench_ood.losses` (BiDO+ phase-2 terms) are pure functions the runner and
-trainer call directly.
-"""
+"""Built-in OOD plugin: scores for OOD detection (`ood_score`) and unknown-aware training losses
+(`ood_loss`: BiDO+'s `entropy` and `energy`, and Hendrycks' `oe`)."""
 
 from __future__ import annotations
 
 from workbench.api import hookimpl
+from workbench_ood.losses import (
+    EnergyMarginLoss,
+    EnergyParams,
+    EntropyLoss,
+    EntropyParams,
+    OutlierExposureLoss,
+    OutlierExposureParams,
+)
 from workbench_ood.scores import (
     EnergyScore,
     MaxLogitScore,
@@ -39,3 +43,13 @@ def register_ood_scores(register):
         params=ODINParams,
         summary="ODIN: temperature scaling plus an input step that raises the MSP (Liang et al. 2018).",
     )
+
+
+@hookimpl
+def register_ood_losses(register):
+    register("entropy", EntropyLoss, params=EntropyParams,
+             summary="BiDO+ default (CM): −γ · Σ entropy of the OOD softmax, summed over the OOD batch.")
+    register("energy", EnergyMarginLoss, params=EnergyParams,
+             summary="BiDO+ ER: squared hinges on the free energy around margins from the last warm-up epoch.")
+    register("oe", OutlierExposureLoss, params=OutlierExposureParams,
+             summary="Outlier exposure: cross-entropy from uniform to the OOD softmax (Hendrycks et al. 2019).")

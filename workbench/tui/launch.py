@@ -14,17 +14,19 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import workbench
 from workbench.errors import WorkbenchError
 from workbench.runs import read_run_file
 from workbench.tui.follow import pid_alive, read_pid
+
+WORKBENCH_PACKAGE = Path(__file__).parents[1]
+"""The installed `workbench` package folder (found without importing the package's registry)."""
 
 LAUNCH_LOG_SUFFIX = ".launch.log"
 
 
 def workbench_command() -> list[str]:
     """How to call the CLI from here: `python -m workbench` (the CLI module as fallback)."""
-    if (Path(workbench.__file__).parent / "__main__.py").exists():
+    if (WORKBENCH_PACKAGE / "__main__.py").exists():
         return [sys.executable, "-m", "workbench"]
     return [sys.executable, "-c", "from workbench.cli import main; main()"]
 
@@ -191,7 +193,7 @@ class RecipeEntry:
 
 def shipped_recipes_dir() -> Path:
     """`recipes/` beside the package in a checkout, else the copy installed as workbench/_recipes."""
-    package = Path(workbench.__file__).parent
+    package = WORKBENCH_PACKAGE
     checkout = package.parent / "recipes"
     return checkout if checkout.is_dir() else package / "_recipes"
 
