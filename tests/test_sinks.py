@@ -580,6 +580,21 @@ def test_sweep_sink_reaches_every_run_with_its_grid_point(tmp_path, monkeypatch,
         )
 
 
+def test_core_and_builtin_sinks_import_without_tensorboard_or_mlflow():
+    import subprocess
+
+    code = (
+        "import sys, workbench.runner, workbench.sinks, workbench.cli.main\n"
+        "from workbench import load_registry\n"
+        "registry = load_registry()\n"
+        "registry.create('event_sink', 'tensorboard'); registry.create('event_sink', 'mlflow')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('mlflow', 'tensorboard', 'tbparse')\n"
+        "             or m.startswith('torch.utils.tensorboard')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 def test_replay_reports_a_failing_sink_as_an_error(tmp_path):
     from workbench.errors import WorkbenchError
     from workbench.events import EventWriter
