@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import TensorDataset
 
-import workbench.checkpoint as checkpoint_module
 from workbench import load_registry
 from workbench.checkpoint import CheckpointError, checkpoint_meta, load_checkpoint, save_checkpoint
 from workbench.recipe import TrainConfig
@@ -52,7 +51,7 @@ def test_dying_during_a_write_leaves_the_previous_checkpoint_whole(tmp_path, mon
     def die(*args, **kwargs):
         raise KeyboardInterrupt  # the process is stopped before the rename
 
-    monkeypatch.setattr(checkpoint_module.os, "replace", die)
+    monkeypatch.setattr(os, "replace", die)
     with pytest.raises(KeyboardInterrupt):
         save_checkpoint(path, {"w": torch.full((4,), 2.0)}, {"epoch": 2})
     monkeypatch.undo()
