@@ -69,7 +69,7 @@ def save_checkpoint(path: Path, tensors: dict[str, Tensor], meta: dict[str, Any]
 
 
 def legacy_sidecar(path: Path) -> Path:
-    """Where workbench < 0.2 kept a checkpoint's metadata (`x.safetensors` -> `x.json`); unused now."""
+    """Where earlier versions kept a checkpoint's metadata (`x.safetensors` -> `x.json`); unused now."""
     return Path(path).with_suffix(".json")
 
 
