@@ -205,8 +205,10 @@ def test_pareto_front_and_plot():
 def test_tiny_sweep_end_to_end_then_resume_skips_everything(tmp_path, isolated_cache):
     path = write(tmp_path, 'recipe = "recipe.toml"\nseeds = [0, 1]\n[executor]\nuse = "inline"\n')
     sweep_dir = tmp_path / "sweep"
-    result = run_sweep(SweepOptions(sweep=path, sweep_dir=sweep_dir, cache_dir=isolated_cache))
+    result = run_sweep(SweepOptions(sweep=path, sweep_dir=sweep_dir, cache_dir=isolated_cache,
+                                    overrides=["target.train.batch_size=32"]))
     assert result.finished == ["base-s0", "base-s1"] and not result.failed
+    assert "batch_size = 32" in (sweep_dir / "runs" / "base-s1" / "recipe.toml").read_text()
     for name in ("sweep.toml", "sweep.json", "events.jsonl", "aggregate.json", "report.md", "pareto.png"):
         assert (sweep_dir / name).exists(), name
     for run in ("base-s0", "base-s1"):
@@ -221,7 +223,8 @@ def test_tiny_sweep_end_to_end_then_resume_skips_everything(tmp_path, isolated_c
     before = (sweep_dir / "aggregate.json").read_text()
     # Again without --resume: refused; with it: nothing to do, same aggregate.
     with pytest.raises(Exception, match="--resume"):
-        run_sweep(SweepOptions(sweep=path, sweep_dir=sweep_dir, cache_dir=isolated_cache))
+        run_sweep(SweepOptions(sweep=path, sweep_dir=sweep_dir, cache_dir=isolated_cache,
+                               overrides=["target.train.batch_size=32"]))
     again = run_sweep(SweepOptions(sweep=sweep_dir, resume=True, cache_dir=isolated_cache))
     assert again.skipped == ["base-s0", "base-s1"] and (sweep_dir / "aggregate.json").read_text() == before
     # A different sweep in the same directory is refused unless --force moves the old one aside.

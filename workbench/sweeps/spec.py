@@ -154,6 +154,8 @@ class Sweep:
     spec: SweepFile
     points: list[Point]
     runs: list[PlannedRun]
+    extra_overrides: list[str] = field(default_factory=list)
+    """Recipe overrides from the command line (`--set`), applied to every run after the file's."""
 
     @property
     def identity(self) -> str:
@@ -168,7 +170,7 @@ class Sweep:
             "recipe": str(self.recipe_path),
             "seeds": list(spec.seeds),
             "grid": copy.deepcopy(spec.grid),
-            "overrides": list(spec.overrides),
+            "overrides": [*spec.overrides, *self.extra_overrides],
             "share_stages": spec.share_stages,
             "executor": registry.resolve("executor", spec.executor),
             "pareto": spec.pareto.model_dump(mode="json", exclude_none=True),
@@ -403,4 +405,5 @@ def build_sweep(raw: dict[str, Any], path: Path, recipe_sets: list[str], registr
         problems.append(f"{where}: {problem}")
     if problems:
         raise RecipeError(source, problems)
-    return Sweep(source=path, recipe_path=recipe_path, spec=spec, points=points, runs=runs)
+    return Sweep(source=path, recipe_path=recipe_path, spec=spec, points=points, runs=runs,
+                 extra_overrides=list(recipe_sets))
