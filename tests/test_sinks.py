@@ -286,6 +286,93 @@ def test_export_of_the_finished_run_gives_what_the_live_sinks_gave(live, tmp_pat
     assert mlflow_history(client, runs[copy.name]) == mlflow_history(live_client, live_runs[run_dir.name])
 
 
+def synthetic_run(run_dir: Path) -> tuple[list[dict], list[dict]]:
+    """The events of a run interrupted after epoch 1 and resumed to the end (two segments)."""
+    run_dir.mkdir()
+    (run_dir / "recipe.toml").write_text('title = "t"\nseed = 0\n\n[[variants]]\nname = "none"\n')
+    (run_dir / "results.json").write_text(
+        json.dumps({"variants": [{"name": "none", "utility": {"test_accuracy": 0.9}}]})
+    )
+    first = [
+        {
+            "t": 1000.0,
+            "type": "run_started",
+            "variants": ["none"],
+            "resumed": False,
+            "recipe_hash": "h",
+            "seed": 0,
+        },
+        {
+            "t": 1001.0,
+            "type": "epoch",
+            "stage": "train",
+            "variant": "none",
+            "epoch": 1,
+            "epochs": 2,
+            "metrics": {"loss": 1.0, "dep_x/0": None},
+        },
+        {"t": 1002.0, "type": "run_interrupted", "message": "stopped"},
+    ]
+    second = [
+        {
+            "t": 2000.0,
+            "type": "run_started",
+            "variants": ["none"],
+            "resumed": True,
+            "recipe_hash": "h",
+            "seed": 0,
+        },
+        {
+            "t": 2001.0,
+            "type": "epoch",
+            "stage": "train",
+            "variant": "none",
+            "epoch": 2,
+            "epochs": 2,
+            "metrics": {"loss": 0.5},
+        },
+        {
+            "t": 2002.0,
+            "type": "result",
+            "variant": "none",
+            "section": "utility",
+            "figures": {"test_accuracy": 0.9},
+        },
+        {"t": 2003.0, "type": "run_finished", "seconds": 3.0},
+    ]
+    with (run_dir / "events.jsonl").open("w") as handle:
+        handle.writelines(json.dumps(e) + "\n" for e in first + second)
+    return first, second
+
+
+@pytest.mark.slow
+def test_mlflow_resumed_run_continues_its_runs_live_and_in_export(tmp_path):
+    import tomllib
+
+    run_dir = tmp_path / "run"
+    first, second = synthetic_run(run_dir)
+    recipe = tomllib.loads((run_dir / "recipe.toml").read_text())
+    registry = load_registry()
+    for segment in (first, second):  # two processes: the run, then `--resume`
+        sink = registry.create("event_sink", "mlflow", experiment="sinks-test")
+        sink.open(run_dir, recipe)
+        for event in segment:
+            sink.write(event)
+        sink.close()
+    client, runs = mlflow_runs(run_dir / "mlflow")
+    assert set(runs) == {"run", "none"} and {r.info.status for r in runs.values()} == {"FINISHED"}
+    expected = {
+        ("train/loss", 1): (1.0, 1001000),
+        ("train/loss", 2): (0.5, 2001000),
+        ("utility/test_accuracy", 0): (0.9, 2002000),
+    }
+    assert mlflow_history(client, runs["none"]) == expected
+    export_run(registry, run_dir, "mlflow", tmp_path / "exported")
+    client, exported = mlflow_runs(tmp_path / "exported", "t")  # the title: the recipe names no mlflow sink
+    assert set(exported) == {"run", "none"} and exported["run"].info.status == "FINISHED"
+    assert mlflow_history(client, exported["none"]) == expected
+
+
 # ------------------------------------------------------------------ failing sinks never stop a run
 
 

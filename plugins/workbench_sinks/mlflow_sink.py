@@ -165,7 +165,8 @@ class MLflowSink:
             self._params(self.children[variant], recipe_params(self.recipe, variant), Param, RunTag)
 
     def _params(self, run_id: str, values: dict[str, Any], Param, RunTag) -> None:
-        params = [Param(key(k), str(v)[:_MAX_PARAM]) for k, v in values.items()]
+        unique = {key(k): str(v)[:_MAX_PARAM] for k, v in values.items()}  # one value per cleaned name
+        params = [Param(k, v) for k, v in unique.items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(run_id, params=params[i : i + 100])
 
