@@ -88,3 +88,21 @@ def test_a_nan_prior_is_never_cached_and_a_cached_one_is_never_loaded(tmp_path):
     )
     assert not hit and trained == [1]
     assert torch.isfinite(fresh.fc.weight).all()
+
+
+def test_a_nan_gan_loss_stops_training_naming_the_stage():
+    from workbench_attacks.core import GANBudget, train_gan
+
+    g, d = G(), Head(1)
+    budget = GANBudget(gan_steps=3, critic_iters=1)
+
+    def d_loss():
+        return d(g(torch.randn(4, 3))).mean() * float("nan")
+
+    def g_loss():
+        return -d(g(torch.randn(4, 3))).mean()
+
+    with pytest.raises(
+        WorkbenchError, match=r"attack 'kedmi', stage attack:kedmi:gan: the GAN loss .* not cached"
+    ):
+        train_gan(g, d, budget, d_loss=d_loss, g_loss=g_loss, attack="kedmi", stage="attack:kedmi:gan")
