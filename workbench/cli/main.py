@@ -98,6 +98,10 @@ def run(
     from workbench.cli.progress import ConsoleReporter
     from workbench.runner import Runner, RunOptions
 
+    if cache_dir is not None:
+        from workbench.cache import StageCache
+
+        StageCache(cache_dir)  # a --cache-dir that is a file: one line before any run directory is made
     if seeds is not None:
         _sinks_for_every_run(registry(), sink)
         _run_seeds(recipe, seeds, run_dir, set_ or [], resume, force, cache_dir, quiet)
