@@ -171,3 +171,85 @@ def test_json_schema_lists_registered_components(registry):
     assert bido["properties"]["measure"]["$ref"] == "#/$defs/DependencyComponent"
     measures = {o["title"] for o in schema["$defs"]["DependencyComponent"]["oneOf"]}
     assert {"hsic", "hsic-biased", "coco"} <= measures
+
+
+# ------------------------------------------------------------------ validated once, every problem at once
+
+
+def _problems(tmp_path, text: str) -> list[str]:
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, registry=load_registry())
+    return info.value.problems
+
+
+def test_a_top_level_typo_does_not_hide_a_component_param_problem(tmp_path):
+    problems = _problems(tmp_path, BASE.replace("seed = 1", "sed = 1").replace("lambda_x = 0.05", "lambda_z = 0.05"))
+    assert "unknown key 'sed' (did you mean \"seed\"?)" in problems
+    assert any(p.startswith("unknown key 'variants[1].defense.lambda_z' (did you mean") for p in problems)
+
+
+def test_component_params_get_did_you_mean_like_recipe_keys(tmp_path):
+    problems = _problems(tmp_path, BASE.replace('measure = { use = "hsic" }', 'measure = { use = "hsic", sigmma = 2 }'))
+    assert problems == ["unknown key 'variants[1].defense.measure.sigmma' (did you mean \"sigma\"?)"]
+
+
+@pytest.mark.parametrize("name", ["a.b", "../x", "recipe.toml", "figures", "x" * 65, ".hidden", "a/b"])
+def test_names_that_become_paths_follow_one_rule(tmp_path, name):
+    variant = _problems(tmp_path, BASE.replace('name = "none"', f'name = "{name}"'))
+    assert len(variant) == 1 and variant[0].startswith("variants[0].name")
+    ood = _problems(tmp_path, BASE + f'[ood.test_sets."{name}"]\nuse = "noise"\n')
+    assert len(ood) == 1 and ood[0].startswith(f"ood.test_sets.{name}")
+
+
+@pytest.mark.parametrize("setting, key", [
+    ("seed = -1", "seed"), ("seed = 9223372036854775808", "seed"),
+    ("seed = 1\n[target.train.optimizer]\nbetas = [1.5, 2]", "target.train.optimizer.betas"),
+    ("seed = 1\n[target.train.optimizer]\nlr = inf", "target.train.optimizer.lr"),
+])
+def test_out_of_range_numbers_are_one_line_naming_the_key(tmp_path, setting, key):
+    text = BASE.replace("seed = 1", setting).replace("[target.train]\n", "[target.train]\n", 1)
+    if "[target.train.optimizer]" in setting:  # the optimizer table after target.train's keys
+        text = BASE + setting.split("\n", 1)[1] + "\n"
+    problems = _problems(tmp_path, text)
+    assert problems and all(p.startswith(key) for p in problems)
+
+
+def test_component_params_reject_infinite_weights(tmp_path):
+    problems = _problems(tmp_path, BASE.replace("lambda_x = 0.05", "lambda_x = inf"))
+    assert problems == ["variants[1].defense.lambda_x: Input should be a finite number (got inf)"]
+
+
+def test_params_are_validated_once_and_kept_typed_on_the_table(tmp_path, monkeypatch):
+    path = tmp_path / "r.toml"
+    path.write_text(BASE)
+    registry = load_registry()
+    recipe = load_recipe(path, registry=registry)
+    component = registry.get("defense", "bido")
+    calls = []
+    original = component.params.model_validate
+    monkeypatch.setattr(component.params, "model_validate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    table = recipe.variants[1].defense
+    assert table.config.lambda_x == 0.05 and table.config.measure.config.sigma == 5.0
+    resolve(recipe, registry)
+    defense = registry.create_from("defense", table)
+    assert calls == [] and defense.params is table.config
+
+
+def test_a_component_that_breaks_its_kinds_contract_is_named_with_its_plugin(register_plugin, make_registry):
+    from workbench.api import hookimpl
+    from workbench.errors import WorkbenchError
+
+    class NotAnAttack:
+        def __init__(self, params):
+            self.params = params
+
+    class Plugin:
+        @hookimpl
+        def register_attacks(self, register):
+            register("broken", NotAnAttack)
+
+    register_plugin(Plugin(), "broken-plugin")
+    with pytest.raises(WorkbenchError, match=r"attack 'broken' \(plugin 'broken-plugin'\).*has no run"):
+        make_registry().create("attack", "broken")

@@ -6,19 +6,24 @@ tooltips and JSON Schema descriptions, so write them for a researcher reading a 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+
+from workbench.errors import did_you_mean
 
 
 class StrictModel(BaseModel):
-    """A pydantic model that rejects unknown keys and reads field docstrings as help."""
+    """A pydantic model that rejects unknown keys and infinite or NaN numbers, and reads field
+    docstrings as help."""
 
     model_config = ConfigDict(
         extra="forbid",
         use_attribute_docstrings=True,
         validate_assignment=True,
         protected_namespaces=(),
+        allow_inf_nan=False,
     )
 
 
@@ -29,9 +34,11 @@ class NoParams(StrictModel):
 class ComponentTable(BaseModel):
     """A component in a recipe: `use = "<registered name>"` plus that component's params.
 
-    The params are checked by the component's own model when the recipe is validated; after
-    `Registry.create` the built component is available as `.instance` (for components that
-    hold other components, such as a defense holding a dependency measure).
+    The params are checked once, by the component's own model, when the recipe is validated
+    (`Registry.validate`); the typed result stays on the table as `.config`, and building the
+    component (`Registry.create_from`) uses it without checking again. After that the built
+    component is available as `.instance` (for components that hold other components, such as a
+    defense holding a dependency measure).
     """
 
     model_config = ConfigDict(extra="allow")
@@ -40,6 +47,7 @@ class ComponentTable(BaseModel):
     """Registered name of the component (see `workbench plugins list`)."""
 
     _instance: Any = PrivateAttr(default=None)
+    _config: Any = PrivateAttr(default=None)
 
     kind: ClassVar[str | None] = None
     """Set on the per-kind subclasses made by `ComponentTable.of(kind)`."""
@@ -55,6 +63,11 @@ class ComponentTable(BaseModel):
     @property
     def params(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @property
+    def config(self) -> StrictModel | None:
+        """The validated, typed params (None until the registry validated this table)."""
+        return self._config
 
     @property
     def instance(self) -> Any:
@@ -97,3 +110,61 @@ def nested_fields(model: type[BaseModel]) -> dict[str, str]:
             if isinstance(meta, NestedComponent):
                 found[name] = meta.kind
     return found
+
+
+# ------------------------------------------------------------------ validation errors, one formatter
+
+KeyPath = tuple[str | int, ...]
+"""A key path in a recipe (`("variants", 1, "defense", "lambda_x")`), kept as a tuple until printed."""
+
+
+def format_path(path: Iterable[str | int]) -> str:
+    """`variants[1].defense.lambda_x`: how a key path is shown to the user."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def field_names_at(model: type[BaseModel] | None, path: Iterable[str | int]) -> list[str]:
+    """The field names of the model that sits at `path` inside `model` (for "did you mean")."""
+    current: Any = model
+    for part in path:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if nxt is None:  # list[Model] / dict[str, Model]
+            for c in candidates:
+                for inner in getattr(c, "__args__", ()):
+                    if isinstance(inner, type) and issubclass(inner, BaseModel):
+                        nxt = inner
+        current = nxt
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def validation_problems(exc: ValidationError, where: KeyPath = (), model: type[BaseModel] | None = None) -> list[str]:
+    """pydantic errors as one line each: `key.path: message (got value)`; an unknown key gets the
+    nearest valid key of `model` at that place. The one formatter for recipes, components, the
+    CLI and the TUI."""
+    problems = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+        path = format_path((*where, *loc))
+        if err["type"] == "extra_forbidden":
+            hint = did_you_mean(str(loc[-1]), field_names_at(model, loc[:-1])) if model is not None else ""
+            problems.append(f"unknown key {path!r}{hint}")
+        elif err["type"] == "missing":
+            problems.append(f"{path}: required key missing")
+        else:
+            value = err.get("input")
+            shown = f" (got {value!r})" if not isinstance(value, (dict, list)) and value is not None else ""
+            message = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{path}: {message}{shown}" if path else f"{message}{shown}")
+    return problems

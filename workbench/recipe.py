@@ -12,11 +12,12 @@ import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomlkit
 import tomllib
 from pydantic import (
+    AfterValidator,
     BaseModel,
     Field,
     PositiveFloat,
@@ -26,8 +27,14 @@ from pydantic import (
     model_validator,
 )
 
-from workbench.errors import RecipeError, did_you_mean
-from workbench.params import ComponentTable, StrictModel, table_types
+from workbench.errors import RecipeError
+from workbench.params import (
+    ComponentTable,
+    KeyPath,
+    StrictModel,
+    table_types,
+    validation_problems,
+)
 from workbench.registry import KINDS
 
 DatasetTable = ComponentTable.of("dataset")
@@ -39,6 +46,23 @@ MetricTable = ComponentTable.of("metric")
 OODScoreTable = ComponentTable.of("ood_score")
 EventSinkTable = ComponentTable.of("event_sink")
 OODLossTable = ComponentTable.of("ood_loss")
+
+
+RESERVED_NAMES = frozenset({"recipe.toml", "results.json", "run.json", "events.jsonl", "report.md", "figures",
+                            "reconstructions", "ood_scores", "runs"})
+"""Names that are files or folders of a run directory; variants, attacks and OOD sets may not take them."""
+
+
+def _check_name(value: str) -> str:
+    if value.lower() in RESERVED_NAMES:
+        raise ValueError(f"{value!r} is a reserved name in a run directory; choose another")
+    return value
+
+
+Name = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_+\-]*$"),
+                 AfterValidator(_check_name)]
+"""One rule for every name that becomes a file or folder (variants, attacks, OOD sets): 1–64 letters,
+digits, `_`, `+` or `-`, starting with a letter or digit (no dots, no path separators), not reserved."""
 
 
 class OptimizerConfig(StrictModel):
@@ -54,7 +78,7 @@ class OptimizerConfig(StrictModel):
     """SGD with Nesterov momentum."""
     weight_decay: float = Field(0.0, ge=0)
     """L2 weight decay."""
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     """Adam's betas."""
 
 
@@ -130,7 +154,7 @@ class OODTrainingConfig(StrictModel):
 class VariantConfig(StrictModel):
     """One trained target: a defense, optionally with unknown-aware (OOD) training."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
+    name: Name
     """Variant name; also its folder in the run directory (`none`, `bido-hsic`, `bido-hsic+` ...)."""
     defense: DefenseTable = DefenseTable(use="none")
     """The defense (kind `defense`)."""
@@ -155,7 +179,7 @@ class OODEvaluationConfig(StrictModel):
 
     score: OODScoreTable = OODScoreTable(use="msp")
     """OOD score (kind `ood_score`); higher = more in-distribution."""
-    test_sets: dict[str, OODDatasetTable] = {}
+    test_sets: dict[Name, OODDatasetTable] = {}
     """OOD test sets by the name they get in results."""
 
 
@@ -164,8 +188,8 @@ class Recipe(StrictModel):
 
     title: str = ""
     """What this experiment is, shown in reports."""
-    seed: int = 0
-    """Seed for data splits, initialisation and batching; runs are deterministic on CPU."""
+    seed: int = Field(0, ge=0, lt=2**63)
+    """Seed for data splits, initialisation and batching (0 ≤ seed < 2⁶³); runs are deterministic on CPU."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """`auto` uses CUDA (with bf16 autocast) when present, else the CPU."""
     data: DatasetTable = DatasetTable(use="digits")
@@ -178,7 +202,7 @@ class Recipe(StrictModel):
     """Metrics (kind `metric`): utility metrics judge each target, attack metrics each attack."""
     evaluation: EvaluationConfig | None = None
     """Evaluation model for attack metrics; required when `attacks` is set."""
-    attacks: dict[str, AttackTable] = {}
+    attacks: dict[Name, AttackTable] = {}
     """Model-inversion attacks by the name they get in results (kind `attack`)."""
     ood: OODEvaluationConfig | None = None
     """OOD evaluation; unset = none."""
@@ -196,27 +220,9 @@ class Recipe(StrictModel):
             raise ValueError("`attacks` needs an `[evaluation]` table (the model that judges reconstructions)")
         return self
 
-    def component_tables(self) -> Iterator[tuple[str, ComponentTable]]:
+    def component_tables(self) -> Iterator[tuple[KeyPath, ComponentTable]]:
         """Every component table with its key path, for validation and resolution."""
-        yield "data", self.data
-        yield "target.backbone", self.target.backbone
-        for i, variant in enumerate(self.variants):
-            yield f"variants[{i}].defense", variant.defense
-            if variant.ood_training:
-                yield f"variants[{i}].ood_training.dataset", variant.ood_training.dataset
-                yield f"variants[{i}].ood_training.loss", variant.ood_training.loss
-        for i, metric in enumerate(self.metrics):
-            yield f"metrics[{i}]", metric
-        if self.evaluation:
-            yield "evaluation.backbone", self.evaluation.backbone
-        for name, attack in self.attacks.items():
-            yield f"attacks.{name}", attack
-        if self.ood:
-            yield "ood.score", self.ood.score
-            for name, table in self.ood.test_sets.items():
-                yield f"ood.test_sets.{name}", table
-        for i, sink in enumerate(self.sinks):
-            yield f"sinks[{i}]", sink
+        yield from component_tables_in(self)
 
     def variant(self, name: str) -> VariantConfig:
         for variant in self.variants:
@@ -225,57 +231,68 @@ class Recipe(StrictModel):
         raise KeyError(name)
 
 
+def component_tables_in(recipe: Recipe | dict[str, Any]) -> Iterator[tuple[KeyPath, Any]]:
+    """Every component table of a recipe with its key path; on raw data (a recipe whose structure
+    is wrong) the tables that are there, so their problems are reported with the structure's."""
+    get = (lambda node, key, default=None: node.get(key, default)) if isinstance(recipe, dict) else (
+        lambda node, key, default=None: getattr(node, key, default))
+
+    def items(node: Any, key: str) -> list[Any]:
+        value = get(node, key) if node is not None else None
+        return list(value) if isinstance(value, list) else []
+
+    def mapping(node: Any, key: str) -> dict[str, Any]:
+        value = get(node, key) if node is not None else None
+        return value if isinstance(value, dict) else {}
+
+    target, evaluation, ood = get(recipe, "target"), get(recipe, "evaluation"), get(recipe, "ood")
+    yield ("data",), get(recipe, "data")
+    yield ("target", "backbone"), get(target, "backbone") if isinstance(target, (dict, TargetConfig)) else None
+    for i, variant in enumerate(items(recipe, "variants")):
+        if not isinstance(variant, (dict, VariantConfig)):
+            continue
+        yield ("variants", i, "defense"), get(variant, "defense")
+        training = get(variant, "ood_training")
+        if isinstance(training, (dict, OODTrainingConfig)):
+            yield ("variants", i, "ood_training", "dataset"), get(training, "dataset")
+            loss = get(training, "loss")
+            yield ("variants", i, "ood_training", "loss"), {"use": loss} if isinstance(loss, str) else loss
+    for i, metric in enumerate(items(recipe, "metrics")):
+        yield ("metrics", i), metric
+    if isinstance(evaluation, (dict, EvaluationConfig)):
+        yield ("evaluation", "backbone"), get(evaluation, "backbone")
+    for name, attack in mapping(recipe, "attacks").items():
+        yield ("attacks", name), attack
+    if isinstance(ood, (dict, OODEvaluationConfig)):
+        yield ("ood", "score"), get(ood, "score")
+        for name, table in mapping(ood, "test_sets").items():
+            yield ("ood", "test_sets", name), table
+    for i, sink in enumerate(items(recipe, "sinks")):
+        yield ("sinks", i), sink
+
+
+COMPONENT_KINDS: dict[tuple[str | None, ...], str] = {
+    ("data",): "dataset", ("target", "backbone"): "backbone", ("variants", None, "defense"): "defense",
+    ("variants", None, "ood_training", "dataset"): "ood_dataset", ("variants", None, "ood_training", "loss"): "ood_loss",
+    ("metrics", None): "metric", ("evaluation", "backbone"): "backbone", ("attacks", None): "attack",
+    ("ood", "score"): "ood_score", ("ood", "test_sets", None): "ood_dataset", ("sinks", None): "event_sink",
+}
+"""The kind of the component at each key path (None: any index or name)."""
+
+
+def kind_at(path: KeyPath) -> str:
+    """The component kind at a key path of `component_tables_in` (names and indices are wildcards)."""
+    named = {("attacks",): 1, ("ood", "test_sets"): 2}  # where a user-chosen name sits in the path
+    wild = {i for prefix, i in named.items() if path[: len(prefix)] == prefix}
+    return COMPONENT_KINDS[tuple(None if isinstance(part, int) or i in wild else part for i, part in enumerate(path))]
+
+
 # ------------------------------------------------------------------ loading
 
 
-def _field_names_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """The field names of the model that sits at `loc` (for 'did you mean' on unknown keys)."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
-            continue
-        field = current.model_fields.get(part)
-        if field is None:
-            return []
-        annotation = field.annotation
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if nxt is None:  # list[Model] / dict[str, Model]
-            for c in candidates:
-                for inner in getattr(c, "__args__", ()):
-                    if isinstance(inner, type) and issubclass(inner, BaseModel):
-                        nxt = inner
-        current = nxt
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return list(current.model_fields)
-    return []
-
-
-def _loc_path(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-def structure_problems(exc: ValidationError, model: type[BaseModel] = None) -> list[str]:
-    """pydantic errors as 'key.path: message', unknown keys with the nearest valid key."""
-    model = model or Recipe
-    problems = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if p not in ("function-after",))
-        where = _loc_path(loc)
-        if err["type"] == "extra_forbidden":
-            hint = did_you_mean(str(loc[-1]), _field_names_at(model, loc[:-1]))
-            problems.append(f"unknown key {where!r}{hint}")
-        elif err["type"] == "missing":
-            problems.append(f"{where}: required key missing")
-        else:
-            value = err.get("input")
-            shown = f" (got {value!r})" if not isinstance(value, (dict, list)) and value is not None else ""
-            message = err["msg"].removeprefix("Value error, ")
-            problems.append(f"{where}: {message}{shown}" if where else message)
-    return problems
+def structure_problems(exc: ValidationError, model: type[BaseModel] | None = None) -> list[str]:
+    """A recipe's (or a sweep file's) structure errors, one line each, with "did you mean"."""
+    return validation_problems(exc, (), model or Recipe)
 
 
 MAX_RECIPE_BYTES = 1_000_000
@@ -374,15 +391,20 @@ def _list_index(items: list, part: str) -> int | None:
 
 
 def validate_raw(raw: dict[str, Any], source: str, registry=None) -> Recipe:
-    """Check structure then every component; a RecipeError lists all problems at once."""
-    try:
-        recipe = Recipe.model_validate(raw)
-    except ValidationError as exc:
-        raise RecipeError(source, structure_problems(exc)) from None
+    """Check the structure and every component; a RecipeError lists all problems at once (a wrong
+    top-level key does not hide a wrong component param)."""
     if registry is None:
         from workbench import load_registry
 
         registry = load_registry()
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        problems = structure_problems(exc)
+        for where, table in component_tables_in(raw):
+            if isinstance(table, dict) and isinstance(table.get("use"), str):
+                problems += registry.validate(kind_at(where), table, where)
+        raise RecipeError(source, list(dict.fromkeys(problems))) from None
     problems = []
     for where, table in recipe.component_tables():
         problems += registry.validate(table.kind, table, where)
@@ -408,16 +430,11 @@ def resolve(recipe: Recipe, registry) -> dict[str, Any]:
     if not data.get("sinks"):
         data.pop("sinks", None)  # recipes without sinks resolve (and hash) as before sinks existed
 
-    def put(where: str, value: dict[str, Any]) -> None:
+    def put(where: KeyPath, value: dict[str, Any]) -> None:
         node: Any = data
-        tokens = where.replace("[", ".").replace("]", "").split(".")
-        for token in tokens[:-1]:
-            node = node[int(token)] if isinstance(node, list) else node[token]
-        last = tokens[-1]
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
+        for part in where[:-1]:
+            node = node[part]
+        node[where[-1]] = value
 
     for where, table in recipe.component_tables():
         put(where, registry.resolve(table.kind, table))

@@ -13,8 +13,17 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from workbench.components import CONTRACTS
 from workbench.errors import WorkbenchError, did_you_mean
-from workbench.params import ComponentTable, NoParams, StrictModel, nested_fields
+from workbench.params import (
+    ComponentTable,
+    KeyPath,
+    NoParams,
+    StrictModel,
+    format_path,
+    nested_fields,
+    validation_problems,
+)
 from workbench.plugins import PluginManager, get_plugin_manager
 
 # kind -> registration hook; the kinds are a contract (DESIGN.md), so is their order in listings.
@@ -51,21 +60,6 @@ class Component:
 
     def params_schema(self) -> dict[str, Any]:
         return self.params.model_json_schema()
-
-
-def format_validation_error(exc: ValidationError, prefix: str) -> list[str]:
-    """pydantic errors as 'key.path: message' lines, prefixed with where the table sits."""
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(part) for part in err["loc"])
-        where = ".".join(p for p in (prefix, loc) if p)
-        if err["type"] == "extra_forbidden":
-            lines.append(f"unknown key {where!r}")
-        else:
-            value = err.get("input")
-            shown = f" (got {value!r})" if not isinstance(value, dict) and value is not None else ""
-            lines.append(f"{where}: {err['msg']}{shown}" if where else f"{err['msg']}{shown}")
-    return lines
 
 
 class Registry:
@@ -130,56 +124,93 @@ class Registry:
         if kind not in self._components:
             raise UnknownComponentError(f"unknown component kind {kind!r}{did_you_mean(kind, KINDS)}")
 
-    def validate(self, kind: str, table: ComponentTable | dict, where: str = "") -> list[str]:
-        """Every problem with one component table (and the components nested in it)."""
-        table = table if isinstance(table, ComponentTable) else ComponentTable.model_validate(table)
+    def validate(self, kind: str, table: ComponentTable | dict, where: KeyPath | str = ()) -> list[str]:
+        """Every problem with one component table (and the components nested in it), one line each.
+
+        This is the one place params are checked: on success the typed params stay on the table
+        (`table.config`), and `resolve` and `create_from` use them as they are.
+        """
+        where = (where,) if isinstance(where, str) and where else (where or ())
+        table = as_table(table)
         try:
             component = self.get(kind, table.use)
         except UnknownComponentError as exc:
-            return [f"{where + '.use' if where else 'use'}: {exc}"]
+            return [f"{format_path((*where, 'use'))}: {exc}"]
         try:
-            params = component.params.model_validate(table.params)
+            config = component.params.model_validate(table.params)
         except ValidationError as exc:
-            return format_validation_error(exc, where)
+            return validation_problems(exc, where, component.params)
         problems = []
         for field_name, nested_kind in nested_fields(component.params).items():
-            nested = getattr(params, field_name)
+            nested = getattr(config, field_name)
             if nested is not None:
-                problems += self.validate(nested_kind, nested, f"{where}.{field_name}" if where else field_name)
+                problems += self.validate(nested_kind, nested, (*where, field_name))
+        if not problems:
+            table._config = config
         return problems
+
+    def config_of(self, kind: str, table: ComponentTable | dict) -> StrictModel:
+        """The table's typed params: as validated before, else validated now (a WorkbenchError
+        naming the component when they are wrong)."""
+        table = as_table(table)
+        if table.config is None:
+            problems = self.validate(kind, table)
+            if problems:
+                raise WorkbenchError(f"{kind} {table.use!r}: " + "; ".join(problems))
+        return table.config
 
     def resolve(self, kind: str, table: ComponentTable | dict) -> dict[str, Any]:
         """The table with every default filled in (nested components too), as plain data."""
-        table = table if isinstance(table, ComponentTable) else ComponentTable.model_validate(table)
+        table = as_table(table)
+        config = self.config_of(kind, table)
         component = self.get(kind, table.use)
-        params = component.params.model_validate(table.params)
-        data = {"use": table.use, **params.model_dump(mode="json", exclude_none=True)}
+        data = {"use": table.use, **config.model_dump(mode="json", exclude_none=True)}
         for field_name, nested_kind in nested_fields(component.params).items():
-            nested = getattr(params, field_name)
+            nested = getattr(config, field_name)
             if nested is not None:
                 data[field_name] = self.resolve(nested_kind, nested)
         return data
 
     def create(self, kind: str, name: str, /, **params: Any) -> Any:
         """Validate `params` with the component's model and build it (nested components first)."""
-        component = self.get(kind, name)
-        try:
-            config = component.params.model_validate(params)
-        except ValidationError as exc:
-            raise WorkbenchError(f"{kind} {name!r}: " + "; ".join(format_validation_error(exc, ""))) from None
+        return self.create_from(kind, ComponentTable(use=name, **params))
+
+    def create_from(self, kind: str, table: ComponentTable | dict) -> Any:
+        """Build the component a (validated) table names; nested components first. The object is
+        checked against its kind's contract (`workbench.api`), naming the plugin when it falls short."""
+        table = as_table(table)
+        config = self.config_of(kind, table)
+        component = self.get(kind, table.use)
         for field_name, nested_kind in nested_fields(component.params).items():
             nested: ComponentTable | None = getattr(config, field_name)
             if nested is not None:
-                nested._instance = self.create(nested_kind, nested.use, **nested.params)
+                nested._instance = self.create_from(nested_kind, nested)
         created = component.factory(config)
+        missing = missing_members(kind, created)
+        if missing:
+            raise WorkbenchError(
+                f"{kind} {component.name!r} (plugin {component.plugin!r}): the object its factory returned has no "
+                f"{', '.join(missing)}; see the {kind} contract in workbench.api")
         builtin = getattr(self.manager.info.get(component.plugin), "source", None) == "builtin"
         if kind == "dependency" and not builtin:
-            return CheckedMeasure(created, name, component.plugin)
+            return CheckedMeasure(created, component.name, component.plugin)
         return created
 
-    def create_from(self, kind: str, table: ComponentTable | dict) -> Any:
-        table = table if isinstance(table, ComponentTable) else ComponentTable.model_validate(table)
-        return self.create(kind, table.use, **table.params)
+
+def as_table(table: ComponentTable | dict) -> ComponentTable:
+    return table if isinstance(table, ComponentTable) else ComponentTable.model_validate(table)
+
+
+def missing_members(kind: str, obj: Any) -> list[str]:
+    """The methods of the kind's contract that `obj` lacks (empty when it satisfies it)."""
+    contract = CONTRACTS.get(kind)
+    if contract is None:
+        return []
+    required = getattr(contract, "__abstractmethods__", None) or [
+        name for name, value in vars(contract).items()
+        if callable(value) and (not name.startswith("_") or name == "__call__")
+    ]
+    return sorted(name for name in required if not callable(getattr(obj, name, None)))
 
 
 def registration_problem(name: Any, factory: Any, params: Any) -> str | None:
