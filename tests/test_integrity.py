@@ -332,6 +332,7 @@ def test_run_dir_or_cache_dir_that_is_a_file_is_one_clear_line(tmp_path, monkeyp
     code, out, err = _cli(monkeypatch, capsys, "run", str(recipe), "--run-dir", str(tmp_path / "run"),
                           "--cache-dir", str(blocker))
     assert code and "is a file" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
 def test_a_non_dict_run_json_on_resume_is_one_clear_line(tmp_path, monkeypatch, capsys):
