@@ -144,8 +144,10 @@ class Runner:
     # -------------------------------------------------------------- setup
 
     @classmethod
-    def start(cls, options: RunOptions, listeners: list | None = None) -> Runner:
-        registry = load_registry(plugins_dir=str(options.plugins_dir) if options.plugins_dir else None)
+    def start(cls, options: RunOptions, listeners: list | None = None, registry: Registry | None = None) -> Runner:
+        """Check the recipe and the run directory, record this process as the run's owner; `registry`
+        when the caller (the CLI) already built one, so plugins load once."""
+        registry = registry or load_registry(plugins_dir=str(options.plugins_dir) if options.plugins_dir else None)
         source = Path(options.recipe)
         if source.is_dir():  # `workbench run RUN_DIR --resume`
             options.run_dir = options.run_dir or source

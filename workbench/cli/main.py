@@ -115,7 +115,7 @@ def run(
     reporter = ConsoleReporter(err, quiet=quiet)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        runner = Runner.start(options, listeners=[reporter])
+        runner = Runner.start(options, listeners=[reporter], registry=reg)
         with reporter:
             results = runner.run()
     finally:
