@@ -265,3 +265,19 @@ def test_a_cache_dir_that_is_a_file_is_one_clear_line(tmp_path, monkeypatch, cap
         main()
     err = capsys.readouterr().err
     assert exc.value.code and "is a file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_entries_of_the_older_two_file_layout_are_listed_cleared_and_never_loaded(tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    cache = StageCache(tmp_path)
+    folder = tmp_path / "gmi-gan"
+    folder.mkdir()
+    old = folder / "0123456789abcdef.safetensors"
+    save_file({"g.w": torch.ones(2)}, str(old))
+    (folder / "0123456789abcdef.json").write_text(json.dumps({"stage": "gmi-gan", "summary": "old GAN"}))
+    (folder / ".0123456789abcdef.safetensors.x1y2.tmp").write_bytes(b"half")  # an interrupted write
+    assert [e["meta"].get("summary") for e in cache.entries()] == ["old GAN"]
+    assert cache.clear("gmi-gan") == 1 and not folder.exists()

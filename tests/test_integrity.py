@@ -418,3 +418,38 @@ def test_a_prior_entry_holding_only_some_keys_is_retrained_from_fresh_weights(tm
     again = {"generator": torch.nn.Linear(4, 3), "critic": torch.nn.Linear(3, 1)}
     assert load_or_train(ctx, "gmi", "gmi-gan", key, again, lambda: pytest.fail("retrained a whole entry"))
     assert torch.equal(again["generator"].weight, generator.weight)
+
+
+def test_a_damaged_reconstructions_file_is_named_and_recomputed(tmp_path):
+    import torch
+
+    from workbench import load_registry
+    from workbench.api import AttackResult
+    from workbench.cache import StageCache
+    from workbench.evaluation import run_attack
+
+    class CountingAttack:
+        runs = 0
+
+        def run(self, ctx):
+            CountingAttack.runs += 1
+            g = torch.Generator().manual_seed(0)
+            return AttackResult(images=torch.rand(4, 1, 16, 16, generator=g), targets=torch.arange(4),
+                                figures={"top1": 0.25})
+
+    data = load_registry().create("dataset", "digits").load(0)
+    target = torch.nn.Linear(3, 2)
+    events = []
+
+    def attack(cache_dir):
+        return run_attack("fake", CountingAttack(), target, data, None, torch.device("cpu"), 0,
+                          StageCache(cache_dir), tmp_path / "none", lambda type, **f: events.append((type, f)))
+
+    first = attack(None)
+    saved = tmp_path / "none" / "reconstructions" / "fake.safetensors"
+    assert CountingAttack.runs == 1 and attack(None).figures == first.figures and CountingAttack.runs == 1
+    _flip(saved)
+    again = attack(None)
+    assert CountingAttack.runs == 2 and torch.equal(again.images, first.images)
+    (warning,) = [f["message"] for t, f in events if t == "log" and f.get("level") == "warning"]
+    assert str(saved) in warning and "checksum mismatch" in warning and "again" in warning
