@@ -318,3 +318,15 @@ def test_shipped_sweeps_validate():
     curve = load_sweep(root / "bido_hsic_lambda.toml")
     assert len(curve.points) == 4 and len(curve.runs) == 12
     assert [v.name for v in curve.runs[0].recipe.variants] == ["none", "bido-hsic"]
+
+
+def test_a_variant_the_grid_does_not_touch_is_one_marker():
+    def results(lam):
+        return {s: {"variants": [
+            {"name": "none", "utility": {"test_accuracy": 0.99 - s / 200}, "attacks": {"gmi": {"top1": 0.6 + s / 30}}},
+            {"name": "bido-hsic", "utility": {"test_accuracy": 0.99 - lam / 10 - s / 150},
+             "attacks": {"gmi": {"top1": 0.6 - lam * 0.6 + s / 25}}}]} for s in range(3)}
+
+    data = aggregate([{"id": f"lambda_x={lam}", "values": {"x": lam}, "seeds": [0, 1, 2], "results": results(lam)}
+                      for lam in (0.1, 0.5)])
+    assert pareto_plot(data).info["front"] == ["bido-hsic lambda_x=0.5", "bido-hsic lambda_x=0.1", "none"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,19 @@ REPORT_FILE = "report.md"
 PARETO_FILE = "pareto.png"
 BASELINE = "none"
 """The variant every defense is compared with (paired over seeds)."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write through a temporary file and a rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, float]:
@@ -71,8 +86,6 @@ def aggregate(points: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_aggregate(sweep_dir: Path, data: dict[str, Any]) -> Path:
-    from workbench.checkpoint import atomic_write_text
-
     path = Path(sweep_dir) / AGGREGATE_FILE
     atomic_write_text(path, json.dumps(_clean(data), indent=2) + "\n")
     return path
@@ -186,8 +199,6 @@ def render_report(data: dict[str, Any], header: dict[str, Any], failed: dict[str
 
 
 def write_report(sweep_dir: Path, data: dict[str, Any], header: dict[str, Any], failed: dict[str, str]) -> Path:
-    from workbench.checkpoint import atomic_write_text
-
     path = Path(sweep_dir) / REPORT_FILE
     atomic_write_text(path, render_report(data, header, failed))
     return path
@@ -239,6 +250,13 @@ def pareto_plot(data: dict[str, Any], x_figure: str = "utility.test_accuracy", y
             xs = fx["ci95"] if fx["ci95"][0] is not None else [fx["mean"], fx["mean"]]
             ys = fy["ci95"] if fy["ci95"][0] is not None else [fy["mean"], fy["mean"]]
             marks.append((label, variant["name"], fx["mean"], fy["mean"], xs, ys))
+    # A variant the grid does not touch (`none` in a λ sweep) has the same figures at every point:
+    # one marker, labelled with its name only.
+    merged: dict[tuple, list] = {}
+    for mark in marks:
+        key = (mark[1], *(round(v, 12) for v in (mark[2], mark[3], *mark[4], *mark[5])))
+        merged.setdefault(key, []).append(mark)
+    marks = [group[0] if len(group) == 1 else (group[0][1], *group[0][1:]) for group in merged.values()]
     title = f"{figure_title(y_figure) if y_figure else 'attack top-1'} against {figure_title(x_figure)} (95 % CI)"
     axes = _Axes(DEFAULT_SIZE, _padded_range([v for m in marks for v in m[4]], 0.1),
                  _padded_range([v for m in marks for v in m[5]], 0.1), title,
