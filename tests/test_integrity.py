@@ -453,3 +453,26 @@ def test_a_damaged_reconstructions_file_is_named_and_recomputed(tmp_path):
     assert CountingAttack.runs == 2 and torch.equal(again.images, first.images)
     (warning,) = [f["message"] for t, f in events if t == "log" and f.get("level") == "warning"]
     assert str(saved) in warning and "checksum mismatch" in warning and "again" in warning
+
+
+@pytest.mark.asyncio
+async def test_tui_runs_and_results_screens_survive_damaged_runs(damaged_runs, tmp_path):
+    """The runs screen lists every damaged run; the results screen shows the good entries only."""
+    from textual.widgets import DataTable
+
+    from test_tui import make_app, registry, wait_for  # noqa: F401
+    from workbench.plugins import get_plugin_manager
+    from workbench.registry import Registry
+    from workbench.tui.runs import ResultsScreen
+
+    app = make_app(damaged_runs, Registry(get_plugin_manager(entrypoints=False)), tmp_path)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.press("2")
+        table = app.screen.query_one(DataTable)
+        await wait_for(pilot, lambda: table.row_count == 4)
+        await app.push_screen(ResultsScreen([damaged_runs / name for name in
+                                             ("wrong-types", "results-not-a-list", "results-a-list")]))
+        await pilot.pause(0.2)
+        results = app.screen.query_one(DataTable)
+        assert [results.get_row_at(i)[1] for i in range(results.row_count)] == ["none", "bido-hsic"]
+        await pilot.press("q")
