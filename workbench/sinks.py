@@ -36,6 +36,7 @@ SINKS_ENV = "WORKBENCH_SINKS"
 `workbench sweep --sink NAME` reaches the runs of a sweep, on whatever executor runs them."""
 TIMEOUT_ENV = "WORKBENCH_SINK_TIMEOUT"
 DEFAULT_TIMEOUT = 60.0
+INTERRUPTED_TIMEOUT = 10.0
 KIND = "event_sink"
 
 _STOP = object()
@@ -146,7 +147,9 @@ class EventSinks:
         if self._reporting:  # the warning's own log event, coming back through the writer
             return
         if event.get("type") in TERMINAL_EVENTS:
-            self.close()  # what is still to report goes to stderr: the terminal event stays the last
+            # What is still to report goes to stderr: the terminal event stays the last. Ctrl-C asked
+            # for a quick stop, so the sinks get less time then.
+            self.close(INTERRUPTED_TIMEOUT if event["type"] == "run_interrupted" else None)
         elif sys._getframe(1).f_code is EventWriter.emit.__code__:
             # Report only while the parent emits its own events: an event of a worker, relayed from
             # the file, comes while workers append to it, and the relay would hand a warning written
@@ -169,21 +172,22 @@ class EventSinks:
             finally:
                 self._reporting = False
 
-    def close(self) -> None:
-        """Let every sink finish (at most `timeout` seconds in all) and close it."""
+    def close(self, timeout: float | None = None) -> None:
+        """Let every sink finish (at most `timeout` seconds in all, default `self.timeout`) and close it."""
         if self.closed:
             return
+        limit = self.timeout if timeout is None else min(timeout, self.timeout)
         self.closed = True
         atexit.unregister(self.close)
         for thread in self.threads:
             thread.queue.put(_STOP)
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + limit
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 thread.failed = True
                 self._warnings.put(
-                    f"event sink {thread.sink_name!r} still writing after {self.timeout:g} s "
+                    f"event sink {thread.sink_name!r} still writing after {limit:g} s "
                     f"(set {TIMEOUT_ENV} to wait longer); left unfinished"
                 )
         self._report()
