@@ -281,3 +281,14 @@ def test_entries_of_the_older_two_file_layout_are_listed_cleared_and_never_loade
     (folder / ".0123456789abcdef.safetensors.x1y2.tmp").write_bytes(b"half")  # an interrupted write
     assert [e["meta"].get("summary") for e in cache.entries()] == ["old GAN"]
     assert cache.clear("gmi-gan") == 1 and not folder.exists()
+
+
+def test_an_entry_with_nan_weights_is_never_loaded_into_a_model(tmp_path):
+    cache = StageCache(tmp_path)
+    model = torch.nn.Linear(3, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    path = cache.save_state("gmi-gan", KEY, {"model.weight": torch.full((2, 3), float("nan")),
+                                             "model.bias": torch.zeros(2)})
+    assert cache.load_modules("gmi-gan", KEY, {"model": model}) is None and not path.exists()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert "NaN or infinite" in cache.problems[-1]

@@ -266,6 +266,10 @@ class StageCache:
             if problem:
                 self.discard(self.path(stage, key), f"does not fit the model ({prefix}: {problem})")
                 return None
+        # Nor are non-finite weights ever loaded (they would be trained on from NaN if recomputed).
+        if not all(bool(v.isfinite().all()) for part in parts.values() for v in part.values() if v.is_floating_point()):
+            self.discard(self.path(stage, key), "holds NaN or infinite weights")
+            return None
         for prefix, module in modules.items():
             module.load_state_dict(parts[prefix], strict=True)
         return meta
