@@ -283,6 +283,33 @@ class StageCache:
         save_checkpoint(path, tensors, {"stage": stage, "key": key, **(meta or {})})
         return path
 
+    def load_or_compute(self, stage: str, key: dict[str, Any], modules: dict[str, nn.Module],
+                        compute: Callable[[], dict[str, Any] | None], what: str) -> tuple[dict[str, Any], bool]:
+        """The one load-or-train: fill `modules` (prefix -> module) from the entry for (stage, key), or
+        run `compute()` (which trains them in place and returns metadata) and store them. Returns
+        (metadata, True on a cache hit). Non-finite weights are never used from nor written to the
+        cache: a diverged stage is one error naming `what`."""
+        import torch
+
+        from workbench.checkpoint import model_state
+
+        def finite() -> bool:
+            return all(torch.isfinite(v).all() for m in modules.values() for v in m.state_dict().values()
+                       if v.is_floating_point())
+
+        meta = self.load_modules(stage, key, modules)
+        if meta is not None and finite():
+            return meta, True
+        if meta is not None:
+            self.discard(self.path(stage, key), "holds NaN or infinite weights")
+        meta = compute() or {}
+        if not finite():
+            raise WorkbenchError(f"{what}: training gave NaN or infinite weights; nothing was cached. Lower "
+                                 "its learning rate or check its data")
+        tensors = {f"{prefix}.{k}": v for prefix, m in modules.items() for k, v in model_state(m).items()}
+        self.save_state(stage, key, tensors, meta)
+        return meta, False
+
     def discard(self, path: Path | None, reason: str) -> None:
         """Remove a bad entry and say so in one line (to `on_problem` when set, else a logged warning)."""
         if path is None:

@@ -51,22 +51,19 @@ def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registr
            "data": resolved["data"], "seed": recipe.seed, "classes": num_classes}
     torch.manual_seed(seeds.derive(recipe.seed, "evaluation-model", "init"))
     model = registry.create_from("backbone", config.backbone).build(num_classes, data.in_channels, data.image_size)
-    # Loaded only when the entry fits the model whole (a bad one is named, removed and retrained).
-    meta = cache.load_modules("evaluation-model", key, {"model": model})
-    if meta is not None:
-        model.to(device).eval()
+    def train() -> dict[str, Any]:
+        train_classifier(model, registry.create("defense", "none"), train_set, config.train, device=device,
+                         seed=seeds.derive(recipe.seed, "evaluation-model"), emit=emit, stage="train",
+                         variant="evaluation-model")
+        return {"test_accuracy": accuracy(model, test_set, device),
+                "summary": f"E {config.backbone.use}, {num_classes} classes"}
+
+    meta, cached = cache.load_or_compute("evaluation-model", key, {"model": model}, train, what="evaluation model")
+    model.to(device)
+    if cached:
         emit("log", level="info", message=f"evaluation model loaded from the stage cache "
                                           f"(test accuracy {meta.get('test_accuracy', float('nan')):.4f})")
-        figures = {"test_accuracy": meta.get("test_accuracy"), "backbone": config.backbone.use, "cached": True}
-        emit("result", variant=None, section="evaluation_model", figures=figures)
-        return model, figures
-    defense = registry.create("defense", "none")
-    train_classifier(model, defense, train_set, config.train, device=device, seed=seeds.derive(recipe.seed, "evaluation-model"),
-                     emit=emit, stage="train", variant="evaluation-model")
-    test_accuracy = accuracy(model, test_set, device)
-    cache.save_state("evaluation-model", key, {f"model.{k}": v for k, v in model.state_dict().items()},
-                     {"test_accuracy": test_accuracy, "summary": f"E {config.backbone.use}, {num_classes} classes"})
-    figures = {"test_accuracy": test_accuracy, "backbone": config.backbone.use, "cached": False}
+    figures = {"test_accuracy": meta.get("test_accuracy"), "backbone": config.backbone.use, "cached": cached}
     emit("result", variant=None, section="evaluation_model", figures=figures)
     return model.eval(), figures
 

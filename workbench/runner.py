@@ -33,7 +33,7 @@ from workbench.checkpoint import (
     save_checkpoint,
     tensors_with_prefix,
 )
-from workbench.components import AttackContext, DataSplits, EvalContext, Job
+from workbench.components import AttackContext, DataSplits, DefenseContext, EvalContext, Job
 from workbench.device import describe_machine, resolve_device
 from workbench.errors import RunError, WorkbenchError
 from workbench.evaluation import OODEvaluator, attack_figures, check_disjoint, evaluation_model, run_attack
@@ -368,7 +368,20 @@ class Runner:
                       "results; evaluating the variant again")
         model = self.train_target(variant)
         figures = self.evaluate(variant, model)
+        defense_figures = self._defense_figures(variant)
+        if defense_figures:  # what the defense reports of its training (DP-SGD: epsilon, delta)
+            figures["defense"] = defense_figures
+            self.emit("result", variant=variant.name, section="defense", figures=defense_figures)
         atomic_write_text(folder / RESULTS_FILE, json.dumps({"name": variant.name, **figures}, indent=2))
+
+    def _defense_figures(self, variant: VariantConfig) -> dict[str, float]:
+        """The defense's `report_keys` from the last epoch of the trained target's history."""
+        keys = getattr(self.registry.create_from("defense", variant.defense), "report_keys", ())
+        if not keys:
+            return {}
+        _, meta = load_checkpoint(self.variant_dir(variant) / TARGET_FILE)
+        final = meta.get("final_metrics") or {}
+        return {key: final[key] for key in keys if key in final}
 
     def build_target(self, variant: VariantConfig):
         data = self.data
@@ -376,7 +389,11 @@ class Runner:
         torch.manual_seed(seeds.derive(self.recipe.seed, "init"))
         model = backbone.build(data.num_classes, data.in_channels, data.image_size)
         defense = self.registry.create_from("defense", variant.defense)
-        return defense.prepare_model(model, data.num_classes), defense
+        ctx = DefenseContext(num_classes=data.num_classes, data=data, device=self.device, seed=self.recipe.seed,
+                             cache=self.cache.for_components(("defense", variant.defense.use)),
+                             train=self.recipe.target.train,
+                             emit=lambda type, **f: self.emit(type, **{"variant": variant.name, **f}))
+        return defense.prepare_model(model, data.num_classes, ctx), defense
 
     def train_target(self, variant: VariantConfig):
         """Train (or load, when a finished target is on disk) one variant's target model."""
@@ -392,19 +409,17 @@ class Runner:
                 return model
             except (CheckpointError, RuntimeError):
                 self.emit("log", level="warning", message=f"{final}: unusable, training again")
-        key = self._target_key(variant)
-        meta = self.cache.load_modules("target", key, {"model": model})
-        if meta is not None:
-            model.to(self.device).eval()
-            for epoch, metrics in enumerate(meta.get("history", []), start=1):
-                self.emit("epoch", stage="train", variant=variant.name, epoch=epoch, epochs=len(meta["history"]),
+        meta, cached = self.cache.load_or_compute(
+            "target", self._target_key(variant), {"model": model},
+            lambda: {"history": self._train(variant, model, defense), "summary": f"target {variant.name}"},
+            what=f"target {variant.name}")
+        history = meta.get("history", [])
+        if cached:
+            for epoch, metrics in enumerate(history, start=1):
+                self.emit("epoch", stage="train", variant=variant.name, epoch=epoch, epochs=len(history),
                           metrics=metrics, cached=True)
             self.emit("log", level="info", message=f"{variant.name}: target loaded from the stage cache")
-            history = meta.get("history", [])
-        else:
-            history = self._train(variant, model, defense)
-            self.cache.save_state("target", key, {f"model.{k}": v for k, v in model.state_dict().items()},
-                                  {"history": history, "summary": f"target {variant.name}"})
+        model.to(self.device).eval()
         save_checkpoint(final, {f"model.{k}": v for k, v in model.state_dict().items()}, {
             "kind": "target", "variant": variant.name, "recipe_hash": self.digest,
             "defense": self.resolved["variants"][self._variant_index(variant)]["defense"],
