@@ -297,11 +297,9 @@ class StageCache:
             return all(torch.isfinite(v).all() for m in modules.values() for v in m.state_dict().values()
                        if v.is_floating_point())
 
-        meta = self.load_modules(stage, key, modules)
-        if meta is not None and finite():
-            return meta, True
+        meta = self.load_modules(stage, key, modules)  # None for an entry that is bad, misfit or not finite
         if meta is not None:
-            self.discard(self.path(stage, key), "holds NaN or infinite weights")
+            return meta, True
         meta = compute() or {}
         if not finite():
             raise WorkbenchError(f"{what}: training gave NaN or infinite weights; nothing was cached. Lower "
