@@ -3,16 +3,21 @@
 The runner writes; the CLI and the TUI only read. Every event has `t` (unix seconds) and
 `type`. Types and their fields:
 
-- `run_started`: `recipe` (path), `run_dir`, `variants` (names), `seed`, `version`, `resumed`
+- `run_started`: `recipe` (path), `run_dir`, `variants` (names), `seed`, `version`, `resumed`,
+  `device`, `recipe_hash`
 - `stage_started`: `stage`, `variant` (or null), `total` (steps/epochs, or null)
 - `stage_finished`: `stage`, `variant`, `seconds`
 - `epoch`: `stage`, `variant`, `epoch` (1-based), `epochs`, `metrics` (name -> float; losses,
-  accuracies, per-layer dependency terms such as `dep_x/0`, `dep_y/0`, the OOD loss)
+  accuracies, per-layer dependency terms such as `dep_x/0`, `dep_y/0`, the OOD loss and its
+  share), and `cached: true` when replayed from a cached target
 - `checkpoint`: `variant`, `stage`, `path`, `epoch`
 - `progress`: `stage`, `variant`, `step`, `total`, plus free numeric fields (attack loss...)
-- `result`: `variant`, `section` (`utility`, `ood`, `attacks`), `figures`
-- `log`: `level`, `message`
+- `result`: `variant` (null for the evaluation model), `section` (`utility`, `ood`, `attacks`,
+  `evaluation_model`), `figures`, and `attack` (its name) for section `attacks`
+- `log`: `level` (`info`, `warning`, `error`), `message`
 - `run_finished`: `seconds`; `run_failed`: `error`; `run_interrupted`: `message`
+
+A sweep directory has its own `events.jsonl` with `sweep_*` events (see `workbench.sweeps`).
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ class PluginInfo:
     """Where a loaded plugin came from, for `workbench plugins list`."""
 
     name: str
-    source: str  # "builtin", "entrypoint", "local"
+    source: str  # "builtin", "entrypoint", "local" (--plugins-dir), or "inline" (registered by a test)
     distribution: str | None = None
     version: str | None = None
 

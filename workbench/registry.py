@@ -26,7 +26,7 @@ from workbench.params import (
 )
 from workbench.plugins import PluginManager, get_plugin_manager
 
-# kind -> registration hook; the kinds are a contract (DESIGN.md), so is their order in listings.
+# kind -> registration hook. The kind names are a contract (docs/hooks.md), so is their order in listings.
 KIND_HOOKS: dict[str, str] = {
     "backbone": "register_backbones",
     "dependency": "register_dependency_measures",

@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 from workbench import seeds
 from workbench.batches import balanced_batches, dataset_labels, iterate_batches, take
 from workbench.checkpoint import load_checkpoint, save_checkpoint, tensors_with_prefix
-from workbench.components import Defense, OODLoss
+from workbench.components import Defense, OODLoss, TrainingSetup
 from workbench.device import autocast
 from workbench.errors import RunError
 from workbench.losses import accuracy
@@ -33,9 +33,10 @@ CHECKPOINT_NAME = "last.safetensors"
 # ------------------------------------------------------------------ optimizer and schedule
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainConfig, defense: Defense | None = None) -> torch.optim.Optimizer:
+    """The recipe's optimizer over the defense's parameter groups (default: every trainable one)."""
     opt = config.optimizer
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = defense.param_groups(model) if defense is not None else [p for p in model.parameters() if p.requires_grad]
     if opt.name == "sgd":
         return torch.optim.SGD(params, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov,
                                weight_decay=opt.weight_decay)
@@ -78,11 +79,14 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tens
 
 @dataclass
 class TrainResult:
-    """What training produced: the figures of the last epoch and the history."""
+    """What `train_classifier` did in this call (a resumed run counts only the epochs it ran)."""
 
     epochs_run: int
+    """Epochs trained by this call."""
     history: list[dict[str, float]] = field(default_factory=list)
+    """Every epoch's figures since the start of training (resumed epochs included); the last is the final."""
     seconds: float = 0.0
+    """Wall time of this call."""
 
 
 @dataclass
@@ -124,7 +128,11 @@ def train_classifier(
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, config)
+    optimizer = make_optimizer(model, config, defense)
+    optimizer = defense.start_training(model, optimizer, TrainingSetup(
+        dataset_size=len(train_data),
+        batch_size=(config.balanced_batches.classes * config.balanced_batches.per_class if config.balanced_batches
+                    else config.batch_size), epochs=config.epochs, device=device, seed=seed))
     history: list[dict[str, float]] = []
     ood_state: dict[str, float] = {}
     first_epoch = 0
@@ -143,6 +151,7 @@ def train_classifier(
         first_epoch = int(saved["epoch"])
         history = saved.get("history", [])
         ood_state = saved.get("ood_state", {})
+        defense.load_state_dict(tensors_with_prefix(tensors, "defense"))
         if ood_state and ood is not None and hasattr(ood.loss, "restore"):
             ood.loss.restore(ood_state)
 
@@ -152,7 +161,8 @@ def train_classifier(
 
     for epoch in range(first_epoch, config.epochs):
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(config, epoch)
+            group["lr"] = lr_at(config, epoch) * group.get("lr_scale", 1.0)
+        defense.start_epoch(epoch, config.epochs)
         shuffle = seeds.generator(seed, "batch-order", epoch)
         ood_phase = ood is not None and epoch >= ood.config.warmup_epochs
         if ood_phase and not ood_state and hasattr(ood.loss, "prepare"):
@@ -173,6 +183,8 @@ def train_classifier(
         seen = correct = 0
         for step, (x, y) in enumerate(batches):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            own = len(y)  # the batch's own images; a defense may append its own after them (trapdoors)
+            x, y = defense.transform(x, y, model=model, epoch=epoch, step=step)
             m = len(x)
             x_ood = None
             if ood_batches is not None:
@@ -211,17 +223,18 @@ def train_classifier(
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
 
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * m
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) * own
             for key, value in logs.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * m
-            correct += (logits[:m].detach().argmax(1) == y).sum().item()
-            seen += m
+                sums[key] = sums.get(key, 0.0) + float(value) * own
+            correct += (logits[:own].detach().argmax(1) == y[:own]).sum().item()
+            seen += own
             if should_stop():
                 raise KeyboardInterrupt
 
         metrics = {key: value / max(seen, 1) for key, value in sums.items()}
         metrics["train_accuracy"] = correct / max(seen, 1)
         metrics["lr"] = optimizer.param_groups[0]["lr"]
+        metrics.update(defense.epoch_figures())
         if test_data is not None:
             metrics["test_accuracy"] = accuracy(model, test_data, device)
         history.append(metrics)
@@ -231,6 +244,7 @@ def train_classifier(
             opt_tensors, param_groups = _optimizer_tensors(optimizer)
             tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
             tensors.update(opt_tensors)
+            tensors.update({f"defense.{k}": v for k, v in defense.state_dict().items()})
             tensors["rng.cpu"] = torch.get_rng_state()
             save_checkpoint(checkpoint, tensors, {
                 **(meta or {}), "epoch": epoch + 1, "epochs": config.epochs, "history": history,
@@ -238,6 +252,7 @@ def train_classifier(
             })
             emit("checkpoint", stage=stage, variant=variant, path=str(checkpoint), epoch=epoch + 1)
 
+    defense.finish_training(model)
     seconds = time.perf_counter() - started
     emit("stage_finished", stage=stage, variant=variant, seconds=round(seconds, 3))
     model.eval()
