@@ -261,6 +261,7 @@ def test_a_failed_run_does_not_stop_the_others_and_is_retried(tmp_path, isolated
     assert queued["run"] == "base-s0" and queued["resume"] is True and queued["previous"] == "failed"
 
 
+@pytest.mark.slow
 def test_run_seeds_shorthand(tmp_path, isolated_cache):
     recipe = tmp_path / "recipe.toml"
     recipe.write_text(FAST)
