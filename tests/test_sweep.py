@@ -331,3 +331,20 @@ def test_a_variant_the_grid_does_not_touch_is_one_marker():
     data = aggregate([{"id": f"lambda_x={lam}", "values": {"x": lam}, "seeds": [0, 1, 2], "results": results(lam)}
                       for lam in (0.1, 0.5)])
     assert pareto_plot(data).info["front"] == ["bido-hsic lambda_x=0.5", "bido-hsic lambda_x=0.1", "none"]
+
+
+def test_cli_lists_every_problem_one_line_each(tmp_path, monkeypatch, capsys):
+    from workbench.cli import main
+
+    path = write(tmp_path, 'recipe = "recipe.toml"\nseedz = [1]\n[executor]\nuse = "procesess"\n')
+    monkeypatch.setattr(sys, "argv", ["workbench", "sweep", str(path)])
+    with pytest.raises(SystemExit) as info:
+        main()
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning")]
+    assert len(lines) == 2 and "did you mean \"seeds\"" in lines[0] and "did you mean \"processes\"" in lines[1]
+    monkeypatch.setattr(sys, "argv", ["workbench", "run", str(tmp_path / "recipe.toml"), "--seeds", "4-0"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 2 and "runs backwards" in capsys.readouterr().err

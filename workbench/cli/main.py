@@ -179,11 +179,17 @@ def _plugins_dir() -> Path | None:
 def _run_seeds(recipe: Path, seeds: str, run_dir: Path | None, overrides: list[str], resume: bool, force: bool,
                cache_dir: Path | None, quiet: bool) -> None:
     """`workbench run RECIPE --seeds 0-4`: a seeds-only sweep of the recipe (processes executor)."""
+    from workbench.errors import RecipeError
     from workbench.sweeps import SweepOptions
     from workbench.sweeps.spec import seeds_only_sweep
 
     reg = registry()
-    sweep_spec = seeds_only_sweep(recipe, seeds, overrides, reg)
+    try:
+        sweep_spec = seeds_only_sweep(recipe, seeds, overrides, reg)
+    except RecipeError as exc:
+        for problem in exc.problems:
+            err.print(f"{exc.source}: {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
     options = SweepOptions(sweep=recipe, sweep_dir=run_dir, resume=resume, force=force, cache_dir=cache_dir,
                            plugins_dir=_plugins_dir())
     _sweep(options, quiet, sweep_spec)
