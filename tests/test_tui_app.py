@@ -122,9 +122,11 @@ async def test_results_across_runs(runs_dir, tmp_path, registry):
         table = app.screen.query_one(DataTable)
         assert table.row_count == 4
         header = [str(c.label) for c in table.columns.values()]
-        assert "gmi top1" in header and "OOD auroc" in header
+        # The same columns as report.md and the terminal table (workbench.columns).
+        assert header[:3] == ["run", "variant", "test acc ↑"]
+        assert "gmi top-1 ↓" in header and "OOD AUROC ↑" in header
         first = table.get_row_at(0)
-        assert first[:3] == ["done", "none", "0.9"] and first[header.index("gmi top1")] == "0.8"
+        assert first[:3] == ["done", "none", "0.9"] and first[header.index("gmi top-1 ↓")] == "0.8"
         chart = plain_text(app.screen.query_one("#tradeoff", Static))
         assert "done/bido-hsic (0.6, 0.85)" in chart
 

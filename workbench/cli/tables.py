@@ -6,25 +6,26 @@ from typing import Any
 
 from rich.table import Table
 
-from workbench.report import best_per_column, figure, table_columns
+from workbench.columns import best_per_column, figure, results_columns
 
 
 def results_table(results: dict[str, Any]) -> Table:
-    columns = table_columns(results)
-    best = best_per_column(results, columns)
+    variants = results["variants"]
+    columns = results_columns(variants)
+    best = best_per_column(variants, columns)
     table = Table(title="privacy × utility × OOD (fractions; ↑/↓ better for the defender; best in green)",
                   title_justify="left")
     table.add_column("variant", style="bold")
-    for _, _, title, _ in columns:
-        table.add_column(title, justify="right")
+    for column in columns:
+        table.add_column(column.heading, justify="right")
     many = len(results["variants"]) > 1
     for variant in results["variants"]:
         cells = []
-        for section, key, _, _ in columns:
-            value = figure(variant, section, key)
+        for column in columns:
+            value = figure(variant, column.section, column.key)
             if value is None:
                 cells.append("–")
-            elif many and best.get(f"{section}.{key}") == value:
+            elif many and best.get(column) == value:
                 cells.append(f"[bold green]{value:.4f}[/]")
             else:
                 cells.append(f"{value:.4f}")

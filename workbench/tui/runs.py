@@ -16,6 +16,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, RichLog, Static
 
+from workbench.columns import figure, results_columns
 from workbench.errors import WorkbenchError
 from workbench.runs import RunInfo, clean_results, is_run_dir, summarize
 from workbench.tui.charts import half_block_image, line_chart, load_picture, scatter_chart
@@ -441,40 +442,24 @@ def read_results(run_dir: Path) -> list[dict[str, Any]]:
     return (clean_results({"variants": found}) or {"variants": []})["variants"]
 
 
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-ATTACK_FIGURES = ("top1", "top5", "knn_dist", "fid")
-OOD_FIGURES = ("auroc", "fpr95", "aupr_in")
-
 
 def results_rows(run_dirs: list[Path]) -> tuple[list[str], list[list[str]], list[tuple[str, float, float]]]:
-    """Columns, rows and privacy-vs-utility points (mean attack top-1, test accuracy)."""
+    """Columns (the same as report.md's), rows and privacy-vs-utility points (mean attack top-1, test accuracy)."""
     per_run = [(Path(d), read_results(d)) for d in run_dirs]
-    attacks = sorted({a for _, vs in per_run for v in vs for a in (v.get("attacks") or {})})
-    columns = ["run", "variant", "test acc"]
-    for attack in attacks:
-        columns += [f"{attack} {figure}" for figure in ATTACK_FIGURES]
-    columns += [f"OOD {figure}" for figure in OOD_FIGURES]
+    columns = results_columns([v for _, vs in per_run for v in vs])
     rows, points = [], []
     for run_dir, variants in per_run:
         for variant in variants:
-            accuracy = _number((variant.get("utility") or {}).get("test_accuracy"))
-            row = [run_dir.name, str(variant["name"]), _fmt(accuracy)]
-            top1s = []
-            for attack in attacks:
-                figures = (variant.get("attacks") or {}).get(attack) or {}
-                row += [_fmt(_number(figures.get(f))) for f in ATTACK_FIGURES]
-                if _number(figures.get("top1")) is not None:
-                    top1s.append(_number(figures.get("top1")))
-            mean = (variant.get("ood") or {}).get("mean") or {}
-            row += [_fmt(_number(mean.get(f))) for f in OOD_FIGURES]
-            rows.append(row)
+            rows.append([run_dir.name, str(variant["name"]),
+                         *(_fmt(figure(variant, c.section, c.key)) for c in columns)])
+            accuracy = figure(variant, "utility", "test_accuracy")
+            top1s = [figure(variant, "attacks", c.key) for c in columns
+                     if c.section == "attacks" and c.key.endswith(".top1")]
+            top1s = [x for x in top1s if x is not None]
             if top1s and accuracy is not None:
                 label = variant["name"] if len(per_run) == 1 else f"{run_dir.name}/{variant['name']}"
                 points.append((label, sum(top1s) / len(top1s), accuracy))
-    return columns, rows, points
+    return ["run", "variant", *(c.heading for c in columns)], rows, points
 
 
 def _fmt(value: float | None) -> str:
