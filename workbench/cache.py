@@ -47,7 +47,8 @@ CACHE_ENV = "WORKBENCH_CACHE_DIR"
 
 # Bump when a cached stage's code changes in a way that changes its result.
 # 2: one-file entries with a checksum; keys cover third-party plugins.
-CACHE_FORMAT = 2
+# 3: every random stream from `workbench.seeds` (new seeds: new targets, E, priors, attacks).
+CACHE_FORMAT = 3
 
 # A stage is one folder level inside the cache: a plain name, never a path.
 STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")

@@ -127,15 +127,21 @@ def prepare_run_dir(run_dir: Path, digest: str, *, resume: bool, force: bool) ->
     return True
 
 
+def status_of(last: str | None, live: bool) -> str:
+    """A run's status from its last lifecycle event (`run_started` or a terminal one) and whether its
+    process is alive: the one rule for `runs list`, `runs show` and the TUI."""
+    if last == "run_started":
+        return "running" if live else "interrupted"  # gone without a last word: killed
+    return {"run_finished": "finished", "run_failed": "failed", "run_interrupted": "interrupted"}.get(last, "unknown")
+
+
 def run_status(run_dir: Path) -> str:
     """running / finished / failed / interrupted / unknown, from the event stream and the run's process."""
     last = None
     for event in read_events(Path(run_dir) / EVENTS_FILE):
         if event["type"] == "run_started" or event["type"] in TERMINAL_EVENTS:
             last = event["type"]
-    if last == "run_started":
-        return "running" if live_pid(run_dir) is not None else "interrupted"
-    return {"run_finished": "finished", "run_failed": "failed", "run_interrupted": "interrupted"}.get(last, "unknown")
+    return status_of(last, last == "run_started" and live_pid(run_dir) is not None)
 
 
 @dataclass

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -311,12 +309,6 @@ def require_files(description: DataDescription) -> Path:
                 f"{description.name}: {shown} ({expected.what}); source: {description.source}"
             )
     return root
-
-
-def derived_seed(*parts: Any) -> int:
-    """A stable 63-bit seed from any JSON-able parts (Python's `hash` changes between processes)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
 
 
 def seeded_subset(count: int, size: int | None, seed: int) -> np.ndarray:

@@ -25,10 +25,10 @@ from pydantic import Field, field_validator
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
-from workbench.api import StrictModel
+from workbench.api import StrictModel, seeds
 
 from .base import OODComponent
-from .common import OOD_LABEL, OODRole, check_in_channels, convert_channels, derived_seed, resize_batch
+from .common import OOD_LABEL, OODRole, check_in_channels, convert_channels, resize_batch
 
 PROCEDURAL_SOURCE = "generated on the fly by workbench (deterministic by seed); no files"
 CHUNK = 256
@@ -50,7 +50,7 @@ class ProceduralOOD(OODComponent, abc.ABC):
 
     def stream_seed(self, seed: int) -> int:
         """The run seed mixed with this set's name and params: different params, different images."""
-        return derived_seed(self.name, self.params.model_dump(mode="json"), seed)
+        return seeds.derive(seed, "ood-set", self.name, self.params.model_dump(mode="json"))
 
     def load(self, image_size: int, in_channels: int, seed: int) -> TensorDataset:
         check_in_channels(in_channels, self.name)

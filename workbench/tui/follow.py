@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.events import EVENTS_FILE, TERMINAL_EVENTS
-from workbench.runs import live_pid, pid_alive  # noqa: F401  (re-exported for the TUI)
+from workbench.runs import live_pid, pid_alive, status_of  # noqa: F401  (pid_alive re-exported for the TUI)
 
 # Reading is bounded per poll so a huge backlog is consumed over several ticks, never in one freeze.
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024
@@ -245,14 +245,11 @@ class RunState:
     def status(self, run_dir: Path | None = None) -> str:
         """running / finished / failed / interrupted, like `workbench runs list`."""
         if self.terminal is not None:
-            return {"run_finished": "finished", "run_failed": "failed", "run_interrupted": "interrupted"}[
-                self.terminal
-            ]
+            return status_of(self.terminal, live=False)
+        live = run_dir is not None and read_pid(run_dir) is not None
         if self.started is None:
-            return "starting" if run_dir is not None and pid_alive(read_pid(run_dir)) else "unknown"
-        if run_dir is None or pid_alive(read_pid(run_dir)):
-            return "running"
-        return "interrupted"  # the process is gone without a last word (killed)
+            return "starting" if live else "unknown"
+        return status_of("run_started", live=run_dir is None or live)
 
     def elapsed(self, now: float | None = None) -> float | None:
         if self.started is None:
