@@ -83,19 +83,6 @@ def test_interrupted_run_resumes_to_the_same_figures_and_weights(run_tiny_recipe
     assert "run_interrupted" in types and types[-1] == "run_finished"
 
 
-def test_run_dir_of_a_different_recipe_is_refused_unless_forced(run_tiny_recipe, tmp_path):
-    run_dir, _ = run_tiny_recipe()
-    before = (run_dir / "results.json").read_bytes()
-    with pytest.raises(RunError, match="different recipe"):
-        run_tiny_recipe(SIX_EPOCHS, run_dir=run_dir)
-    assert (run_dir / "results.json").read_bytes() == before
-    with pytest.raises(RunError, match="--resume"):
-        run_tiny_recipe(run_dir=run_dir)  # same recipe, finished: says what to do
-    run_tiny_recipe(SIX_EPOCHS, run_dir=run_dir, force=True)
-    moved = [p for p in tmp_path.iterdir() if p.name.startswith(run_dir.name + ".replaced-")]
-    assert len(moved) == 1 and (moved[0] / "results.json").read_bytes() == before
-
-
 def test_corrupt_checkpoint_on_resume_is_named_and_kept(run_tiny_recipe, tmp_path, isolated_cache):
     recipe = tmp_path / "r.toml"
     recipe.write_text(SIX_EPOCHS)
