@@ -48,19 +48,32 @@ def _clean(value: Any) -> Any:
 class EventWriter:
     """Appends events to a run directory's `events.jsonl`; listeners see each event too."""
 
+    REMEMBERED = 10_000
+    """How many of its own recent lines a writer remembers (see `wrote`)."""
+
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / EVENTS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: TextIO = self.path.open("a", encoding="utf-8")
         self.listeners: list = []
+        self._own: dict[str, None] = {}  # recent lines this writer wrote, oldest first
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
         event = {"t": round(time.time(), 3), "type": type, **_clean(fields)}
-        self._file.write(json.dumps(event, separators=(",", ":")) + "\n")
+        line = json.dumps(event, separators=(",", ":"))
+        self._file.write(line + "\n")
         self._file.flush()
+        self._own[line] = None
+        if len(self._own) > self.REMEMBERED:
+            del self._own[next(iter(self._own))]
         for listener in self.listeners:
             listener(event)
         return event
+
+    def wrote(self, line: str) -> bool:
+        """Whether this writer wrote `line` (recently): a relay of lines that worker processes appended
+        to the same file skips these, so no listener sees an event twice."""
+        return line in self._own
 
     def close(self) -> None:
         self._file.close()

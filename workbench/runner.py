@@ -326,7 +326,9 @@ class Runner:
             handle.seek(offset)
             chunk = handle.read()
         end = chunk.rfind(b"\n") + 1
-        for line in chunk[:end].splitlines():
+        for line in chunk[:end].decode("utf-8", errors="replace").splitlines():
+            if self.events.wrote(line):
+                continue  # this process's own event: its listeners had it when it was written
             try:
                 event = json.loads(line)
             except json.JSONDecodeError:

@@ -28,7 +28,7 @@ from typing import Any
 import tomllib
 
 from workbench.errors import WorkbenchError
-from workbench.events import TERMINAL_EVENTS, EventWriter, read_events
+from workbench.events import TERMINAL_EVENTS, read_events
 from workbench.params import ComponentTable
 
 SINKS_ENV = "WORKBENCH_SINKS"
@@ -150,11 +150,8 @@ class EventSinks:
             # What is still to report goes to stderr: the terminal event stays the last. Ctrl-C asked
             # for a quick stop, so the sinks get less time then.
             self.close(INTERRUPTED_TIMEOUT if event["type"] == "run_interrupted" else None)
-        elif sys._getframe(1).f_code is EventWriter.emit.__code__:
-            # Report only while the parent emits its own events: an event of a worker, relayed from
-            # the file, comes while workers append to it, and the relay would hand a warning written
-            # then to the listeners a second time.
-            self._report()
+        else:
+            self._report()  # the relay skips the parent's own lines, so a warning is seen once
 
     def _report(self) -> None:
         """Warnings from the sink threads, as `log` events while the run goes on (main thread only)."""
