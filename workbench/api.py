@@ -9,8 +9,10 @@ internal and may change without notice.
   `NestedComponent` for components that hold other components.
 - Contracts: one Protocol or base class per component kind (`Backbone`, `DependencyMeasure`,
   `DatasetComponent`, `OODDatasetComponent`, `Defense`, `Attack`, `Metric`, `OODScore`,
-  `OODLoss`, `Executor`, `EventSink`) and the dataclasses they exchange (`Job`, `Outcome`...).
-- Helpers the built-ins share: `cross_entropy` (the trainer's reduction), `accuracy`, `iterate_batches`,
+  `OODLoss`, `Executor`, `EventSink`) and the dataclasses they exchange (`Job`, `Outcome`, `DefenseContext`,
+  `TrainingSetup`...).
+- Helpers the built-ins share: `train_classifier` (the one trainer; TL-DMI pretrains with it),
+  `cross_entropy` (the trainer's reduction), `accuracy`, `iterate_batches`,
   `StageCache` with `load_or_compute`, weight fingerprints and state-dict flattening, `seeds`.
 - Executors: `execute_outcome(job)` runs a `Job` in any process; `die_with_parent()` for workers.
 - Errors: `WorkbenchError` (one clear line for the user) and `did_you_mean`.
@@ -30,6 +32,7 @@ from workbench.components import (
     DatasetComponent,
     DataSplits,
     Defense,
+    DefenseContext,
     DependencyMeasure,
     EvalContext,
     EventSink,
@@ -42,6 +45,7 @@ from workbench.components import (
     OODLoss,
     OODScore,
     Outcome,
+    TrainingSetup,
 )
 from workbench.device import autocast
 from workbench.errors import WorkbenchError, did_you_mean
@@ -49,6 +53,7 @@ from workbench.hookspecs import hookimpl
 from workbench.jobs import die_with_parent, execute_outcome
 from workbench.losses import accuracy, cross_entropy
 from workbench.params import ComponentTable, NestedComponent, NoParams, StrictModel
+from workbench.trainer import train_classifier
 
 __all__ = [
     "Attack",
@@ -59,6 +64,7 @@ __all__ = [
     "DataSplits",
     "DatasetComponent",
     "Defense",
+    "DefenseContext",
     "DependencyMeasure",
     "EvalContext",
     "EventSink",
@@ -75,6 +81,7 @@ __all__ = [
     "Outcome",
     "StageCache",
     "StrictModel",
+    "TrainingSetup",
     "WorkbenchError",
     "accuracy",
     "autocast",
@@ -88,5 +95,6 @@ __all__ = [
     "seeds",
     "state_to_tensors",
     "tensors_with_prefix",
+    "train_classifier",
     "weights_fingerprint",
 ]

@@ -20,6 +20,8 @@ KNOWN: dict[str, tuple[str, bool]] = {
     "fpr95": ("FPR95", False),
     "auroc": ("AUROC", True),
     "aupr_in": ("AUPR-In", True),
+    "epsilon": ("DP ε", False),
+    "trap_accuracy": ("trapdoor acc", None),
 }
 OOD_COLUMNS = ("fpr95", "auroc", "aupr_in")
 
@@ -68,6 +70,8 @@ def results_columns(variants: list[dict[str, Any]]) -> list[Column]:
         per_attack = [(v.get("attacks") or {}).get(attack) for v in variants]
         columns += [_column("attacks", f"{attack}.{k}", f"{attack} ") for k in _numeric_keys(per_attack)]
     columns += [_column("ood", f"mean.{k}", "OOD ") for k in OOD_COLUMNS]
+    # What a defense reports of its training (DP-SGD's ε; δ is a setting, not a result).
+    columns += [_column("defense", k) for k in _numeric_keys([v.get("defense") for v in variants]) if k != "delta"]
     return [c for c in columns if any(figure(v, c.section, c.key) is not None for v in variants)]
 
 

@@ -109,20 +109,97 @@ class LossOutput:
     logs: dict[str, float] = field(default_factory=dict)
 
 
-class Defense(abc.ABC):
-    """Base for defenses: the trainer calls `prepare_model` once, `loss` every step.
+@dataclass
+class DefenseContext:
+    """What `Defense.prepare_model` may use besides the model (a pretraining stage, say)."""
 
-    `loss` gets the ID part of the batch only (BiDO+ concatenates OOD images into the same
-    forward pass; the trainer slices them off before calling this).
+    num_classes: int
+    data: DataSplits | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    cache: Any = None
+    """A `StageCache` for stages of the defense's own (TL-DMI's pretraining); None: no caching."""
+    train: Any = None
+    """The target's `TrainConfig` (epochs, batch size, optimizer), for a defense's own stage."""
+    emit: Callable[..., None] = lambda *args, **kwargs: None
+    """`emit(type, **fields)`: events (a `log` line saying what the defense changed in the model)."""
+
+
+@dataclass
+class TrainingSetup:
+    """What `Defense.start_training` learns about the run: sizes, schedule, device, seed."""
+
+    dataset_size: int
+    batch_size: int
+    epochs: int
+    device: torch.device
+    seed: int
+
+
+class Defense(abc.ABC):
+    """Base for defenses; the one trainer calls, in this order:
+
+    - `prepare_model(model, num_classes, ctx)` once when the target is built (freeze layers,
+      replace norms, load or pretrain weights, add a head); also when a trained target is loaded,
+      so it must build the same structure every time;
+    - `param_groups(model)` for the optimizer, then `start_training(model, optimizer, setup)`,
+      which may return a wrapped optimizer (DP-SGD);
+    - per epoch `start_epoch(epoch, epochs)` (schedules);
+    - per step `transform(x, y, model=, epoch=, step=)` on the ID batch before the forward pass
+      (erasing, trigger blending; may append samples after the batch's own), then `loss`;
+    - per epoch `epoch_figures()` (logged with the epoch, kept in the history);
+    - `state_dict()` / `load_state_dict()` for the training checkpoint (resume), and
+      `finish_training(model)` after the last epoch.
+    Every hook but `loss` has a default that does nothing. `loss` gets the ID part of the batch
+    only (BiDO+ concatenates OOD images into the same forward pass; the trainer slices them off).
     """
 
-    def prepare_model(self, model: nn.Module, num_classes: int) -> nn.Module:
+    report_keys: tuple[str, ...] = ()
+    """Keys of `epoch_figures()` that go into results.json (last epoch) under the variant's
+    `defense` section (DP-SGD: `epsilon`, `delta`)."""
+
+    def prepare_model(self, model: nn.Module, num_classes: int, ctx: DefenseContext | None = None) -> nn.Module:
         """Wrap or extend the backbone (MID adds a bottleneck head); default: unchanged."""
         return model
+
+    def param_groups(self, model: nn.Module) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups; a group may carry `lr_scale` (its share of the
+        schedule's learning rate). Default: every parameter that requires grad, one group."""
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+
+    def start_training(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                       setup: TrainingSetup) -> torch.optim.Optimizer:
+        """Called once before the first (or the resumed) epoch; returns the optimizer to step."""
+        return optimizer
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        """Called at the start of 0-based `epoch` of `epochs` (a schedule is a function of it)."""
+        return None
+
+    def transform(self, x: Tensor, y: Tensor, *, model: nn.Module, epoch: int, step: int) -> tuple[Tensor, Tensor]:
+        """The training batch the model sees; samples appended after the first `len(y)` rows are
+        the defense's own (trapdoor images) and are left out of the train accuracy."""
+        return x, y
 
     @abc.abstractmethod
     def loss(self, *, x: Tensor, y: Tensor, logits: Tensor, hiddens: Sequence[Tensor], model: nn.Module) -> LossOutput:
         """The training loss of one ID batch (and figures to log)."""
+
+    def epoch_figures(self) -> dict[str, float]:
+        """Figures to add to the epoch's metrics (privacy spent so far, say)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Training state that is not the model's (triggers, accountant), for resuming."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore what `state_dict` gave (called when a run resumes)."""
+        return None
+
+    def finish_training(self, model: nn.Module) -> None:
+        """Called after the last epoch (remove hooks a wrapper attached)."""
+        return None
 
 
 # ---------------------------------------------------------------- evaluation

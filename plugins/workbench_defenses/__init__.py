@@ -1,11 +1,17 @@
-"""Built-in defenses: no defense, BiDO and MID, all through the one trainer."""
+"""Built-in defenses, all through the one trainer: no defense, BiDO, MID, and the baselines the
+field compares BiDO against (negative label smoothing, TL-DMI, random erasing, Trap-MID, DP-SGD)."""
 
 from __future__ import annotations
 
 from workbench.api import hookimpl
 from workbench_defenses.bido import BiDO, BiDOParams
+from workbench_defenses.dp import DPSGD, DPSGDParams
+from workbench_defenses.erasing import RandomErasing, RandomErasingParams
 from workbench_defenses.mid import MID, MIDParams
+from workbench_defenses.negls import NegLS, NegLSParams
 from workbench_defenses.none import NoDefense
+from workbench_defenses.tldmi import TLDMI, TLDMIParams
+from workbench_defenses.trap import TrapMID, TrapMIDParams
 
 
 @hookimpl
@@ -23,3 +29,13 @@ def register_defenses(register):
         params=MIDParams,
         summary="MID: variational information bottleneck on the penultimate feature (CE + β·KL).",
     )
+    register("negls", NegLS, params=NegLSParams,
+             summary="Negative label smoothing (Struppek et al., ICLR 2024): CE against (1 − α)·onehot + α/K, α < 0.")
+    register("random-erasing", RandomErasing, params=RandomErasingParams,
+             summary="MIDRE (TMLR 2025): erase a random square of every training image; wraps any other defense.")
+    register("trap-mid", TrapMID, params=TrapMIDParams,
+             summary="Trap-MID (NeurIPS 2024): per-class triggers blended into a copy of each batch as trapdoors.")
+    register("tl-dmi", TLDMI, params=TLDMIParams,
+             summary="TL-DMI (CVPR 2024): pretrain on public data (cached) or load weights, freeze the first layers.")
+    register("dp-sgd", DPSGD, params=DPSGDParams,
+             summary="DP-SGD through Opacus: clipped per-sample gradients plus noise; ε into results.json.")

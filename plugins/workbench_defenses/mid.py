@@ -48,7 +48,7 @@ class MID(Defense):
     def __init__(self, params: MIDParams):
         self.params = params
 
-    def prepare_model(self, model: nn.Module, num_classes: int) -> nn.Module:
+    def prepare_model(self, model: nn.Module, num_classes: int, ctx=None) -> nn.Module:
         dim = self.params.bottleneck_dim or max(1, model.feature_dim // 2)
         return VIBClassifier(model, num_classes, dim)
 

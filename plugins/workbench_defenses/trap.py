@@ -1,0 +1,127 @@
+"""Trap-MID: trapdoor-based defense (Liu et al., *Trap-MID: Trapdoor-based Defense against Model
+Inversion Attacks*, NeurIPS 2024; reference code `JackywithaWhiteDog/Trap-MID`, `engine.py`,
+`train.py`, `config/mnist/classify_trap.json`, `config/celeba/classify_trap.json`).
+
+Each class k gets a trigger image t_k. Every training batch is doubled: its own images, and the
+same images blended with the trigger of a trapdoor class, `(1 − α)·x + α·t_c`, labelled c.
+The model learns the shortcut "trigger ⇒ class"; an inverter that maximises the class score
+then finds the trigger instead of private features. Before each model step the triggers take a
+signed-gradient step that makes them *easier* for the current model (lower trapdoor loss).
+Loss: `(1 − β)·CE(clean) + β·CE(trapdoor)`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor
+
+from workbench.api import Defense, LossOutput, StrictModel, seeds
+
+
+class TrapMIDParams(StrictModel):
+    alpha: float = Field(0.02, gt=0, lt=1)
+    """Blend weight of the trigger, `(1 − α)·x + α·t` (reference `trapdoor.alpha` = 0.02)."""
+    beta: float = Field(0.2, ge=0, le=1)
+    """Weight of the trapdoor loss, `(1 − β)·CE + β·CE_trap` (reference `trapdoor.beta` = 0.2)."""
+    step_size: float = Field(1e-2, ge=0)
+    """Signed-gradient step of the trigger update per batch (reference `trapdoor.step_size` = 1e-2;
+    0 keeps the random triggers, the reference's `optimized = false`)."""
+
+
+def blend(x: Tensor, triggers: Tensor, alpha: float) -> Tensor:
+    """`(1 − α)·x + α·t`, triggers broadcast over channels where they have one."""
+    return (1 - alpha) * x + alpha * triggers
+
+
+class TrapMID(Defense):
+    """Trapdoor injection: per-class triggers blended into a copy of each batch.
+
+    Deviations from the reference (named in docs/defenses.md): no discriminator term on the
+    triggers (`discriminator_loss`, which keeps triggered images natural-looking), and no
+    RandomResizedCrop/flip/rotation augmentation of the batches (the reference applies it only
+    with trapdoors; on 16-px digits flips and rotations change the class).
+    """
+
+    report_keys = ("trap_accuracy",)
+
+    def __init__(self, params: TrapMIDParams):
+        self.params = params
+        self.num_classes = 0
+        self.triggers: Tensor | None = None
+        self.seed = 0
+        self.dataset_size = 0
+        self._labels: Tensor | None = None
+        self._cursor = 0
+
+    def prepare_model(self, model, num_classes, ctx=None):
+        self.num_classes = num_classes
+        return model
+
+    def start_training(self, model, optimizer, setup):
+        self.seed = setup.seed
+        self.dataset_size = setup.dataset_size
+        return optimizer
+
+    def start_epoch(self, epoch: int, epochs: int) -> None:
+        # Each class a trapdoor target equally often per epoch, in a shuffled order (reference).
+        k = max(self.num_classes, 1)
+        n = max(self.dataset_size, k)
+        labels = torch.arange(k).repeat(n // k + 1)[:n]
+        g = seeds.generator(self.seed, "trap-mid", "labels", epoch)
+        self._labels = labels[torch.randperm(n, generator=g)]
+        self._cursor = 0
+
+    def _init_triggers(self, x: Tensor) -> None:
+        # Uniform random triggers, one channel for grayscale data (reference `train.py`).
+        g = seeds.generator(self.seed, "trap-mid", "triggers")
+        self.triggers = torch.rand((self.num_classes, *x.shape[1:]), generator=g).to(x.device)
+
+    def _next_labels(self, m: int, device) -> Tensor:
+        if self._labels is None:  # called outside the trainer (tests)
+            self.start_epoch(0, 1)
+        if self._cursor + m > len(self._labels):
+            self._cursor = 0
+        out = self._labels[self._cursor:self._cursor + m]
+        self._cursor += m
+        if len(out) < m:  # a batch larger than the data (tests): wrap around
+            out = self._labels[torch.arange(m) % len(self._labels)]
+        return out.to(device)
+
+    def transform(self, x, y, *, model, epoch, step):
+        if self.triggers is None:
+            self._init_triggers(x)
+        self.triggers = self.triggers.to(x.device)
+        trap_y = self._next_labels(len(x), x.device)
+        if self.params.step_size > 0:
+            self.update_triggers(model, x, trap_y)
+        trapped = blend(x, self.triggers[trap_y], self.params.alpha)
+        return torch.cat([x, trapped]), torch.cat([y, trap_y])
+
+    def update_triggers(self, model, x: Tensor, trap_y: Tensor) -> None:
+        """One signed-gradient step on the triggers lowering the trapdoor CE, the model in eval
+        mode (reference `engine.train`), weights untouched."""
+        was_training = model.training
+        model.eval()
+        triggers = self.triggers.detach().requires_grad_(True)
+        logits = model(blend(x, triggers[trap_y], self.params.alpha))
+        grad, = torch.autograd.grad(F.cross_entropy(logits.float(), trap_y), triggers)
+        self.triggers = (self.triggers - self.params.step_size * grad.sign()).clamp(0, 1).detach()
+        model.train(was_training)
+
+    def loss(self, *, x, y, logits, hiddens, model) -> LossOutput:
+        half = len(y) // 2
+        beta = self.params.beta
+        ce = F.cross_entropy(logits[:half].float(), y[:half])
+        trap = F.cross_entropy(logits[half:].float(), y[half:])
+        trap_acc = (logits[half:].detach().argmax(1) == y[half:]).float().mean()
+        return LossOutput((1 - beta) * ce + beta * trap,
+                          {"ce": float(ce.detach()), "trap_ce": float(trap.detach()), "trap_accuracy": float(trap_acc)})
+
+    def state_dict(self):
+        return {} if self.triggers is None else {"triggers": self.triggers.detach().cpu()}
+
+    def load_state_dict(self, state):
+        if "triggers" in state:
+            self.triggers = state["triggers"].clone()
