@@ -85,6 +85,25 @@ class EventWriter:
         self.close()
 
 
+def relay_events(writer: EventWriter, offset: int) -> int:
+    """Hand the events that other processes (workers) appended to the writer's file since byte
+    `offset` to its listeners, skipping the writer's own lines; returns the new offset."""
+    with writer.path.open("rb") as handle:
+        handle.seek(offset)
+        chunk = handle.read()
+    end = chunk.rfind(b"\n") + 1
+    for line in chunk[:end].decode("utf-8", errors="replace").splitlines():
+        if writer.wrote(line):
+            continue  # this process's own event: its listeners had it when it was written
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        for listener in writer.listeners:
+            listener(event)
+    return offset + end
+
+
 def read_events(path: Path) -> Iterator[dict[str, Any]]:
     """Events from a file, skipping lines that are half-written or not JSON objects."""
     path = Path(path)

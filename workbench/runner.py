@@ -16,7 +16,6 @@ comes from `events.jsonl`.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,8 @@ from workbench.components import AttackContext, DataSplits, DefenseContext, Eval
 from workbench.device import describe_machine, resolve_device
 from workbench.errors import RunError, WorkbenchError
 from workbench.evaluation import OODEvaluator, attack_figures, check_disjoint, evaluation_model, run_attack
-from workbench.events import EVENTS_FILE, EventWriter
+from workbench.events import EventWriter, relay_events
+from workbench.jobs import resolve_workers, threads_for, threads_per_job
 from workbench.recipe import Recipe, VariantConfig, load_recipe, recipe_hash, resolve, to_toml
 from workbench.registry import Registry, load_registry
 from workbench.runs import (
@@ -75,44 +75,8 @@ class RunOptions:
     """Event sinks by name (`--sink`), added to the recipe's `[[sinks]]`."""
 
 
-def resolve_workers(requested: int | None, variants: int, device: torch.device) -> int:
-    """Parallel variant workers: on the CPU up to one per core, never more than variants; on CUDA
-    one (a single process keeps one GPU busy; training one target across several GPUs
-    is not supported yet)."""
-    if requested is not None:
-        return max(1, requested)
-    if device.type == "cuda":
-        return 1
-    return max(1, min(variants, os.cpu_count() or 1))
-
-
-def threads_per_job(jobs: int) -> int:
-    """CPU threads for one of `jobs` pieces of work that could run at once (variants, or the shared
-    stages): the cores shared out among them. It depends on the machine and the recipe but not on
-    `--workers`, so a run gives the same figures whether its work runs in parallel or one piece
-    after another (the thread count changes float reductions). Small nets also train faster on
-    one thread each than on several threads that wait for each other."""
-    cores = os.cpu_count() or 1
-    return max(1, cores // max(1, min(jobs, cores)))
-
-
 def _quiet(*args: Any, **fields: Any) -> None:
     """An emit that drops events: stages redone only to load what a worker already reported."""
-
-
-class _threads:
-    """`with _threads(n):` torch uses n CPU threads inside the block (None: unchanged)."""
-
-    def __init__(self, count: int | None):
-        self.count = count
-
-    def __enter__(self) -> None:
-        self.previous = torch.get_num_threads()
-        if self.count:
-            torch.set_num_threads(self.count)
-
-    def __exit__(self, *exc) -> None:
-        torch.set_num_threads(self.previous)
 
 
 class Runner:
@@ -240,7 +204,7 @@ class Runner:
             self.shared_stage("evaluation-model", _quiet)
             self.evaluation_figures = trained[jobs.index("evaluation-model")]
         else:
-            with _threads(threads):
+            with threads_for(threads):
                 for name in jobs:
                     self.shared_stage(name, emit)
         if recipe.ood and recipe.ood.test_sets:
@@ -282,7 +246,7 @@ class Runner:
         workers = min(self.workers, len(pending))
         threads = threads_per_job(len(self.recipe.variants)) if self.device.type == "cpu" else None
         if workers <= 1:
-            with _threads(threads):
+            with threads_for(threads):
                 for variant in self.recipe.variants:
                     self.run_variant(variant)
             return
@@ -296,15 +260,14 @@ class Runner:
         if self._executor is None:
             self._executor = self.registry.create("executor", "processes", workers=self.workers)
         self.emit("log", level="info", message=message)
-        events_path = self.run_dir / EVENTS_FILE
-        offset = events_path.stat().st_size
+        offset = self.events.path.stat().st_size
         jobs = [Job(kind=kind, run_dir=str(self.run_dir), cache_dir=str(self.cache.root) if self.cache.root else None,
                     item=item, plugins_dir=str(self.plugins_dir) if self.plugins_dir else None, threads=threads,
                     resumed=self.resumed) for item in items]
 
         def relay() -> None:
             nonlocal offset
-            offset = self._relay_events(events_path, offset)
+            offset = relay_events(self.events, offset)
 
         outcomes = self._executor.run(jobs, relay)
         for item, outcome in zip(items, outcomes, strict=True):
@@ -319,23 +282,6 @@ class Runner:
         if self._executor is not None:
             self._executor.close(cancel=cancel)
             self._executor = None
-
-    def _relay_events(self, path: Path, offset: int) -> int:
-        """Hand events that workers appended since `offset` to this process's listeners."""
-        with path.open("rb") as handle:
-            handle.seek(offset)
-            chunk = handle.read()
-        end = chunk.rfind(b"\n") + 1
-        for line in chunk[:end].decode("utf-8", errors="replace").splitlines():
-            if self.events.wrote(line):
-                continue  # this process's own event: its listeners had it when it was written
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            for listener in self.events.listeners:
-                listener(event)
-        return offset + end
 
     def _stage(self, name: str, work, variant: str | None = None, emit=None):
         """Run `work()` between stage_started / stage_finished events."""
