@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from workbench.scaffold import KINDS, write_plugin_package
+
 
 def plugins_new(
     name: Annotated[str, typer.Argument(help="Component name, e.g. `dcor`; the package is workbench-NAME.")],
@@ -15,11 +17,10 @@ def plugins_new(
         "."
     ),
     kind: Annotated[
-        str, typer.Option(help="Kind of the example component: dependency, defense, metric, backbone.")
+        str, typer.Option(help=f"Kind of the example component: {', '.join(KINDS)}.")
     ] = "dependency",
 ) -> None:
-    """Write a ready plugin package: pyproject with the entry point, one component, a test, a README."""
-    from workbench.scaffold import write_plugin_package
-
+    """Write a ready plugin package: pyproject with the entry point, one working component of the
+    kind, its tests (they pass before you change anything) and a README."""
     folder = write_plugin_package(name, output, kind)
-    Console().print(f"wrote {folder}\nnext: pip install -e {folder} && pytest {folder}", highlight=False)
+    Console().print(f"wrote {folder}\nnext: pytest {folder} && pip install -e {folder}", highlight=False)
