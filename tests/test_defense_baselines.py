@@ -96,9 +96,13 @@ def test_random_erasing_area_shape_and_fill_statistics(registry):
     # Random location: the patch centre is spread over the image (mean near the middle).
     centre = (mask.float() * torch.arange(64).view(1, 1, 64)).sum((1, 2)) / mask.sum((1, 2))
     assert float(centre.mean()) == pytest.approx(31.5, abs=1.0)
-    # Grayscale images get the mean of the reference's three fill values.
+    # The reference fills 0.485, 0.456, 0.406 in images normalised with mean 0.5, std 0.5: in pixels
+    # 0.5 + 0.5·v per channel; grayscale images get the mean of the three.
+    rgb = registry.create("defense", "random-erasing").erase(torch.zeros(4, 3, 16, 16), torch.Generator())
+    assert [rgb[:, c].unique().tolist() for c in range(3)] == [
+        pytest.approx([0.0, 0.5 + 0.5 * v]) for v in (0.485, 0.456, 0.406)]
     gray = registry.create("defense", "random-erasing").erase(torch.zeros(4, 1, 16, 16), torch.Generator())
-    assert gray.unique().tolist() == pytest.approx([0.0, (0.485 + 0.456 + 0.406) / 3])
+    assert gray.unique().tolist() == pytest.approx([0.0, 0.5 + 0.5 * (0.485 + 0.456 + 0.406) / 3])
     # probability 0.5: about half the images are touched.
     half = registry.create("defense", "random-erasing", probability=0.5, value=[1.0])
     touched = (half.erase(torch.zeros(1000, 1, 16, 16), torch.Generator().manual_seed(1)) > 0).any((1, 2, 3))

@@ -32,10 +32,12 @@ class RandomErasingParams(StrictModel):
     stronger setting (0.1, 0.8) is `ResNet18_FaceScrub_midre_0.8.yaml`)."""
     ratio: tuple[float, float] = (1.0, 1.0)
     """Range of the patch's aspect ratio h/w, drawn log-uniformly (reference: (1, 1), square)."""
-    value: list[float] = [0.485, 0.456, 0.406]
-    """Fill value per channel, in [0, 1] pixel space (reference: the ImageNet mean). Deviation: an
-    image with a different number of channels gets the mean of these values in every channel
-    (0.449 for grayscale digits)."""
+    value: list[float] = [0.7425, 0.728, 0.703]
+    """Fill value per channel in [0, 1] pixel space. Reference: `value = [0.485, 0.456, 0.406]`
+    applied *after* normalising with mean 0.5, std 0.5 (`training_config_parser.py` puts
+    `get_normalization()` before RandomErasing), i.e. 0.5 + 0.5·v in pixels. Deviation: an image
+    with a different number of channels gets the mean of these values in every channel (0.7245
+    for grayscale digits)."""
 
     @field_validator("scale", "ratio")
     @classmethod
