@@ -154,7 +154,7 @@ def test_trap_mid_blends_triggers_and_weights_the_trapdoor_loss(registry):
 
 def test_trap_mid_trigger_step_is_signed_and_lowers_the_trapdoor_loss(registry):
     model = _mcnn(registry)
-    defense = registry.create("defense", "trap-mid", step_size=0.05, alpha=0.5)
+    defense = registry.create("defense", "trap-mid", step_size=0.05, alpha=0.5, discriminator=False)
     defense.prepare_model(model, 5)
     defense.start_training(model, None, TrainingSetup(dataset_size=64, batch_size=64, epochs=1, device=CPU, seed=0))
     defense.start_epoch(0, 1)
@@ -171,6 +171,30 @@ def test_trap_mid_trigger_step_is_signed_and_lowers_the_trapdoor_loss(registry):
     loss_after = F.cross_entropy(model(0.5 * x + 0.5 * defense.triggers[trap_y]), trap_y)
     assert float(loss_after.detach()) < float(loss_before.detach())
     assert all(p.grad is None for p in model.parameters())  # weights untouched
+
+
+def test_trap_mid_discriminator_learns_clean_from_triggered(registry):
+    model = _mcnn(registry)
+    # Triggers barely move (tiny step), so the discriminator faces a fixed task it should learn.
+    defense = registry.create("defense", "trap-mid", step_size=1e-6, alpha=0.5)
+    defense.prepare_model(model, 5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    defense.start_training(model, optimizer, TrainingSetup(dataset_size=64, batch_size=64, epochs=1, device=CPU,
+                                                           seed=0))
+    d = defense.discriminator
+    assert d is not None and d is not model and d(torch.rand(2, 1, 16, 16)).shape == (2, 1)
+    assert isinstance(defense.discriminator_optimizer, torch.optim.Adam)
+    defense.start_epoch(0, 1)
+    x = torch.rand(64, 1, 16, 16)
+    losses = []
+    for step in range(15):
+        defense.transform(x, torch.zeros(64, dtype=torch.long), model=model, epoch=0, step=step)
+        losses.append(defense.last_discriminator_loss)
+    assert losses[-1] < losses[0]  # it learns to tell triggered images from clean ones
+    state = defense.state_dict()
+    assert "triggers" in state and any(k.startswith("discriminator.") for k in state)
+    assert any(k.startswith("discriminator_optimizer.") for k in state)
+    assert all(p.grad is None for p in model.parameters())
 
 
 # ------------------------------------------------------------------ TL-DMI

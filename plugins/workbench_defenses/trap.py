@@ -12,10 +12,12 @@ Loss: `(1 − β)·CE(clean) + β·CE(trapdoor)`.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import Tensor
+from torch import Tensor, nn
 
 from workbench.api import Defense, LossOutput, StrictModel, seeds
 
@@ -28,6 +30,12 @@ class TrapMIDParams(StrictModel):
     step_size: float = Field(1e-2, ge=0)
     """Signed-gradient step of the trigger update per batch (reference `trapdoor.step_size` = 1e-2;
     0 keeps the random triggers, the reference's `optimized = false`)."""
+    discriminator: bool = True
+    """Keep triggered images natural-looking: a discriminator of the target's architecture (one
+    output) learns clean vs. triggered images each batch, and the trigger update also fools it
+    (reference `trapdoor.discriminator_loss = true`). Its optimizer is the target's (same type and
+    settings); deviation: its learning rate stays at the initial value (the reference schedules
+    it like the target's)."""
 
 
 def blend(x: Tensor, triggers: Tensor, alpha: float) -> Tensor:
@@ -38,10 +46,9 @@ def blend(x: Tensor, triggers: Tensor, alpha: float) -> Tensor:
 class TrapMID(Defense):
     """Trapdoor injection: per-class triggers blended into a copy of each batch.
 
-    Deviations from the reference (named in docs/defenses.md): no discriminator term on the
-    triggers (`discriminator_loss`, which keeps triggered images natural-looking), and no
-    RandomResizedCrop/flip/rotation augmentation of the batches (the reference applies it only
-    with trapdoors; on 16-px digits flips and rotations change the class).
+    Deviation from the reference (named in docs/defenses.md): no RandomResizedCrop/flip/rotation
+    augmentation of the batches (the reference applies it only with trapdoors; on 16-px digits
+    flips and rotations change the class).
     """
 
     report_keys = ("trap_accuracy",)
@@ -54,6 +61,8 @@ class TrapMID(Defense):
         self.dataset_size = 0
         self._labels: Tensor | None = None
         self._cursor = 0
+        self.discriminator: nn.Module | None = None
+        self.discriminator_optimizer: torch.optim.Optimizer | None = None
 
     def prepare_model(self, model, num_classes, ctx=None):
         self.num_classes = num_classes
@@ -62,7 +71,24 @@ class TrapMID(Defense):
     def start_training(self, model, optimizer, setup):
         self.seed = setup.seed
         self.dataset_size = setup.dataset_size
+        if self.params.discriminator and self.params.step_size > 0:
+            self.discriminator = self._make_discriminator(model).to(setup.device)
+            self.discriminator_optimizer = type(optimizer)(self.discriminator.parameters(), **optimizer.defaults)
         return optimizer
+
+    def _make_discriminator(self, model: nn.Module) -> nn.Module:
+        """The target's architecture, freshly initialised, with one output (reference: the target's
+        model class built with 1 class)."""
+        from workbench_defenses.tldmi import find_head
+
+        discriminator = copy.deepcopy(model)
+        with seeds.seeded(self.seed, "trap-mid", "discriminator"):
+            for module in discriminator.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+            parent, attr, head = find_head(discriminator, self.num_classes)
+            setattr(parent, attr, nn.Linear(head.in_features, 1))
+        return discriminator
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         # Each class a trapdoor target equally often per epoch, in a shuffled order (reference).
@@ -100,13 +126,28 @@ class TrapMID(Defense):
         return torch.cat([x, trapped]), torch.cat([y, trap_y])
 
     def update_triggers(self, model, x: Tensor, trap_y: Tensor) -> None:
-        """One signed-gradient step on the triggers lowering the trapdoor CE, the model in eval
-        mode (reference `engine.train`), weights untouched."""
+        """One signed-gradient step on the triggers lowering the trapdoor CE (and, with the
+        discriminator, its BCE towards "clean"), the model in eval mode (reference `engine.train`);
+        the model's weights untouched, the discriminator's trained one step first."""
         was_training = model.training
         model.eval()
         triggers = self.triggers.detach().requires_grad_(True)
-        logits = model(blend(x, triggers[trap_y], self.params.alpha))
-        grad, = torch.autograd.grad(F.cross_entropy(logits.float(), trap_y), triggers)
+        trapped = blend(x, triggers[trap_y], self.params.alpha)
+        trigger_loss = torch.zeros((), device=x.device)
+        if self.discriminator is not None:
+            d, m = self.discriminator, len(x)
+            d.train()
+            real_fake = torch.cat([torch.ones(m, 1), torch.zeros(m, 1)]).to(x.device)
+            d_loss = F.binary_cross_entropy_with_logits(d(torch.cat([x, trapped.detach()])).float(), real_fake)
+            self.discriminator_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.discriminator_optimizer.step()
+            self.last_discriminator_loss = float(d_loss.detach())
+            d.eval()
+            trigger_loss = F.binary_cross_entropy_with_logits(d(trapped).float(), real_fake[:m])
+        logits = model(trapped)
+        trigger_loss = trigger_loss + F.cross_entropy(logits.float(), trap_y)
+        grad, = torch.autograd.grad(trigger_loss, triggers)
         self.triggers = (self.triggers - self.params.step_size * grad.sign()).clamp(0, 1).detach()
         model.train(was_training)
 
@@ -120,8 +161,25 @@ class TrapMID(Defense):
                           {"ce": float(ce.detach()), "trap_ce": float(trap.detach()), "trap_accuracy": float(trap_acc)})
 
     def state_dict(self):
-        return {} if self.triggers is None else {"triggers": self.triggers.detach().cpu()}
+        state = {} if self.triggers is None else {"triggers": self.triggers.detach().cpu()}
+        if self.discriminator is not None:
+            state.update({f"discriminator.{k}": v.detach().cpu() for k, v in self.discriminator.state_dict().items()})
+            for index, values in self.discriminator_optimizer.state_dict()["state"].items():
+                for key, value in values.items():
+                    if isinstance(value, Tensor):
+                        state[f"discriminator_optimizer.{index}.{key}"] = value.detach().cpu()
+        return state
 
     def load_state_dict(self, state):
         if "triggers" in state:
             self.triggers = state["triggers"].clone()
+        if self.discriminator is not None and any(k.startswith("discriminator.") for k in state):
+            self.discriminator.load_state_dict({k.removeprefix("discriminator."): v for k, v in state.items()
+                                                if k.startswith("discriminator.")})
+            saved: dict[int, dict[str, Tensor]] = {}
+            for key, value in state.items():
+                if key.startswith("discriminator_optimizer."):
+                    index, name = key.removeprefix("discriminator_optimizer.").split(".", 1)
+                    saved.setdefault(int(index), {})[name] = value
+            groups = self.discriminator_optimizer.state_dict()["param_groups"]
+            self.discriminator_optimizer.load_state_dict({"state": saved, "param_groups": groups})
