@@ -198,7 +198,6 @@ def _run_seeds(recipe: Path, seeds: str, run_dir: Path | None, overrides: list[s
 def _sweep(options, quiet: bool, spec=None) -> None:
     from workbench.errors import RecipeError
     from workbench.sweeps import SweepRunner
-    from workbench.sweeps.aggregate import cell, figure_title, headline_figures
 
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
@@ -211,14 +210,7 @@ def _sweep(options, quiet: bool, spec=None) -> None:
         result = runner.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    columns = headline_figures(result.aggregate)
-    table = Table(title="mean ± std (n) over seeds", title_justify="left")
-    for column in ("point", "variant", *(figure_title(c) for c in columns)):
-        table.add_column(column)
-    for point in result.aggregate["points"]:
-        for variant in point["variants"]:
-            table.add_row(point["id"], variant["name"], *(cell(variant["figures"].get(c)) for c in columns))
-    out.print(table)
+    out.print(_aggregate_table(result.aggregate))
     out.print(f"sweep directory: {result.sweep_dir}  (report: {result.sweep_dir / 'report.md'})", highlight=False)
     if result.failed:
         for run_id, error in sorted(result.failed.items()):
@@ -226,6 +218,20 @@ def _sweep(options, quiet: bool, spec=None) -> None:
         err.print(f"{len(result.failed)} run(s) failed; retry them with: workbench sweep {result.sweep_dir} --resume",
                   highlight=False)
         raise typer.Exit(1)
+
+
+def _aggregate_table(data: dict) -> Table:
+    """A sweep's aggregate: mean ± std (n) per point and variant, the headline figures."""
+    from workbench.sweeps.aggregate import cell, figure_title, headline_figures
+
+    columns = headline_figures(data)
+    table = Table(title="mean ± std (n) over seeds", title_justify="left")
+    for column in ("point", "variant", *(figure_title(c) for c in columns)):
+        table.add_column(column)
+    for point in data["points"]:
+        for variant in point["variants"]:
+            table.add_row(point["id"], variant["name"], *(cell(variant["figures"].get(c)) for c in columns))
+    return table
 
 
 def _sweep_printer():
@@ -441,6 +447,13 @@ def runs_show(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
               f"duration {info.duration_text}", highlight=False)
     if info.error:
         out.print(f"[red]error:[/] {info.error}", highlight=False)
+    if info.kind == "sweep":
+        out.print(info.headline, highlight=False)
+        aggregate = Path(run) / "aggregate.json"
+        if aggregate.exists():
+            out.print(_aggregate_table(json.loads(aggregate.read_text())))
+            out.print(f"report: {Path(run) / 'report.md'}  plot: {Path(run) / 'pareto.png'}", highlight=False)
+        return
     if info.results:
         out.print(results_table(info.results))
     else:
