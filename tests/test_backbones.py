@@ -361,7 +361,7 @@ def test_unreadable_pretrained_files(registry, tmp_path: Path):
             {"model_name": "test_resnett"},
             r"unknown timm model 'test_resnett' \(did you mean \"test_resnet\"\?\)",
         ),
-        ("timm", {}, r"model_name: Field required"),
+        ("timm", {}, r"model_name: required key missing"),
         ("timm", {"model_name": "test_resnet", "feature_indices": 0}, r"feature_indices: .*at least 1"),
         (
             "timm",

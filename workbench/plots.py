@@ -476,6 +476,6 @@ def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
     A reader (the TUI, a browser on report.md) never sees a half-written file.
     """
     target = Path(path)
-    with atomic_path(target) as tmp:
-        image.save(tmp, format="PNG")
+    with atomic_path(target) as tmp, open(tmp, "wb") as stream:
+        image.save(stream, format="PNG")
     return target
