@@ -102,6 +102,7 @@ def _tiny_training(tmp_path, epochs: int, resume: bool = False, folder: str = "r
     return model, result
 
 
+@pytest.mark.slow
 def test_resume_follows_the_checkpoint_not_a_stale_last_json(tmp_path):
     """`last.json` saying epoch 99 (or 1) next to an epoch-2 checkpoint changes nothing: resume
     runs exactly the missing epoch and ends bit-identical to an uninterrupted run."""

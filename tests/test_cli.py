@@ -95,6 +95,7 @@ def test_plugins_list_json_rows(monkeypatch, capsys):
     assert code == 2 and 'did you mean "defense"' in one_clear_line(err)
 
 
+@pytest.mark.slow
 def test_run_then_runs_list_and_show(tmp_path, monkeypatch, capsys):
     recipe = tmp_path / "r.toml"
     recipe.write_text(TINY_RECIPE)

@@ -356,17 +356,20 @@ def test_energy_loss_uses_the_recipes_margins_when_given(registry):
 def test_warmup_ood_batches_move_batchnorm_as_in_the_reference(registry):
     """With `warmup_ood_forward` the OOD batches pass through the model in training mode during warm-up
     (no gradient): BatchNorm's running statistics differ from a warm-up on ID data alone."""
+    from torch.utils.data import TensorDataset
+
     from workbench.recipe import OODTrainingConfig, TrainConfig
     from workbench.trainer import OODFeed, train_classifier
 
-    data = registry.create("dataset", "digits").load(0)
-    aux = registry.create("ood_dataset", "noise", role="auxiliary", size=128).load(16, 1, 0)
+    x = torch.rand(64, 1, 16, 16) * 0.2  # dark ID images, bright OOD noise: BatchNorm's means differ
+    train = TensorDataset(x, torch.arange(64) % 5)
+    aux = registry.create("ood_dataset", "noise", role="auxiliary", size=64).load(16, 1, 0)
     running = {}
     for forward in (True, False):
         model = registry.create("backbone", "scnn").build(5, 1, 16)
         config = OODTrainingConfig(dataset={"use": "noise"}, warmup_epochs=1, warmup_ood_forward=forward)
         torch.manual_seed(0)
-        train_classifier(model, registry.create("defense", "none"), data.train, TrainConfig(epochs=1),
+        train_classifier(model, registry.create("defense", "none"), train, TrainConfig(epochs=1, batch_size=32),
                          device=torch.device("cpu"), seed=0,
                          ood=OODFeed(aux, config, registry.create("ood_loss", "entropy")))
         bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))

@@ -37,12 +37,14 @@ def test_run_writes_the_run_directory(run_tiny_recipe):
     assert "| none |" in (run_dir / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_same_recipe_twice_gives_the_same_figures(run_tiny_recipe, tmp_path):
     _, first = run_tiny_recipe(cache_dir=tmp_path / "cache-a")
     _, second = run_tiny_recipe(cache_dir=tmp_path / "cache-b")  # trained again from scratch
     assert first["variants"][0]["utility"] == second["variants"][0]["utility"]
 
 
+@pytest.mark.slow
 def test_second_identical_run_takes_the_target_from_the_stage_cache(run_tiny_recipe):
     _, first = run_tiny_recipe()
     run_dir, second = run_tiny_recipe()
@@ -52,6 +54,7 @@ def test_second_identical_run_takes_the_target_from_the_stage_cache(run_tiny_rec
     assert not (run_dir / "none" / "last.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_figures_and_weights(run_tiny_recipe, tmp_path, isolated_cache):
     full_dir, full = run_tiny_recipe(SIX_EPOCHS)
 

@@ -115,6 +115,7 @@ def test_a_package_runs_its_own_tests_from_its_folder(tmp_path):
     assert "2 passed" in result.stdout
 
 
+@pytest.mark.slow
 def test_installed_package_shows_in_plugins_list(tmp_path):
     """What `pip install -e` does for discovery, by hand: a dist-info with the entry point."""
     folder = write_plugin_package("my-measure", tmp_path / "pkg", "dependency")

@@ -388,6 +388,7 @@ def assert_complete(run_dir: Path, epochs: int = 2) -> None:
     assert json.loads((run_dir / "results.json").read_text())["variants"][0]["utility"]["test_accuracy"] > 0
 
 
+@pytest.mark.slow
 def test_missing_packages_give_one_warning_naming_the_extra(run_tiny_recipe, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "mlflow", None)
@@ -401,6 +402,7 @@ def test_missing_packages_give_one_warning_naming_the_extra(run_tiny_recipe, mon
     assert len(mlflow) == 1 and "pip install 'workbench-mi[mlflow]'" in mlflow[0]
 
 
+@pytest.mark.slow
 def test_unwritable_directory_and_refusing_server_give_a_warning_and_the_run_goes_on(
     run_tiny_recipe, tmp_path, capsys
 ):
@@ -528,6 +530,7 @@ def test_a_sink_failing_on_a_worker_event_is_reported_once(run_tiny_recipe, tmp_
     ]
 
 
+@pytest.mark.slow
 def test_a_sink_that_hangs_never_holds_the_run(run_tiny_recipe, register_plugin, monkeypatch, capsys):
     register_plugin(TestSinks(), "test-sinks")
     monkeypatch.setenv("WORKBENCH_SINK_TIMEOUT", "0.5")
@@ -667,6 +670,7 @@ def test_sweep_sink_reaches_every_run_with_its_grid_point(tmp_path, monkeypatch,
         )
 
 
+@pytest.mark.slow
 def test_core_and_builtin_sinks_import_without_tensorboard_or_mlflow():
     import subprocess
 
