@@ -46,3 +46,11 @@ def test_authoring_guide_covers_every_hook_and_kind():
         assert re.search(rf"^### .*\(`{kind}`\)$", guide, flags=re.MULTILINE), (
             f"docs/plugins.md has no contract heading for the kind {kind!r}"
         )
+
+
+def test_the_authoring_guide_lists_every_public_api_name():
+    import workbench.api
+
+    guide = PLUGINS_DOC.read_text()
+    missing = [name for name in workbench.api.__all__ if f"`{name}`" not in guide]
+    assert missing == [], f"docs/plugins.md does not mention {missing} (section 5, the public API)"
