@@ -1,6 +1,6 @@
 """Built-in workbench plugin: model-inversion attacks and the privacy metrics that judge them.
 
-Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`. Privacy metrics (kind `metric`, section
+Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`, `lomma-gmi`, `lomma-kedmi`. Privacy metrics (kind `metric`, section
 `attacks`): `attack-accuracy`, `knn-dist`, `fid` (in E's feature space), `fid-inception`.
 The metric math is in `workbench_attacks.privacy` as pure functions.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 from workbench.api import NoParams, hookimpl
 from workbench_attacks.gmi import GMI, GMIParams
 from workbench_attacks.kedmi import KEDMI, KEDMIParams
+from workbench_attacks.lomma import LOMMAGMI, LOMMAKEDMI, LOMMAGMIParams, LOMMAKEDMIParams
 from workbench_attacks.miface import MIFace, MIFaceParams
 from workbench_attacks.privacy import (
     FID,
@@ -40,6 +41,18 @@ def register_attacks(register):
         MIFace,
         params=MIFaceParams,
         summary="MI-Face: gradient steps on the pixels toward the class, no prior data (Fredrikson et al. 2015).",
+    )
+    register(
+        "lomma-gmi",
+        LOMMAGMI,
+        params=LOMMAGMIParams,
+        summary="LOMMA on GMI: logit loss, feature regulariser, surrogates distilled from the target (Nguyen et al. 2023).",
+    )
+    register(
+        "lomma-kedmi",
+        LOMMAKEDMI,
+        params=LOMMAKEDMIParams,
+        summary="LOMMA on KED-MI: logit loss, feature regulariser, surrogates distilled from the target (Nguyen et al. 2023).",
     )
 
 
