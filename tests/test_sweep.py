@@ -279,9 +279,9 @@ def test_run_seeds_shorthand(tmp_path, isolated_cache):
 def test_killed_sweep_rerun_gives_the_same_aggregate_as_an_uninterrupted_one(tmp_path):
     """kill -9 the sweep mid-way (its workers die with it); --resume finishes; aggregate.json is the
     same byte for byte as a sweep that ran straight through (in its own cache)."""
-    recipe = FAST.replace("epochs = 1", "epochs = 4")
+    recipe = FAST.replace("epochs = 1", "epochs = 3")
     path = write(tmp_path, 'recipe = "recipe.toml"\nseeds = "0-2"\n[executor]\nuse = "processes"\nworkers = 1\n'
-                 '[grid]\n"target.train.optimizer.lr" = [0.001, 0.002]\n', recipe)
+                 '[grid]\n"target.train.optimizer.lr" = [0.002]\n', recipe)
 
     def sweep(sweep_dir: Path, cache: str, *extra: str) -> subprocess.Popen:
         env = {**os.environ, "WORKBENCH_CACHE_DIR": str(tmp_path / cache)}
@@ -296,7 +296,7 @@ def test_killed_sweep_rerun_gives_the_same_aggregate_as_an_uninterrupted_one(tmp
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # kill once a run has finished and the next is training
         types = [e["type"] for e in read_events(killed_dir)]
-        if types.count("sweep_run_finished") >= 2 and (killed_dir / "runs" / "lr=0.001-s2" / "events.jsonl").exists():
+        if types.count("sweep_run_finished") >= 1 and (killed_dir / "runs" / "lr=0.002-s1" / "events.jsonl").exists():
             break
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -306,7 +306,7 @@ def test_killed_sweep_rerun_gives_the_same_aggregate_as_an_uninterrupted_one(tmp
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     events = list(read_events(killed_dir))
-    assert sum(e["type"] == "sweep_run_skipped" for e in events) >= 2
+    assert sum(e["type"] == "sweep_run_skipped" for e in events) >= 1
     assert (killed_dir / "aggregate.json").read_text() == (tmp_path / "straight" / "aggregate.json").read_text()
 
 
