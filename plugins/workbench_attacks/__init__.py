@@ -1,6 +1,6 @@
 """Built-in workbench plugin: model-inversion attacks and the privacy metrics that judge them.
 
-Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`, `lomma-gmi`, `lomma-kedmi`. Privacy metrics (kind `metric`, section
+Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`, `lomma-gmi`, `lomma-kedmi`, `plg-mi`. Privacy metrics (kind `metric`, section
 `attacks`): `attack-accuracy`, `knn-dist`, `fid` (in E's feature space), `fid-inception`.
 The metric math is in `workbench_attacks.privacy` as pure functions.
 """
@@ -12,6 +12,7 @@ from workbench_attacks.gmi import GMI, GMIParams
 from workbench_attacks.kedmi import KEDMI, KEDMIParams
 from workbench_attacks.lomma import LOMMAGMI, LOMMAKEDMI, LOMMAGMIParams, LOMMAKEDMIParams
 from workbench_attacks.miface import MIFace, MIFaceParams
+from workbench_attacks.plgmi import PLGMI, PLGMIParams
 from workbench_attacks.privacy import (
     FID,
     AttackAccuracy,
@@ -53,6 +54,12 @@ def register_attacks(register):
         LOMMAKEDMI,
         params=LOMMAKEDMIParams,
         summary="LOMMA on KED-MI: logit loss, feature regulariser, surrogates distilled from the target (Nguyen et al. 2023).",
+    )
+    register(
+        "plg-mi",
+        PLGMI,
+        params=PLGMIParams,
+        summary="PLG-MI: top-n pseudo-labels, a conditional GAN per target, max-margin inversion (Yuan et al. 2023).",
     )
 
 

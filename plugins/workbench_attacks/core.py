@@ -109,15 +109,17 @@ def train_gan(
     attack: str,
     stage: str,
     on_progress: Callable[..., None] | None = None,
+    betas: tuple[float, float] = (0.5, 0.999),
 ) -> dict[str, float]:
     """Train both players in place: per generator step, `critic_iters` discriminator steps.
 
     `d_loss()` / `g_loss()` draw their own batches (from the caller's generator) and return the
     loss to minimise for that player. Adam with betas (0.5, 0.999) for both (every reference).
     A non-finite loss stops training with a one-line error (the prior is then never cached).
+    `betas`: Adam's for both players ((0.0, 0.9) for PLG-MI's hinge cGAN).
     """
-    g_opt = torch.optim.Adam(generator.parameters(), lr=budget.gan_lr, betas=(0.5, 0.999))
-    d_opt = torch.optim.Adam(discriminator.parameters(), lr=budget.gan_lr, betas=(0.5, 0.999))
+    g_opt = torch.optim.Adam(generator.parameters(), lr=budget.gan_lr, betas=betas)
+    d_opt = torch.optim.Adam(discriminator.parameters(), lr=budget.gan_lr, betas=betas)
     generator.train()
     discriminator.train()
     reports = report_steps(budget.gan_steps, 1)
