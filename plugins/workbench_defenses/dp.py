@@ -8,6 +8,7 @@ Needs the `[dp]` extra (`pip install 'workbench-mi[dp]'`).
 
 from __future__ import annotations
 
+import warnings
 from typing import Literal
 
 import torch
@@ -79,6 +80,9 @@ class DPSGD(Defense):
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
 
+        # Opacus's hooks on the first layer warn on every run that the images need no gradient;
+        # that is expected (per-sample gradients are of the weights), so the one message is silenced.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
         self.grad_sample_module = GradSampleModule(model)  # hooks on model's own layers
         dp = DPOptimizer(optimizer, noise_multiplier=self.params.noise_multiplier,
                          max_grad_norm=self.params.max_grad_norm, expected_batch_size=setup.batch_size,
