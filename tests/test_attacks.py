@@ -152,6 +152,7 @@ def subset(result: AttackResult, classes: list[int]) -> torch.Tensor:
     return result.images[torch.isin(result.targets, torch.tensor(classes))]
 
 
+@pytest.mark.slow
 def test_gmi_recovers_classes_reuses_its_cached_gan_and_is_deterministic(toy, registry, tmp_path):
     attack = registry.create(
         "attack", "gmi", **TINY_GAN, iterations=60, restarts=2, samples_per_class=4, loss_batch=NUM_CLASSES
@@ -199,6 +200,7 @@ def test_gmi_recovers_classes_reuses_its_cached_gan_and_is_deterministic(toy, re
     assert torch.allclose(third.images, subset(first, [1, 3]), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_kedmi_recovers_classes_and_caches_per_target(toy, registry, tmp_path):
     attack = registry.create(
         "attack", "kedmi", **TINY_GAN, iterations=60, lr=0.1, fits=2, samples_per_class=4
@@ -228,6 +230,7 @@ def test_kedmi_recovers_classes_and_caches_per_target(toy, registry, tmp_path):
     assert key_a["public"] == key_b["public"] and key_a["target"] != key_b["target"]
 
 
+@pytest.mark.slow
 def test_miface_recovers_classes_without_public_data(toy, registry):
     data, target, evaluator = toy
     no_public = DataSplits(

@@ -282,6 +282,7 @@ def test_dp_sgd_clips_and_noises_through_opacus(registry):
 
 
 @pytest.mark.parametrize("name", ["trap-mid", "dp-sgd"])
+@pytest.mark.slow
 def test_resume_restores_the_defense_state(registry, digits, tmp_path, name):
     if name == "dp-sgd":
         pytest.importorskip("opacus")

@@ -94,6 +94,7 @@ def test_balanced_batches_hold_k_classes_times_n_images():
         assert sorted(counts[counts > 0].tolist()) == [3, 3, 3, 3]
 
 
+@pytest.mark.slow
 def test_trainer_with_balanced_batches_and_sgd_learns(registry):
     data = registry.create("dataset", "digits").load(0)
     model = registry.create("backbone", "mcnn", width=8).build(5, 1, 16)
@@ -104,6 +105,7 @@ def test_trainer_with_balanced_batches_and_sgd_learns(registry):
     assert result.history[-1]["train_accuracy"] > 0.8
 
 
+@pytest.mark.slow
 def test_ood_phase_starts_after_warmup_and_logs_its_loss(registry):
     data = registry.create("dataset", "digits").load(0)
     aux = registry.create("ood_dataset", "letters", role="auxiliary", size=200).load(16, 1, 0)

@@ -202,6 +202,7 @@ def test_pareto_front_and_plot():
 # ------------------------------------------------------------------ end to end
 
 
+@pytest.mark.slow
 def test_tiny_sweep_end_to_end_then_resume_skips_everything(tmp_path, isolated_cache):
     path = write(tmp_path, 'recipe = "recipe.toml"\nseeds = [0, 1]\n[executor]\nuse = "inline"\n')
     sweep_dir = tmp_path / "sweep"
@@ -233,6 +234,7 @@ def test_tiny_sweep_end_to_end_then_resume_skips_everything(tmp_path, isolated_c
                                cache_dir=isolated_cache))
 
 
+@pytest.mark.slow
 def test_a_failed_run_does_not_stop_the_others_and_is_retried(tmp_path, isolated_cache, monkeypatch):
     """Seed 0's run fails at its end (inline executor: in this process); seed 1 still finishes; the
     rerun resumes seed 0 from its checkpoints and completes it."""
