@@ -34,14 +34,14 @@ EVENTS_FILE = "events.jsonl"
 TERMINAL_EVENTS = ("run_finished", "run_failed", "run_interrupted")
 
 
-def _clean(value: Any) -> Any:
-    """JSON has no NaN/inf: write them as null so every line parses everywhere."""
+def json_safe(value: Any) -> Any:
+    """JSON has no NaN/inf: write them as null so every line (and results.json) parses everywhere."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -59,7 +59,7 @@ class EventWriter:
         self._own: dict[str, None] = {}  # recent lines this writer wrote, oldest first
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
-        event = {"t": round(time.time(), 3), "type": type, **_clean(fields)}
+        event = {"t": round(time.time(), 3), "type": type, **json_safe(fields)}
         line = json.dumps(event, separators=(",", ":"))
         self._file.write(line + "\n")
         self._file.flush()

@@ -36,7 +36,7 @@ from workbench.components import AttackContext, DataSplits, DefenseContext, Eval
 from workbench.device import describe_machine, resolve_device
 from workbench.errors import RunError, WorkbenchError
 from workbench.evaluation import OODEvaluator, attack_figures, check_disjoint, evaluation_model, run_attack
-from workbench.events import EventWriter, relay_events
+from workbench.events import EventWriter, json_safe, relay_events
 from workbench.jobs import resolve_workers, threads_for, threads_per_job
 from workbench.recipe import Recipe, VariantConfig, load_recipe, recipe_hash, resolve, to_toml
 from workbench.registry import Registry, load_registry
@@ -320,7 +320,7 @@ class Runner:
         if defense_figures:  # what the defense reports of its training (DP-SGD: epsilon, delta)
             figures["defense"] = defense_figures
             self.emit("result", variant=variant.name, section="defense", figures=defense_figures)
-        atomic_write_text(folder / RESULTS_FILE, json.dumps({"name": variant.name, **figures}, indent=2))
+        atomic_write_text(folder / RESULTS_FILE, json.dumps(json_safe({"name": variant.name, **figures}), indent=2, allow_nan=False))
 
     def _defense_figures(self, variant: VariantConfig) -> dict[str, float]:
         """The defense's `report_keys` from the last epoch of the trained target's history."""
@@ -462,7 +462,7 @@ class Runner:
         }
         if self.evaluation_figures is not None:
             results["evaluation_model"] = self.evaluation_figures
-        atomic_write_text(self.run_dir / RESULTS_FILE, json.dumps(results, indent=2))
+        atomic_write_text(self.run_dir / RESULTS_FILE, json.dumps(json_safe(results), indent=2, allow_nan=False))
         return results
 
     def _write_report(self, results: dict[str, Any]) -> None:
