@@ -6,6 +6,7 @@ sets) is built once per run, and E is cached across runs by the config that dete
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from workbench.checkpoint import (
 )
 from workbench.components import AttackContext, AttackResult, DataSplits, EvalContext
 from workbench.device import autocast
+from workbench.errors import WorkbenchError
 from workbench.losses import accuracy
 from workbench.ood_metrics import CONVENTION, mean_over_sets, ood_metrics
 from workbench.plots import histogram, image_grid, save_png
@@ -35,10 +37,88 @@ from workbench.registry import Registry
 from workbench.trainer import train_classifier
 
 
+class ResizedInput(nn.Module):
+    """E behind a bilinear resize: the papers judge 64 px CelebA reconstructions with a face model
+    trained at 112 px (`low2high`). Upsampling with half-pixel centres is what PIL's bilinear
+    resize computes too; unlike the reference, images stay in float (no 8-bit round trip)."""
+
+    def __init__(self, model: nn.Module, size: int):
+        super().__init__()
+        self.model = model
+        self.size = size
+        self.feature_dim = getattr(model, "feature_dim", None)
+        self.hidden_names = getattr(model, "hidden_names", None)
+
+    def resize(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] == (self.size, self.size):
+            return x
+        return nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(self.resize(x))
+
+    def forward_hidden(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        return self.model.forward_hidden(self.resize(x))
+
+
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes (what `sha256sum` prints), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# How many offending keys a message names before summarising the rest.
+_SHOWN_KEYS = 4
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:_SHOWN_KEYS])
+    return shown + (f" (+{len(items) - _SHOWN_KEYS} more)" if len(items) > _SHOWN_KEYS else "")
+
+
+def load_evaluation_weights(model: nn.Module, path: Path, what: str) -> None:
+    """Load a safetensors state dict into E, or say in one line what is wrong with the file.
+
+    Every key and shape must match (BatchNorm's `num_batches_tracked` may be absent; a `module.`
+    prefix on every key, as DataParallel saves them, is dropped), so a wrong file never half-loads.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    local = Path(path).expanduser()
+    if local.suffix.lower() != ".safetensors":
+        raise WorkbenchError(f"evaluation.weights_file '{path}': expected a .safetensors file, never a pickle; "
+                             "convert the checkpoint once (docs/attacks.md, \"E from a file\")")
+    if not local.is_file():
+        raise WorkbenchError(f"evaluation.weights_file '{path}' does not exist; expected a local .safetensors "
+                             f"state dict of {what} (nothing is downloaded; docs/attacks.md, \"E from a file\")")
+    try:
+        state = load_file(str(local), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise WorkbenchError(f"evaluation.weights_file '{path}' could not be read as safetensors: {reason}") from None
+    if state and all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k} file {list(v.shape)} vs model {list(expected[k].shape)}"
+                  for k, v in state.items() if k in expected and v.shape != expected[k].shape]
+    problems = [f"{label} {_listed(keys)}" for label, keys in
+                (("shape", mismatched), ("missing", missing), ("unexpected", unexpected)) if keys]
+    if problems:
+        raise WorkbenchError(f"evaluation.weights_file '{path}' does not fit {what}: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
+
+
 def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registry, data: DataSplits,
                      cache: StageCache, device: torch.device, emit: Callable[..., Any]
                      ) -> tuple[nn.Module, dict[str, Any]]:
-    """E: trained once on the private data (digits: all ten classes), cached by its config."""
+    """E: loaded from `weights_file`, or trained once on the private data (digits: all ten classes)
+    and cached by its config; behind a resize to `input_size` when that differs from the data's."""
     config = recipe.evaluation
     if config.seed is not None and config.seed != recipe.seed:
         # E's own seed (sweeps): its own split of the data, so runs of every seed share one E.
@@ -47,23 +127,49 @@ def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registr
     num_classes = data.evaluation_num_classes or data.num_classes
     train_set = data.evaluation_train or data.train
     test_set = data.evaluation_test or data.test
-    key = {"backbone": resolved["evaluation"]["backbone"], "train": resolved["evaluation"]["train"],
-           "data": resolved["data"], "seed": recipe.seed, "classes": num_classes}
+    size = config.input_size or data.image_size
     torch.manual_seed(seeds.derive(recipe.seed, "evaluation-model", "init"))
-    model = registry.create_from("backbone", config.backbone).build(num_classes, data.in_channels, data.image_size)
-    def train() -> dict[str, Any]:
-        train_classifier(model, registry.create("defense", "none"), train_set, config.train, device=device,
-                         seed=seeds.derive(recipe.seed, "evaluation-model"), emit=emit, stage="train",
-                         variant="evaluation-model")
-        return {"test_accuracy": accuracy(model, test_set, device),
-                "summary": f"E {config.backbone.use}, {num_classes} classes"}
+    network = registry.create_from("backbone", config.backbone).build(num_classes, data.in_channels, size)
+    model = ResizedInput(network, size) if size != data.image_size else network
+    figures: dict[str, Any] = {"backbone": config.backbone.use}
+    if config.input_size is not None:
+        figures["input_size"] = size
+    if config.weights_file is not None:
+        what = (f"backbone '{config.backbone.use}' built for {num_classes} classes, {data.in_channels} channels, "
+                f"{size} px")
+        load_evaluation_weights(network, config.weights_file, what)
+        model.to(device)
+        figures.update(test_accuracy=accuracy(model, test_set, device), cached=False,
+                       weights_file=str(config.weights_file),
+                       weights_sha256=file_sha256(Path(config.weights_file).expanduser()))
+        resized = f", inputs resized {data.image_size} -> {size} px" if size != data.image_size else ""
+        emit("log", level="info", message=f"evaluation model E ({config.backbone.use}) loaded from "
+             f"{config.weights_file} (sha256 {figures['weights_sha256'][:16]}){resized}, not trained; "
+             f"test accuracy {figures['test_accuracy']:.4f}")
+        if figures["test_accuracy"] <= 2.0 / num_classes:
+            emit("log", level="warning", message=f"E from {config.weights_file} is near chance on the private "
+                 f"test split ({figures['test_accuracy']:.4f}, chance {1 / num_classes:.4f}): are its classes "
+                 "the dataset's classes, in the same order?")
+    else:
+        key = {"backbone": resolved["evaluation"]["backbone"], "train": resolved["evaluation"]["train"],
+               "data": resolved["data"], "seed": recipe.seed, "classes": num_classes}
+        if config.input_size is not None:
+            key["input_size"] = size
 
-    meta, cached = cache.load_or_compute("evaluation-model", key, {"model": model}, train, what="evaluation model")
-    model.to(device)
-    if cached:
-        emit("log", level="info", message=f"evaluation model loaded from the stage cache "
-                                          f"(test accuracy {meta.get('test_accuracy', float('nan')):.4f})")
-    figures = {"test_accuracy": meta.get("test_accuracy"), "backbone": config.backbone.use, "cached": cached}
+        def train() -> dict[str, Any]:
+            train_classifier(model, registry.create("defense", "none"), train_set, config.train, device=device,
+                             seed=seeds.derive(recipe.seed, "evaluation-model"), emit=emit, stage="train",
+                             variant="evaluation-model")
+            return {"test_accuracy": accuracy(model, test_set, device),
+                    "summary": f"E {config.backbone.use}, {num_classes} classes"}
+
+        meta, cached = cache.load_or_compute("evaluation-model", key, {"model": network}, train,
+                                             what="evaluation model")
+        model.to(device)
+        if cached:
+            emit("log", level="info", message=f"evaluation model loaded from the stage cache "
+                                              f"(test accuracy {meta.get('test_accuracy', float('nan')):.4f})")
+        figures.update(test_accuracy=meta.get("test_accuracy"), cached=cached)
     emit("result", variant=None, section="evaluation_model", figures=figures)
     return model.eval(), figures
 
@@ -141,9 +247,11 @@ def run_attack(name: str, attack: Any, target: nn.Module, data: DataSplits, eval
     started = time.perf_counter()
     for p in target.parameters():
         p.requires_grad_(False)
-    # Reconstructions depend on the attack's config, the target's weights and the seed only.
+    # Reconstructions depend on the attack's config, the target's weights and the seed; E's weights too,
+    # since the attack is handed E (a loaded E changes with its file, not with the recipe).
     key = {"attack": type(attack).__name__, "params": attack.params.model_dump(mode="json")
-           if hasattr(attack, "params") else repr(attack), "target": weights_fingerprint(target), "seed": seed}
+           if hasattr(attack, "params") else repr(attack), "target": weights_fingerprint(target), "seed": seed,
+           "evaluation": weights_fingerprint(evaluation) if evaluation is not None else None}
     cached = cache.load_state("attack", key)
     if cached is not None:
         tensors, meta = cached

@@ -163,15 +163,46 @@ class VariantConfig(StrictModel):
 
 
 class EvaluationConfig(StrictModel):
-    """The evaluation model E that judges reconstructions; trained once, cached by its config."""
+    """The evaluation model E that judges reconstructions: trained once and cached by its config, or
+    loaded from a local safetensors file (`weights_file`), as the papers' CelebA protocol does."""
 
     backbone: BackboneTable = BackboneTable(use="scnn")
-    """E's backbone (kind `backbone`)."""
+    """E's backbone (kind `backbone`); with `weights_file`, the network the file's weights fit
+    (BiDO's CelebA E: `facenet`, IR-50)."""
     train: TrainConfig = TrainConfig()
-    """E's training settings."""
+    """E's training settings; unused (and refused when set) with `weights_file`."""
     seed: int | None = None
     """E's own seed (its data split, initialisation and batches); unset = the run's `seed`. A sweep
     sets it to the recipe's seed so that every run is judged by one E, trained once."""
+    weights_file: Path | None = None
+    """E's weights from a local `.safetensors` file (a state dict of `backbone` built for the
+    dataset's evaluation classes); E is then not trained. A relative path is taken from the working
+    directory, like `data.root`; `~` is expanded. Pickles (`.pt`, `.pth`, `.tar`) are refused:
+    convert them once (docs/attacks.md, "E from a file"). The file's SHA-256 is reported with the
+    results and E's weights key the cached attack results. BiDO's CelebA E is the authors'
+    `FaceNet_95.88.tar` (Defend_MI README), converted."""
+    input_size: int | None = Field(None, ge=8, le=1024)
+    """Side in pixels E sees: images are resized bilinearly (half-pixel centres, in float) from the
+    data's size before E, for training and judging alike; unset = the data's size. BiDO's CelebA E:
+    112 (`low2high`, 64 → 112 px, DefendMI `DMI/utils.py:304-316`; the reference resizes 8-bit
+    PIL images, so its inputs differ from these by at most about 1/255 per pixel, a deviation)."""
+
+    @field_validator("weights_file")
+    @classmethod
+    def _safetensors_only(cls, value: Path | None) -> Path | None:
+        if value is not None and value.suffix.lower() != ".safetensors":
+            raise ValueError(
+                "expected a .safetensors file; E's weights are never read from a pickle (.pt, .pth, .tar): "
+                "convert the checkpoint once with the snippet in docs/attacks.md, \"E from a file\""
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _loaded_e_is_not_trained(self) -> EvaluationConfig:
+        if self.weights_file is not None and self.train != TrainConfig():
+            raise ValueError("`train` is set but E is loaded from `weights_file` and not trained; remove "
+                             "the evaluation's `train` table or `weights_file`")
+        return self
 
 
 class OODEvaluationConfig(StrictModel):

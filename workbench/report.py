@@ -100,6 +100,21 @@ def fid_conventions(run_dir: Path, recipe: Recipe) -> list[str]:
     return lines
 
 
+def evaluation_header(evaluation: dict[str, Any] | None) -> list[str]:
+    """Which E judged the attacks: its backbone, trained here or loaded from which file (with the
+    file's SHA-256), and the size its inputs are resized to."""
+    if not evaluation:
+        return []
+    backbone = evaluation.get("backbone", "?")
+    if evaluation.get("weights_file"):
+        source = (f"`{backbone}` loaded from `{evaluation['weights_file']}` "
+                  f"(sha256 `{evaluation.get('weights_sha256', '?')}`), not trained")
+    else:
+        source = f"`{backbone}` trained on the private data"
+    resized = f"; inputs resized to {evaluation['input_size']} px" if evaluation.get("input_size") else ""
+    return [f"- evaluation model E: {source}{resized}"]
+
+
 def write_report(run_dir: Path, results: dict[str, Any], recipe: Recipe) -> Path:
     run_dir = Path(run_dir)
     machine = results.get("machine", {})
@@ -110,6 +125,7 @@ def write_report(run_dir: Path, results: dict[str, Any], recipe: Recipe) -> Path
         f"- device: {results.get('device', '?')}; " + ", ".join(f"{k} {v}" for k, v in machine.items()),
         f"- variants: {', '.join(v['name'] for v in results['variants'])}",
         *fid_conventions(run_dir, recipe),
+        *evaluation_header(results.get("evaluation_model")),
         "",
         "## Results",
         "",

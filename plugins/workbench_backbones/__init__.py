@@ -10,11 +10,15 @@ from __future__ import annotations
 from workbench.api import hookimpl
 
 from ._common import HiddenClassifier
+from .face_ir import FaceNet, FaceNetBackbone, FaceNetParams
 from .small_cnns import MCNN, SCNN, MCNNBackbone, MCNNParams, SCNNBackbone, SCNNParams
 from .timm_backbone import TimmBackbone, TimmHidden, TimmParams
 from .vgg import VGG16BN, VGG16BNBackbone, VGG16BNParams
 
 __all__ = [
+    "FaceNet",
+    "FaceNetBackbone",
+    "FaceNetParams",
     "MCNN",
     "SCNN",
     "VGG16BN",
@@ -50,6 +54,12 @@ def register_backbones(register):
         VGG16BNBackbone,
         params=VGG16BNParams,
         summary="BiDO's CelebA target: VGG16-BN convs + BN'd feature, hiddens block1-4, feature",
+    )
+    register(
+        "facenet",
+        FaceNetBackbone,
+        params=FaceNetParams,
+        summary="BiDO's CelebA evaluation model: IR-50 face net (112 px), hiddens stage1-4, 512-d feature",
     )
     register(
         "timm",
