@@ -15,6 +15,8 @@ internal and may change without notice.
   `cross_entropy` (the trainer's reduction), `accuracy`, `iterate_batches`,
   `StageCache` with `load_or_compute`, weight fingerprints and state-dict flattening, `seeds`.
 - Executors: `execute_outcome(job)` runs a `Job` in any process; `die_with_parent()` for workers.
+- Data parallel (torchrun): `gather_with_grad` (a batch statistic over the global batch),
+  `world_size`, `rank`, `is_main_process` (the one process that writes files).
 - Errors: `WorkbenchError` (one clear line for the user) and `did_you_mean`.
 """
 
@@ -48,10 +50,11 @@ from workbench.components import (
     TrainingSetup,
 )
 from workbench.device import autocast
+from workbench.distributed import gather_with_grad, is_main_process, rank, world_size
 from workbench.errors import WorkbenchError, did_you_mean
 from workbench.hookspecs import hookimpl
 from workbench.jobs import die_with_parent, execute_outcome
-from workbench.losses import accuracy, cross_entropy
+from workbench.losses import accuracy, cross_entropy, upcast
 from workbench.params import ComponentTable, NestedComponent, NoParams, StrictModel
 from workbench.trainer import train_classifier
 
@@ -89,12 +92,17 @@ __all__ = [
     "did_you_mean",
     "die_with_parent",
     "execute_outcome",
+    "gather_with_grad",
     "hookimpl",
+    "is_main_process",
     "iterate_batches",
     "model_state",
+    "rank",
     "seeds",
     "state_to_tensors",
     "tensors_with_prefix",
     "train_classifier",
+    "upcast",
     "weights_fingerprint",
+    "world_size",
 ]

@@ -38,10 +38,25 @@ def iterate_batches(
         yield x, torch.as_tensor(y)
 
 
+def shuffled_index_batches(
+    n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool = False
+) -> Iterator[Tensor]:
+    """The index batches `iterate_batches(..., shuffle=True)` draws from the same generator state:
+    data-parallel ranks each take their slice of these (`workbench.distributed.shard`), so the
+    global batches and their order do not depend on the number of ranks."""
+    order = torch.randperm(n, generator=generator)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    for start in range(0, stop, batch_size):
+        yield order[start : start + batch_size]
+
+
 def balanced_batches(
     labels: Tensor, classes: int, per_class: int, generator: torch.Generator
 ) -> Iterator[Tensor]:
-    """Index batches of `classes` classes × `per_class` images (identity-balanced sampling)."""
+    """Index batches of `classes` classes × `per_class` images (identity-balanced sampling).
+
+    Every rank of a data-parallel run draws the same global batches and takes its slice, so a
+    rank's images are `classes × per_class / N` of one global identity-balanced batch."""
     by_class = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
     by_class = [idx for idx in by_class if len(idx) > 0]
     classes = min(classes, len(by_class))

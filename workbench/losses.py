@@ -12,8 +12,14 @@ from workbench.device import autocast
 
 
 def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
-    """CE averaged over the batch, in float32 whatever the autocast dtype of the logits."""
-    return F.cross_entropy(logits.float(), y)
+    """CE averaged over the batch, in float32 whatever the autocast dtype of the logits (float64
+    logits stay float64: reference checks of the trainer run in double precision)."""
+    return F.cross_entropy(upcast(logits), y)
+
+
+def upcast(t: Tensor) -> Tensor:
+    """float32 for half, bfloat16 (autocast) and integer tensors; float64 stays float64."""
+    return t if t.dtype == torch.float64 else t.float()
 
 
 @torch.no_grad()

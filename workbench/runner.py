@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from workbench import __version__, seeds
+from workbench import __version__, distributed, seeds
 from workbench.cache import StageCache, default_cache_dir
 from workbench.checkpoint import (
     CheckpointError,
@@ -125,14 +125,16 @@ class Runner:
             header = (f"Resolved recipe of this run (from {source}); every default filled in.\n"
                       f"Resume with: workbench run {run_dir} --resume")
             atomic_write_text(run_dir / RECIPE_FILE, to_toml(resolved, header))
-        write_run_file(run_dir, digest, source, __version__)
+        write_run_file(run_dir, digest, source, __version__, world_size=distributed.world_size())
         events = EventWriter(run_dir)
         events.listeners.extend(listeners or [])
         from workbench.sinks import attach_sinks  # TensorBoard, MLflow...: each on its own thread
         attach_sinks(events, registry, recipe.sinks, options.sinks, run_dir, resolved)
         cache = StageCache(options.cache_dir or default_cache_dir(), registry=registry)
         runner = cls(recipe, registry, run_dir, digest, resolved, events, cache, resumed, source)
-        runner.workers = resolve_workers(options.workers, len(recipe.variants), runner.device)
+        # Under torchrun every target trains in this process with the other ranks, one after another.
+        runner.workers = 1 if distributed.is_distributed() else resolve_workers(options.workers, len(recipe.variants),
+                                                                                runner.device)
         runner.plugins_dir = options.plugins_dir
         return runner
 
@@ -157,7 +159,10 @@ class Runner:
         recipe = self.recipe
         self.emit("run_started", recipe=str(self.source), run_dir=str(self.run_dir),
                   variants=[v.name for v in recipe.variants], seed=recipe.seed, version=__version__,
-                  resumed=self.resumed, device=str(self.device), recipe_hash=self.digest)
+                  resumed=self.resumed, device=str(self.device), recipe_hash=self.digest,
+                  world_size=distributed.world_size())
+        if distributed.is_distributed():
+            self.emit("log", level="info", message=distributed.describe(self.device))
         try:
             self.prepare_shared_stages()
             self.run_variants()
@@ -383,16 +388,18 @@ class Runner:
         resolved_variant = dict(self.resolved["variants"][self._variant_index(variant)])
         resolved_variant.pop("name")
         return {"data": self.resolved["data"], "target": self.resolved["target"], "variant": resolved_variant,
-                "seed": self.recipe.seed, "device": self.device.type, "threads": torch.get_num_threads()}
+                "seed": self.recipe.seed, "device": self.device.type, "threads": torch.get_num_threads(),
+                **({"world_size": distributed.world_size()} if distributed.is_distributed() else {})}
 
     def _train(self, variant: VariantConfig, model, defense) -> list[dict[str, float]]:
         folder = self.variant_dir(variant)
         ood_feed = self._ood_feed(variant) if variant.ood_training else None
+        distributed.send_task("target", variant=variant.name)  # the other ranks join (workbench.follower)
         result = train_classifier(
             model, defense, self.data.train, self.recipe.target.train,
             device=self.device, seed=self.recipe.seed, checkpoint_dir=folder, resume=self.resumed,
             test_data=self.data.test, ood=ood_feed, emit=self.emit, stage="train", variant=variant.name,
-            meta={"recipe_hash": self.digest, "variant": variant.name},
+            meta={"recipe_hash": self.digest, "variant": variant.name}, data_parallel=distributed.is_distributed(),
         )
         return result.history
 

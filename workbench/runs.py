@@ -45,12 +45,12 @@ def read_run_file(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def write_run_file(run_dir: Path, digest: str, source: Path, version: str) -> None:
+def write_run_file(run_dir: Path, digest: str, source: Path, version: str, world_size: int = 1) -> None:
     """Record this process as the run's owner (pid plus its start time, so a recycled pid is not
-    mistaken for the run)."""
+    mistaken for the run); `world_size`: the processes training it (torchrun), 1 without."""
     atomic_write_text(Path(run_dir) / RUN_FILE, json.dumps({
         "recipe_hash": digest, "source": str(source), "pid": os.getpid(), "pid_started": process_start(os.getpid()),
-        "host": socket.gethostname(), "started": time.time(), "version": version,
+        "host": socket.gethostname(), "started": time.time(), "version": version, "world_size": world_size,
     }, indent=2))
 
 
@@ -163,6 +163,8 @@ class RunInfo:
     done: int | None = None
     total: int | None = None
     failed: int = 0
+    world_size: int = 1
+    """Processes that trained the run (torchrun / `--nproc`); 1 for an ordinary run."""
 
     @property
     def duration(self) -> float | None:
@@ -321,6 +323,8 @@ def summarize(run_dir: Path) -> RunInfo:
             info.recipe = recipe if isinstance(recipe, str) else info.recipe
             if isinstance(variants, list):
                 info.variants = [v for v in variants if isinstance(v, str)]
+            world = event.get("world_size")
+            info.world_size = world if isinstance(world, int) and not isinstance(world, bool) and world > 0 else 1
             info.ended = None
         elif kind in ("run_finished", "run_failed", "run_interrupted"):
             info.ended = _finite(event.get("t"))

@@ -3,6 +3,11 @@
 Reads top to bottom: set up, then per epoch: (phase 2 of BiDO+: draw an OOD batch and run
 one forward pass over ID and OOD together), the defense's loss on the ID part, the OOD loss,
 a step, epoch figures as an event, and a checkpoint that makes the run resumable.
+
+Data parallel (`data_parallel=True` under torchrun): every rank draws the same global batch and
+takes its slice; the model runs wrapped in DistributedDataParallel; losses over the whole batch
+(BiDO's kernels, the OOD term) see the global batch through `workbench.distributed` gathers, so
+N ranks train the model one process would with the same global batch (see docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -18,13 +23,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from workbench import seeds
-from workbench.batches import balanced_batches, dataset_labels, iterate_batches, take
+from workbench import distributed, seeds
+from workbench.batches import balanced_batches, dataset_labels, iterate_batches, shuffled_index_batches, take
 from workbench.checkpoint import load_checkpoint, save_checkpoint, tensors_with_prefix
 from workbench.components import Defense, OODLoss, TrainingSetup
 from workbench.device import autocast
 from workbench.errors import RunError
-from workbench.losses import accuracy
+from workbench.losses import accuracy, upcast
 from workbench.recipe import OODTrainingConfig, TrainConfig
 
 CHECKPOINT_NAME = "last.safetensors"
@@ -116,6 +121,7 @@ def train_classifier(
     variant: str | None = None,
     meta: dict[str, Any] | None = None,
     should_stop: Callable[[], bool] = lambda: False,
+    data_parallel: bool = False,
 ) -> TrainResult:
     """Train `model` (already through `defense.prepare_model`) and return its history.
 
@@ -123,8 +129,16 @@ def train_classifier(
     makes an interrupted run resume to the same figures as an uninterrupted one on CPU. Random
     streams come from `seed` through `workbench.seeds`: the batch order of an epoch depends only
     on (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would.
+
+    `data_parallel`: train with every rank of the torchrun process group (each calls this with the
+    same arguments; only rank 0 passes a `checkpoint_dir` and a real `emit`). Ignored without one.
     """
     started = time.perf_counter()
+    ddp = data_parallel and distributed.is_distributed()
+    if ddp:
+        _check_data_parallel(defense, config)
+    sync_bn = ddp and device.type == "cuda" and getattr(config, "sync_batchnorm", True) \
+        and distributed.convert_sync_batchnorm(model)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -139,8 +153,11 @@ def train_classifier(
     checkpoint = checkpoint_dir / CHECKPOINT_NAME if checkpoint_dir else None
 
     torch.manual_seed(seeds.derive(seed, "train"))
-    if resume and checkpoint is not None and checkpoint.exists():
-        tensors, saved = load_checkpoint(checkpoint)
+    state = load_checkpoint(checkpoint) if resume and checkpoint is not None and checkpoint.exists() else None
+    if ddp:  # rank 0 read the checkpoint; every rank resumes from it (no shared file system needed)
+        state = distributed.broadcast_object(state)
+    if state is not None:
+        tensors, saved = state
         try:
             model.load_state_dict(tensors_with_prefix(tensors, "model"))
             _restore_optimizer(optimizer, tensors, saved["param_groups"])
@@ -157,12 +174,17 @@ def train_classifier(
 
     labels = dataset_labels(train_data) if config.balanced_batches else None
     ood_batch = max(1, round(config.batch_size * ood.config.batch_factor)) if ood else 0
+    # Under DDP the forward pass goes through the wrapper (gradients are averaged over ranks);
+    # the defense and the OOD loss still see the plain model.
+    net = distributed.wrap_for_ddp(model, device) if ddp else None
     emit("stage_started", stage=stage, variant=variant, total=config.epochs)
 
     for epoch in range(first_epoch, config.epochs):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(config, epoch) * group.get("lr_scale", 1.0)
         defense.start_epoch(epoch, config.epochs)
+        if ddp:  # each rank its own stream (dropout, MID's noise), a pure function of the epoch
+            torch.manual_seed(seeds.derive(seed, "train", epoch, distributed.rank()))
         shuffle = seeds.generator(seed, "batch-order", epoch)
         ood_phase = ood is not None and epoch >= ood.config.warmup_epochs
         if ood_phase and not ood_state and hasattr(ood.loss, "prepare"):
@@ -171,14 +193,21 @@ def train_classifier(
                  + ", ".join(f"{k} = {v:.4g}" for k, v in ood_state.items()))
         # The authors' warm-up passes OOD batches through the model too (no gradient, training mode).
         ood_draws = ood is not None and (ood_phase or ood.config.warmup_ood_forward)
-        ood_batches = _ood_batches(ood, ood_batch, seed, epoch) if ood_draws else None
+        ood_batches = _ood_batches(ood, ood_batch, seed, epoch, sharded=ddp) if ood_draws else None
         if config.balanced_batches:
             bb = config.balanced_batches
-            batches = (take(train_data, idx) for idx in balanced_batches(labels, bb.classes, bb.per_class, shuffle))
+            batches = (take(train_data, distributed.shard(idx) if ddp else idx)
+                       for idx in balanced_batches(labels, bb.classes, bb.per_class, shuffle))
+        elif ddp:  # the global batches one process would draw; this rank's slice of each
+            batches = (take(train_data, distributed.shard(idx))
+                       for idx in shuffled_index_batches(len(train_data), config.batch_size, shuffle)
+                       if len(idx) >= distributed.world_size())
         else:
             batches = iterate_batches(train_data, config.batch_size, shuffle=True, generator=shuffle)
 
         model.train()
+        if net is not None:
+            net.train()
         sums: dict[str, float] = {}
         seen = correct = 0
         for step, (x, y) in enumerate(batches):
@@ -190,7 +219,7 @@ def train_classifier(
             if ood_batches is not None:
                 x_ood = next(ood_batches, None)
                 if x_ood is None:  # auxiliary set exhausted: start it over
-                    ood_batches = _ood_batches(ood, ood_batch, seed, epoch, restart=step)
+                    ood_batches = _ood_batches(ood, ood_batch, seed, epoch, restart=step, sharded=ddp)
                     x_ood = next(ood_batches)
                 x_ood = x_ood[0].to(device, non_blocking=True)
             if x_ood is not None and not ood_phase:  # warm-up: the OOD batch only moves BatchNorm
@@ -201,19 +230,25 @@ def train_classifier(
                 x_ood_joined = x_ood
             inputs = x if x_ood_joined is None else torch.cat([x, x_ood_joined])
             with autocast(device):
-                logits, hiddens = model.forward_hidden(_layout(inputs, device))
-            if x_ood is not None and not ood_phase and hasattr(ood.loss, "observe"):
-                ood.loss.observe(logits[:m].detach().float(), warmup_ood_logits.float(), epoch)
+                forward = net if net is not None else model.forward_hidden
+                logits, hiddens = forward(_layout(inputs, device))
+            if x_ood is not None and not ood_phase and hasattr(ood.loss, "observe"):  # the global batch's
+                ood.loss.observe(distributed.gather(logits[:m].detach().float()) if ddp else logits[:m].detach().float(),
+                                 distributed.gather(warmup_ood_logits.float()) if ddp else warmup_ood_logits.float(),
+                                 epoch)
             # The defense sees the ID part only (dependency terms on ID data, as BiDO+ does).
             out = defense.loss(x=x, y=y, logits=logits[:m], hiddens=[h[:m] for h in hiddens], model=model)
             loss = out.loss
             logs = dict(out.logs)
             if x_ood_joined is not None:
-                ood_loss = ood.loss(logits[:m].float(), logits[m:].float())
+                id_logits, ood_logits = upcast(logits[:m]), upcast(logits[m:])
+                if ddp:  # the OOD loss of the global ID and OOD batches, identical on every rank
+                    id_logits, ood_logits = distributed.gather_with_grad(id_logits), distributed.gather_with_grad(ood_logits)
+                ood_loss = ood.loss(id_logits, ood_logits)
                 logs["ood_loss"] = float(ood_loss.detach())
                 loss = loss + ood_loss
                 logs["ood_share"] = abs(logs["ood_loss"]) / max(abs(float(loss.detach())), 1e-12)
-            if not torch.isfinite(loss):
+            if not _all_finite(loss, ddp):
                 kept = f"; the last good checkpoint is {checkpoint}" if checkpoint and checkpoint.exists() else ""
                 raise RunError(f"{stage}{' ' + variant if variant else ''}: loss became {float(loss.detach())} at epoch "
                                f"{epoch + 1} step {step + 1}: {_blame(logits, out, logs, defense, ood)}{kept}")
@@ -231,11 +266,14 @@ def train_classifier(
             if should_stop():
                 raise KeyboardInterrupt
 
+        if ddp:  # the epoch's figures over the global batches, not rank 0's slices
+            sums = distributed.all_reduce_sums({**sums, "\0correct": correct, "\0seen": seen}, device)
+            correct, seen = sums.pop("\0correct"), sums.pop("\0seen")
         metrics = {key: value / max(seen, 1) for key, value in sums.items()}
         metrics["train_accuracy"] = correct / max(seen, 1)
         metrics["lr"] = optimizer.param_groups[0]["lr"]
         metrics.update(defense.epoch_figures())
-        if test_data is not None:
+        if test_data is not None and distributed.is_main_process():  # rank 0 reports; the others need no figures
             metrics["test_accuracy"] = accuracy(model, test_data, device)
         history.append(metrics)
         emit("epoch", stage=stage, variant=variant, epoch=epoch + 1, epochs=config.epochs, metrics=metrics)
@@ -252,6 +290,8 @@ def train_classifier(
             })
             emit("checkpoint", stage=stage, variant=variant, path=str(checkpoint), epoch=epoch + 1)
 
+    if sync_bn:  # the trained model is used by one process from here on
+        distributed.revert_sync_batchnorm(model)
     defense.finish_training(model)
     seconds = time.perf_counter() - started
     emit("stage_finished", stage=stage, variant=variant, seconds=round(seconds, 3))
@@ -259,10 +299,36 @@ def train_classifier(
     return TrainResult(epochs_run=config.epochs - first_epoch, history=history, seconds=seconds)
 
 
-def _ood_batches(ood: OODFeed, batch_size: int, seed: int, epoch: int, restart: int = 0):
-    """The epoch's auxiliary OOD batches (a fresh pass when the set runs out mid-epoch)."""
-    return iterate_batches(ood.dataset, batch_size, shuffle=True, drop_last=True,
-                           generator=seeds.generator(seed, "ood-batches", epoch, restart))
+def _ood_batches(ood: OODFeed, batch_size: int, seed: int, epoch: int, restart: int = 0, sharded: bool = False):
+    """The epoch's auxiliary OOD batches (a fresh pass when the set runs out mid-epoch); `sharded`:
+    this rank's slice of each global OOD batch."""
+    generator = seeds.generator(seed, "ood-batches", epoch, restart)
+    if sharded:
+        return (take(ood.dataset, distributed.shard(idx))
+                for idx in shuffled_index_batches(len(ood.dataset), batch_size, generator, drop_last=True))
+    return iterate_batches(ood.dataset, batch_size, shuffle=True, drop_last=True, generator=generator)
+
+
+def _check_data_parallel(defense: Defense, config: TrainConfig) -> None:
+    """Refuse what data-parallel training cannot do exactly, in one line."""
+    n = distributed.world_size()
+    if getattr(defense, "data_parallel", True) is False:
+        raise RunError(f"defense {type(defense).__name__}: does not support data-parallel training; "
+                       "run it in one process (without torchrun / --nproc)")
+    bb = config.balanced_batches
+    size, key = ((bb.classes * bb.per_class, "target.train.balanced_batches (classes × per_class)") if bb
+                 else (config.batch_size, "target.train.batch_size"))
+    if size % n:
+        raise RunError(f"{key} = {size}: the global batch must divide evenly over {n} processes")
+
+
+def _all_finite(loss: Tensor, ddp: bool) -> bool:
+    """Whether the loss is finite, on every rank (they stop together, or not at all)."""
+    finite = bool(torch.isfinite(loss.detach()))
+    if ddp:
+        flag = {"bad": 0.0 if finite else 1.0}
+        finite = distributed.all_reduce_sums(flag, loss.device)["bad"] == 0.0
+    return finite
 
 
 def _layout(x: Tensor, device: torch.device) -> Tensor:

@@ -2,6 +2,12 @@
 
 L = CE + λx Σ_j d(X, Z_j) − λy Σ_j d(Z_j, Y): weaken the dependence between inputs and hidden
 representations (what an inverter exploits) while keeping the dependence on labels (utility).
+
+Under data-parallel training the kernels are batch statistics of the *global* batch: X, each Z_j
+and Y are all-gathered with autograd and the dependency terms computed identically on every
+rank; the gather's backward and DDP's mean over ranks then give each parameter exactly the
+single-process gradient (docs/distributed.md). CE stays a mean over the rank's own slice, which
+DDP's mean turns into the global mean.
 """
 
 from __future__ import annotations
@@ -12,7 +18,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from workbench.api import ComponentTable, Defense, LossOutput, StrictModel, cross_entropy
+from workbench.api import (
+    ComponentTable,
+    Defense,
+    LossOutput,
+    StrictModel,
+    cross_entropy,
+    gather_with_grad,
+    upcast,
+)
 
 DependencyTable = ComponentTable.of("dependency")
 
@@ -41,12 +55,15 @@ class BiDO(Defense):
         p = self.params
         ce = cross_entropy(logits, y)
         chosen = list(hiddens) if p.layers is None else [hiddens[i] for i in p.layers]
-        features = [h.flatten(1).float() for h in chosen]
-        one_hot = F.one_hot(y, logits.shape[1]).float()
+        # The global batch under torchrun (the identity in one process); gathered before the
+        # upcast, so bf16 activations travel at half the size.
+        features = [upcast(gather_with_grad(h.flatten(1))) for h in chosen]
+        one_hot = F.one_hot(gather_with_grad(y), logits.shape[1]).to(features[0].dtype)
+        x = upcast(gather_with_grad(x))
         measure = self.measure
         # The input and label kernels once per batch, each layer's kernel once for both terms.
         if hasattr(measure, "prepare") and hasattr(measure, "pair"):
-            prep_x = measure.prepare(x.flatten(1).float(), measure.kernel_a)
+            prep_x = measure.prepare(x.flatten(1), measure.kernel_a)
             prep_y = measure.prepare(one_hot, p.label_kernel)
             if hasattr(measure, "prepare_many"):
                 prep_z = measure.prepare_many(features, measure.kernel_b)
@@ -55,7 +72,7 @@ class BiDO(Defense):
             dep_x = [measure.pair(prep_x, pz) for pz in prep_z]
             dep_y = [measure.pair(pz, prep_y) for pz in prep_z]
         else:  # a third-party measure with only __call__
-            dep_x = [measure(x.flatten(1).float(), z) for z in features]
+            dep_x = [measure(x.flatten(1), z) for z in features]
             dep_y = [measure(z, one_hot) for z in features]
         total = ce + p.lambda_x * torch.stack(dep_x).sum() - p.lambda_y * torch.stack(dep_y).sum()
         logs = {"ce": float(ce.detach())}

@@ -93,10 +93,23 @@ def run(
     seeds: Annotated[str | None, typer.Option(
         help="Run the recipe over these seeds as a sweep (\"0-4\", \"0,3,7\"); --run-dir is then the sweep "
              "directory. Same as `workbench sweep` with a seeds-only sweep file.")] = None,
+    nproc: Annotated[int | None, typer.Option(
+        min=1, help="Train each target data-parallel (DDP) in N processes on this machine: starts torch's own "
+                    "launcher, as `torchrun --standalone --nproc-per-node N -m workbench run ...` does. "
+                    "target.train.batch_size stays the global batch.")] = None,
 ) -> None:
     """Run a whole experiment from a recipe: train every variant, evaluate, report."""
     from workbench.cli.progress import ConsoleReporter
+    from workbench.distributed import launched_world_size
     from workbench.runner import Runner, RunOptions
+
+    if (nproc or 1) > 1 or launched_world_size() > 1:
+        if seeds is not None:
+            raise WorkbenchError("--seeds with --nproc or torchrun: run the seeds one after another, or as a sweep "
+                                 "on an executor; data-parallel runs take one seed")
+        if launched_world_size() == 1:  # `--nproc N`: torch's launcher starts N copies of this command
+            _launch_torchrun(nproc, recipe, run_dir, set_ or [], resume, force, cache_dir, quiet, sink or [])
+            return
 
     if cache_dir is not None:
         from workbench.cache import StageCache
@@ -106,6 +119,13 @@ def run(
         _sinks_for_every_run(registry(), sink)
         _run_seeds(recipe, seeds, run_dir, set_ or [], resume, force, cache_dir, quiet)
         return
+    if launched_world_size() > 1:  # started by torchrun: join the process group; rank 0 leads
+        from workbench import distributed
+
+        distributed.setup()
+        if not distributed.is_main_process():
+            _follow_rank_zero()
+            return
     reg = registry()  # surfaces plugin warnings before the run starts
     for name in sink or []:
         reg.get("event_sink", name)  # a misspelt --sink is an error before anything is written
@@ -115,15 +135,112 @@ def run(
     reporter = ConsoleReporter(err, quiet=quiet)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        runner = Runner.start(options, listeners=[reporter], registry=reg)
-        with reporter:
-            results = runner.run()
+        if launched_world_size() > 1:
+            runner, results = _run_as_rank_zero(options, reporter, reg)
+        else:
+            runner = Runner.start(options, listeners=[reporter], registry=reg)
+            with reporter:
+                results = runner.run()
     finally:
         signal.signal(signal.SIGTERM, previous)
     from workbench.cli.tables import results_table
 
     out.print(results_table(results))
     out.print(f"run directory: {runner.run_dir}  (report: {runner.run_dir / 'report.md'})", highlight=False)
+
+
+def _follow_rank_zero() -> None:
+    """A rank other than 0 under torchrun: train each target's slices with rank 0; write nothing."""
+    from torch.distributed import DistError
+
+    from workbench import distributed
+    from workbench.follower import follow
+
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        follow()
+    except KeyboardInterrupt:
+        sys.exit(130)  # rank 0 says so (it writes the run); one line, not N
+    except (DistError, RuntimeError) as exc:
+        raise WorkbenchError(f"rank {distributed.rank()}: lost contact with the other ranks "
+                             f"({_first_line(exc)})") from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        distributed.shutdown()
+
+
+def _run_as_rank_zero(options, reporter, reg):
+    """Rank 0 under torchrun: the ordinary run, which brings the other ranks in for each target."""
+    from torch.distributed import DistError
+
+    from workbench import distributed
+    from workbench.follower import announce
+    from workbench.runner import Runner
+
+    try:
+        runner = Runner.start(options, listeners=[reporter], registry=reg)
+    except BaseException:
+        distributed.send_task("stop")  # the others end quietly; this rank says what went wrong
+        distributed.shutdown()
+        raise
+    announce(runner)
+    try:
+        with reporter:
+            results = runner.run()
+        distributed.send_task("stop")
+    except (DistError, RuntimeError) as exc:
+        raise WorkbenchError(f"another rank stopped during training ({_first_line(exc)}); the run directory is "
+                             f"resumable: workbench run {runner.run_dir} --resume --nproc "
+                             f"{distributed.world_size()}") from None
+    finally:
+        distributed.shutdown()
+    return runner, results
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"
+
+
+def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: list[str], resume: bool,
+                     force: bool, cache_dir: Path | None, quiet: bool, sinks: list[str]) -> None:
+    """`workbench run --nproc N`: torch.distributed.run (torchrun) starts N ranks of `-m workbench run`
+    on this machine; a rank that fails ends them all, and this says which in one line."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args
+    from torch.distributed.run import run as torchrun
+
+    from workbench.runs import default_run_dir
+
+    if run_dir is None:  # chosen here, so that the line after a failure can name it
+        run_dir = recipe if recipe.is_dir() else default_run_dir(recipe)
+    argv = ["run", str(recipe), "--run-dir", str(run_dir)]
+    for value in overrides:
+        argv += ["--set", value]
+    argv += ["--resume"] * resume + ["--force"] * force + ["--quiet"] * quiet
+    argv += ["--cache-dir", str(cache_dir)] if cache_dir is not None else []
+    for name in sinks:
+        argv += ["--sink", name]
+    # torchrun would set 1 thread per rank with a warning; share the cores out instead.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)  # its failure report: ours is one line
+    try:
+        torchrun(parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "workbench", *argv]))
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode
+        how = f"was killed by signal {failure.signal_name()}" if code < 0 else f"exited with code {code}"
+        raise _LaunchFailed(f"rank {rank} of {nproc} {how}; the others were stopped. The run directory is "
+                            f"resumable: workbench run {run_dir} --resume --nproc {nproc}",
+                            130 if code == 130 else 1) from None
+
+
+class _LaunchFailed(WorkbenchError):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def _raise_keyboard_interrupt(signum, frame) -> None:
@@ -429,10 +546,11 @@ def runs_list(
         sys.stdout.write(json.dumps([r.as_dict() for r in runs], indent=2) + "\n")
         return
     table = Table(title=f"runs in {runs_dir}", title_justify="left")
-    for column in ("run", "status", "recipe", "started", "duration", "variants", "headline"):
+    for column in ("run", "status", "recipe", "started", "duration", "variants", "procs", "headline"):
         table.add_column(column)
     for r in runs:
-        table.add_row(r.name, r.status, r.recipe, r.started_text, r.duration_text, str(len(r.variants)), r.headline)
+        table.add_row(r.name, r.status, r.recipe, r.started_text, r.duration_text, str(len(r.variants)),
+                      str(r.world_size), r.headline)
     out.print(table)
 
 
@@ -443,8 +561,9 @@ def runs_show(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
     from workbench.runs import summarize
 
     info = summarize(run)
+    procs = f"  {info.world_size} processes (DDP)" if info.world_size > 1 else ""
     out.print(f"[bold]{info.name}[/]  {info.status}  recipe {info.recipe}  started {info.started_text}  "
-              f"duration {info.duration_text}", highlight=False)
+              f"duration {info.duration_text}{procs}", highlight=False)
     if info.error:
         out.print(f"[red]error:[/] {info.error}", highlight=False)
     if info.kind == "sweep":

@@ -1,0 +1,187 @@
+"""Data-parallel training (torchrun / DDP) on the CPU with gloo: N ranks with b/N images each
+must train exactly the model one process trains with the global batch b.
+
+The gradient checks run one SGD step (lr 1, no momentum, so the step *is* the gradient) of
+the real trainer in float64 on a BatchNorm-free network, once in this process on the global
+batch and once in two spawned gloo ranks, and compare the steps to 1e-10.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from workbench import load_registry
+from workbench.recipe import OODTrainingConfig, TrainConfig
+from workbench.trainer import OODFeed, train_classifier
+
+WORLD = 2
+CLASSES = 4
+GLOBAL_BATCH = 8
+
+
+class TinyNet(nn.Module):
+    """Conv -> pool -> tanh feature -> head: two hidden blocks for BiDO, no BatchNorm."""
+
+    feature_dim = 5
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 3 * 3, self.feature_dim)
+        self.head = nn.Linear(self.feature_dim, CLASSES)
+
+    def forward_hidden(self, x):
+        h1 = torch.relu(nn.functional.max_pool2d(self.conv(x), 2))
+        h2 = torch.tanh(self.fc(h1.flatten(1)))
+        return self.head(h2), [h1, h2]
+
+    def forward(self, x):
+        return self.forward_hidden(x)[0]
+
+
+CASES = {
+    "bido-hsic": ({"use": "bido", "lambda_x": 2.0, "lambda_y": 4.0, "measure": {"use": "hsic"}}, None, False),
+    "bido-coco": ({"use": "bido", "lambda_x": 5.0, "lambda_y": 25.0, "measure": {"use": "coco"}}, None, False),
+    "bido-hsic+": ({"use": "bido", "lambda_x": 2.0, "lambda_y": 4.0, "measure": {"use": "hsic"}},
+                   {"use": "entropy", "gamma": 0.05}, False),
+    "bido-hsic-balanced": ({"use": "bido", "lambda_x": 2.0, "lambda_y": 4.0, "measure": {"use": "hsic"}}, None, True),
+}
+
+
+def _data():
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(GLOBAL_BATCH, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.arange(GLOBAL_BATCH) % CLASSES
+    x_ood = torch.rand(GLOBAL_BATCH // 2, 1, 6, 6, generator=g, dtype=torch.float64) * 0.5
+    return TensorDataset(x, y), TensorDataset(x_ood, torch.zeros(len(x_ood), dtype=torch.long))
+
+
+def _model():
+    torch.manual_seed(3)
+    return TinyNet().double()
+
+
+def one_step(case: str, data_parallel: bool) -> dict[str, torch.Tensor]:
+    """The parameter change of one SGD step (lr 1): minus the gradient."""
+    defense_table, ood_loss, balanced = CASES[case]
+    registry = load_registry()
+    defense = registry.create_from("defense", defense_table)
+    model = _model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train, aux = _data()
+    config = TrainConfig(epochs=1, batch_size=GLOBAL_BATCH, optimizer={"name": "sgd", "lr": 1.0, "momentum": 0.0},
+                         balanced_batches={"classes": CLASSES, "per_class": GLOBAL_BATCH // CLASSES} if balanced else None)
+    ood = None
+    if ood_loss is not None:
+        ood = OODFeed(aux, OODTrainingConfig(dataset={"use": "letters"}, loss=ood_loss, warmup_epochs=0),
+                      registry.create_from("ood_loss", ood_loss))
+    train_classifier(model, defense, train, config, device=torch.device("cpu"), seed=0, ood=ood,
+                     data_parallel=data_parallel)
+    return {k: before[k] - v for k, v in model.state_dict().items()}
+
+
+def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        for case in CASES:
+            torch.save(one_step(case, data_parallel=True), Path(out_dir) / f"{case}-rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def steps_in_ranks(tmp_path_factory) -> Path:
+    """Every case's step in two gloo ranks (one spawn for all cases: starting ranks is the slow part)."""
+    out = tmp_path_factory.mktemp("ranks")
+    init_file = tempfile.mktemp(dir=out, prefix="init")
+    mp.spawn(_rank_main, args=(WORLD, init_file, str(out)), nprocs=WORLD, join=True)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_ranks_step_exactly_as_one_process_on_the_global_batch(case, steps_in_ranks):
+    torch.set_num_threads(1)
+    reference = one_step(case, data_parallel=False)
+    for rank in range(WORLD):
+        step = torch.load(steps_in_ranks / f"{case}-rank{rank}.pt")
+        for name, expected in reference.items():
+            assert torch.allclose(step[name], expected, rtol=0, atol=1e-10), (
+                f"rank {rank}, {name}: max difference {(step[name] - expected).abs().max():.3g}")
+        assert any(v.abs().max() > 1e-3 for v in step.values())  # a real step
+
+
+def test_per_rank_kernels_would_train_a_different_model():
+    """What the gathers are for: BiDO's terms computed on each rank's half of the batch (naive
+    DDP) give a gradient far from the global batch's, so the check above can tell them apart."""
+    registry = load_registry()
+    defense = registry.create_from("defense", CASES["bido-hsic"][0])
+    train, _ = _data()
+    x, y = train.tensors
+
+    def grads(parts):
+        model = _model()
+        model.zero_grad()
+        for idx in parts:  # DDP averages the ranks' gradients
+            logits, hiddens = model.forward_hidden(x[idx])
+            (defense.loss(x=x[idx], y=y[idx], logits=logits, hiddens=hiddens, model=model).loss / len(parts)).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    whole, halves = grads([torch.arange(8)]), grads([torch.arange(4), torch.arange(4, 8)])
+    assert (whole - halves).abs().max() > 1e-3
+
+
+# ------------------------------------------------------------------ helpers in one process
+
+
+def test_helpers_are_the_identity_without_a_process_group():
+    from workbench import distributed
+
+    t = torch.arange(6.0).reshape(3, 2)
+    assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main_process()
+    assert distributed.gather_with_grad(t) is t
+    assert torch.equal(distributed.shard(torch.arange(5)), torch.arange(5))
+    assert distributed.broadcast_object({"a": 1}) == {"a": 1}
+
+
+def test_shuffled_index_batches_are_the_batches_iterate_batches_draws():
+    from workbench import seeds
+    from workbench.batches import iterate_batches, shuffled_index_batches
+
+    x = torch.arange(23).float()[:, None]
+    data = TensorDataset(x, torch.zeros(23, dtype=torch.long))
+    for drop_last in (False, True):
+        sliced = [b[0][:, 0].long() for b in iterate_batches(data, 5, shuffle=True, drop_last=drop_last,
+                                                              generator=seeds.generator(0, "t"))]
+        indexed = list(shuffled_index_batches(23, 5, seeds.generator(0, "t"), drop_last=drop_last))
+        assert [s.tolist() for s in sliced] == [i.tolist() for i in indexed]
+
+
+def test_sync_batchnorm_conversion_round_trips_the_state():
+    from workbench import distributed
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Sequential(nn.BatchNorm1d(4)))
+    model[1].running_mean += 1.5
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert distributed.convert_sync_batchnorm(model)
+    assert isinstance(model[1], nn.SyncBatchNorm) and isinstance(model[2][0], nn.SyncBatchNorm)
+    distributed.revert_sync_batchnorm(model)
+    assert type(model[1]) is nn.BatchNorm2d and type(model[2][0]) is nn.BatchNorm1d
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,246 @@
+"""Data-parallel training under torchrun: the process group, global-batch gathers, and the
+channel through which rank 0 tells the other ranks what to train.
+
+torchrun (torch.distributed.run) starts N copies of `workbench run`; each reads RANK,
+WORLD_SIZE and LOCAL_RANK from its environment. Rank 0 runs the whole recipe and alone writes
+the run directory; the other ranks ("followers") load the same data and join each target's
+training when rank 0 sends them the task (`send_task` / `receive_task`). Without torchrun
+(WORLD_SIZE unset or 1) nothing here does anything: every helper is the identity, so
+single-process training stays bit-identical.
+
+Backends: nccl for CUDA tensors and gloo for CPU tensors (`"cpu:gloo,cuda:nccl"` when CUDA is
+visible, plain gloo otherwise). The task channel is a gloo group of its own with a long
+timeout: rank 0 may spend hours on the evaluation model, GAN priors and attacks while the
+followers wait for the next target.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+ENV_WORLD_SIZE = "WORLD_SIZE"
+ENV_RANK = "RANK"
+ENV_LOCAL_RANK = "LOCAL_RANK"
+
+# Followers idle on the task channel while rank 0 trains shared stages and runs attacks alone.
+TASK_CHANNEL_TIMEOUT = datetime.timedelta(days=7)
+# Collectives of training itself: long enough for rank 0's epoch-end work (test accuracy, checkpoint).
+TRAINING_TIMEOUT = datetime.timedelta(minutes=60)
+
+_task_group: Any = None
+
+
+def launched_world_size() -> int:
+    """WORLD_SIZE as torchrun set it (1 without torchrun), before any process group exists."""
+    try:
+        return max(1, int(os.environ.get(ENV_WORLD_SIZE, "1")))
+    except ValueError:
+        return 1
+
+
+def is_distributed() -> bool:
+    """True inside a process group of more than one rank."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def world_size() -> int:
+    """Ranks taking part in training (1 without torchrun)."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    """This process's rank (0 without torchrun)."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+def is_main_process() -> bool:
+    """Rank 0, the one process that writes files and events (always True without torchrun)."""
+    return rank() == 0
+
+
+def backend_name() -> str:
+    """The process group's backend, e.g. `gloo` or `cpu:gloo,cuda:nccl`; "" without one."""
+    return str(dist.get_backend()) if is_distributed() else ""
+
+
+def setup() -> bool:
+    """Join the process group torchrun describes (env:// rendezvous); False without torchrun."""
+    if launched_world_size() <= 1 or is_distributed():
+        return is_distributed()
+    global _task_group
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get(ENV_LOCAL_RANK, "0")))
+        backend = "cpu:gloo,cuda:nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend=backend, timeout=TRAINING_TIMEOUT)
+    _task_group = dist.new_group(backend="gloo", timeout=TASK_CHANNEL_TIMEOUT)
+    return True
+
+
+def shutdown() -> None:
+    """Leave the process group (safe to call when there is none)."""
+    global _task_group
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _task_group = None
+
+
+# ------------------------------------------------------------------ rank 0 -> followers
+
+
+def broadcast_object(value: Any = None) -> Any:
+    """Rank 0's `value` on every rank (pickled over the gloo task channel)."""
+    if not is_distributed():
+        return value
+    box = [value if is_main_process() else None]
+    dist.broadcast_object_list(box, src=0, group=_task_group)
+    return box[0]
+
+
+def send_task(kind: str, **fields: Any) -> None:
+    """Rank 0: tell the followers what to do next (`target`, `stop`...)."""
+    if is_distributed() and is_main_process():
+        broadcast_object({"kind": kind, **fields})
+
+
+def receive_task() -> dict[str, Any]:
+    """A follower: wait for rank 0's next task."""
+    return broadcast_object(None)
+
+
+# ------------------------------------------------------------------ the global batch
+
+
+def shard(index: Tensor) -> Tensor:
+    """This rank's contiguous slice of a global batch's indices (sizes differ by at most one)."""
+    if not is_distributed():
+        return index
+    return torch.tensor_split(index, world_size())[rank()]
+
+
+def gather_with_grad(t: Tensor) -> Tensor:
+    """Every rank's `t` concatenated in rank order along dim 0, differentiable.
+
+    Built on `torch.distributed.nn.functional.all_gather`, whose backward sums the gradients
+    of all ranks into each rank's slice. A loss computed identically on every rank from
+    gathered tensors therefore gives each rank N × its share of the gradient, and DDP's mean
+    over ranks divides the N out again: the parameters get exactly the single-process gradient
+    of that loss on the global batch, with no extra scaling. Shards may differ in size by a
+    few rows (an epoch's last batch): they are padded to the largest for the gather and cut
+    back after it. The identity without a process group.
+    """
+    if not is_distributed():
+        return t
+    import warnings
+
+    from torch.distributed.nn.functional import all_gather
+
+    sizes = _shard_sizes(t)
+    largest = max(sizes)
+    padded = t
+    if t.shape[0] < largest:
+        padded = torch.cat([t, t.new_zeros((largest - t.shape[0], *t.shape[1:]))])
+    with warnings.catch_warnings():  # torch 2.14 deprecates it for a private API; it still works
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = all_gather(padded.contiguous())
+    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+
+
+@torch.no_grad()
+def gather(t: Tensor) -> Tensor:
+    """`gather_with_grad` without autograd: figures and statistics of the global batch."""
+    return gather_with_grad(t.detach())
+
+
+def _shard_sizes(t: Tensor) -> list[int]:
+    size = torch.tensor([t.shape[0]], dtype=torch.long, device=t.device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size())]
+    dist.all_gather(sizes, size)
+    return [int(s.item()) for s in sizes]
+
+
+def all_reduce_sums(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Sum each figure over the ranks (every rank must pass the same keys)."""
+    if not is_distributed() or not values:
+        return values
+    keys = sorted(values)
+    packed = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(packed)
+    return dict(zip(keys, packed.tolist(), strict=True))
+
+
+# ------------------------------------------------------------------ models
+
+
+class HiddenForward(nn.Module):
+    """`forward(x) = model.forward_hidden(x)`: DDP synchronises gradients of `forward` only, and
+    the trainer needs the hidden features from the same, synchronised pass."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        return self.model.forward_hidden(x)
+
+
+def wrap_for_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """A DistributedDataParallel module whose forward gives `(logits, hiddens)`.
+
+    DDP broadcasts rank 0's parameters and buffers when it is built, so every rank starts from
+    the same weights (those of a resumed checkpoint, if rank 0 loaded one).
+    """
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
+    return DistributedDataParallel(HiddenForward(model), device_ids=ids)
+
+
+def convert_sync_batchnorm(model: nn.Module) -> bool:
+    """BatchNorm layers -> SyncBatchNorm in place (statistics over the global batch); True if any."""
+    found = False
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+            synced = nn.SyncBatchNorm.convert_sync_batchnorm(child)
+            synced.original_class = type(child)  # BatchNorm1d/2d/3d, for `revert_sync_batchnorm`
+            setattr(model, name, synced)
+            found = True
+        else:
+            found = convert_sync_batchnorm(child) or found
+    return found
+
+
+def revert_sync_batchnorm(model: nn.Module) -> None:
+    """SyncBatchNorm -> the BatchNorm it replaced, in place, same state: the trained model is used by one
+    process afterwards (evaluation, attacks), where SyncBatchNorm has no group to talk to."""
+    for name, child in list(model.named_children()):
+        if isinstance(child, nn.SyncBatchNorm):
+            plain = getattr(child, "original_class", nn.BatchNorm2d)(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats, device=child.weight.device if child.affine else None,
+                                   dtype=child.weight.dtype if child.affine else None)
+            plain.load_state_dict(child.state_dict())
+            plain.train(child.training)
+            setattr(model, name, plain)
+        else:
+            revert_sync_batchnorm(child)
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def describe(device: torch.device) -> str:
+    """One header line: how many processes, which backend, what happens to BatchNorm."""
+    n = world_size()
+    if n <= 1:
+        return ""
+    bn = ("SyncBatchNorm over the global batch (recipe: target.train.sync_batchnorm)"
+          if device.type == "cuda" else "BatchNorm statistics are per rank (gloo on the CPU cannot sync BatchNorm)")
+    return f"data parallel: {n} processes ({backend_name()}), each 1/{n} of the global batch; {bn}"
