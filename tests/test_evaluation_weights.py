@@ -414,3 +414,26 @@ def test_the_celeba_recipes_judge_with_facenet_from_a_file_at_112_px(registry):
         evaluation = load_recipe(root / name, registry=registry).evaluation
         assert evaluation.backbone.use == "facenet" and evaluation.input_size == 112, name
         assert evaluation.weights_file is not None and evaluation.weights_file.suffix == ".safetensors", name
+
+
+def test_the_documented_conversion_snippet_gives_a_loadable_e(registry, tmp_path, monkeypatch):
+    # The snippet of docs/attacks.md, "E from a file", run on a checkpoint shaped as the authors'
+    # (`{"state_dict": ...}` saved from DataParallel, so every key starts with `module.`).
+    docs = (Path(__file__).parents[1] / "docs" / "attacks.md").read_text()
+    section = docs.split("## E from a file", 1)[1].split("\n## ", 1)[0]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    reference = scrambled(registry.create("backbone", "scnn", width=8).build(10, 1, 16), seed=5)
+    monkeypatch.chdir(tmp_path)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}, "epoch": 30},
+               "FaceNet_95.88.tar")
+    exec(compile(snippet, "docs/attacks.md", "exec"), {})
+    path = tmp_path / "recipe.toml"
+    path.write_text(recipe_text('weights_file = "weights/FaceNet_95.88.safetensors"'))
+    recipe = load_recipe(path, registry=registry)
+    data = registry.create_from("dataset", recipe.data).load(recipe.seed)
+    model, _ = evaluation_model(recipe, resolve(recipe, registry), registry, data,
+                                StageCache(tmp_path / "cache", registry=registry), torch.device("cpu"),
+                                lambda *a, **k: None)
+    x = torch.rand(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), reference(x))
