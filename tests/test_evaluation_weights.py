@@ -23,7 +23,7 @@ from workbench.components import AttackResult
 from workbench.errors import RecipeError, WorkbenchError
 from workbench.evaluation import ResizedInput, evaluation_model, run_attack
 from workbench.events import read_events
-from workbench.recipe import load_recipe, resolve
+from workbench.recipe import load_recipe, resolve, to_toml
 from workbench.testing import TINY_RECIPE
 
 
@@ -174,6 +174,18 @@ def test_a_pickle_and_train_with_weights_are_recipe_problems(registry, tmp_path)
     path.write_text(recipe_text('weights_file = "e.safetensors"\n[evaluation.train]\nepochs = 3'))
     with pytest.raises(RecipeError, match="not trained; remove"):
         load_recipe(path, registry=registry)
+
+
+def test_the_resolved_recipe_of_a_loaded_e_validates_again(registry, tmp_path):
+    # A run directory's recipe.toml is the resolved recipe (every default, E's unused `train` too);
+    # `--resume` and worker processes read it back, so it must not trip the "train is set" check.
+    path = tmp_path / "r.toml"
+    path.write_text(recipe_text('weights_file = "e.safetensors"\ninput_size = 32'))
+    recipe = load_recipe(path, registry=registry)
+    resolved = tmp_path / "resolved.toml"
+    resolved.write_text(to_toml(resolve(recipe, registry)))
+    again = load_recipe(resolved, registry=registry).evaluation
+    assert again.weights_file == Path("e.safetensors") and again.input_size == 32
 
 
 @pytest.mark.parametrize("case", ["missing", "not-safetensors", "wrong-keys", "wrong-shape"])
