@@ -185,7 +185,8 @@ class EvaluationConfig(StrictModel):
     """Side in pixels E sees: images are resized bilinearly (half-pixel centres, in float) from the
     data's size before E, for training and judging alike; unset = the data's size. BiDO's CelebA E:
     112 (`low2high`, 64 → 112 px, DefendMI `DMI/utils.py:304-316`; the reference resizes 8-bit
-    PIL images, so its inputs differ from these by at most about 1/255 per pixel, a deviation)."""
+    PIL images (ToPILImage truncates to 8 bits, PIL rounds its output), so its inputs differ from
+    these by up to 2/255 per pixel, a deviation)."""
 
     @field_validator("weights_file")
     @classmethod
