@@ -1,6 +1,6 @@
 """Built-in workbench plugin: model-inversion attacks and the privacy metrics that judge them.
 
-Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`, `lomma-gmi`, `lomma-kedmi`, `plg-mi`. Privacy metrics (kind `metric`, section
+Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`, `lomma-gmi`, `lomma-kedmi`, `plg-mi`, `vmi`. Privacy metrics (kind `metric`, section
 `attacks`): `attack-accuracy`, `knn-dist`, `fid` (in E's feature space), `fid-inception`.
 The metric math is in `workbench_attacks.privacy` as pure functions.
 """
@@ -21,6 +21,7 @@ from workbench_attacks.privacy import (
     InceptionFIDParams,
     KNNDistance,
 )
+from workbench_attacks.vmi import VMI, VMIParams
 
 
 @hookimpl
@@ -60,6 +61,12 @@ def register_attacks(register):
         PLGMI,
         params=PLGMIParams,
         summary="PLG-MI: top-n pseudo-labels, a conditional GAN per target, max-margin inversion (Yuan et al. 2023).",
+    )
+    register(
+        "vmi",
+        VMI,
+        params=VMIParams,
+        summary="VMI: a full-covariance Gaussian per class over GMI's generator latent, CE + KL (Wang et al. 2021).",
     )
 
 
