@@ -8,8 +8,13 @@ batch and once in two spawned gloo ranks, and compare the steps to 1e-10.
 
 from __future__ import annotations
 
-import socket
+import json
+import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -181,7 +186,95 @@ def test_sync_batchnorm_conversion_round_trips_the_state():
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# ------------------------------------------------------------------ end to end under torchrun
+
+E2E_RECIPE = """\
+title = "tiny ddp"
+seed = 0
+device = "cpu"
+
+[data]
+use = "digits"
+image_size = 16
+
+[target.backbone]
+use = "mcnn"
+width = 8
+
+[target.train]
+epochs = 3
+batch_size = 64
+
+[[variants]]
+name = "bido-hsic"
+defense = { use = "bido", lambda_x = 0.05, lambda_y = 0.5 }
+"""
+
+
+def _workbench(tmp_path: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "workbench", *args], cwd=tmp_path, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+def _rank_pid(rank: int, cwd: Path) -> int | None:
+    """The pid of torchrun's worker `rank` started in `cwd` (from /proc)."""
+    for proc in Path("/proc").iterdir():
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+            here = (proc / "cwd").resolve()
+        except (OSError, ValueError):
+            continue
+        if f"RANK={rank}".encode() in env and here == cwd.resolve() and any(
+                e.startswith(b"TORCHELASTIC_RUN_ID=") for e in env):
+            return int(proc.name)
+    return None
+
+
+def _events(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's pid through /proc")
+def test_nproc_run_is_killed_resumes_and_only_rank_zero_writes(tmp_path):
+    (tmp_path / "tiny.toml").write_text(E2E_RECIPE)
+    run_dir = tmp_path / "run"
+    before = set(tmp_path.iterdir())
+    launcher = _workbench(tmp_path, "run", "tiny.toml", "--nproc", "2", "--run-dir", "run", "--cache-dir", "cache")
+    deadline = time.time() + 300
+    while time.time() < deadline and launcher.poll() is None:  # after the first epoch's checkpoint
+        events = (run_dir / "events.jsonl").read_text() if (run_dir / "events.jsonl").exists() else ""
+        if '"type":"checkpoint"' in events:
+            break
+        time.sleep(0.2)
+    follower = _rank_pid(1, tmp_path)
+    assert follower is not None, launcher.communicate()
+    os.kill(follower, signal.SIGKILL)  # a rank dies mid-training
+    _, err = launcher.communicate(timeout=300)
+    assert launcher.returncode == 1
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert lines[-1].startswith("error: rank 1 of 2 was killed by signal SIGKILL") and "--resume --nproc 2" in lines[-1]
+    assert "Traceback" not in err
+    assert (run_dir / "bido-hsic" / "last.safetensors").exists() and not (run_dir / "results.json").exists()
+
+    resumed = _workbench(tmp_path, "run", "run", "--resume", "--nproc", "2", "--cache-dir", "cache")
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-2000:]
+    assert "bido-hsic" in out
+
+    # Only rank 0 wrote: the files are the run's own, each event once (two writers would double
+    # them), the world size is recorded, and nothing else appeared next to the run.
+    assert set(tmp_path.iterdir()) - before == {run_dir, tmp_path / "cache"}
+    names = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
+    assert [n for n in names if not n.startswith("figures/")] == [
+        "bido-hsic/last.safetensors", "bido-hsic/results.json", "bido-hsic/target.safetensors",
+        "events.jsonl", "recipe.toml", "report.md", "results.json", "run.json"]
+    events = _events(run_dir)
+    assert [e["type"] for e in events].count("run_started") == 2  # the killed run and its resumption
+    epochs = [e["epoch"] for e in events if e["type"] == "epoch"]
+    assert epochs == sorted(set(epochs)) and epochs[-1] == 3 and epochs[0] == 1
+    assert all(e.get("world_size") == 2 for e in events if e["type"] == "run_started")
+    assert json.loads((run_dir / "run.json").read_text())["world_size"] == 2
+    targets = [p for p in (tmp_path / "cache").rglob("*.safetensors")]
+    assert len(targets) == 1  # the target entry, written once

@@ -198,8 +198,12 @@ def _run_as_rank_zero(options, reporter, reg):
 
 
 def _first_line(exc: BaseException) -> str:
+    """The gist of a collective's error: its first line, without gloo's `[source.cc:123]` prefix."""
+    import re
+
     text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"
+    first = re.sub(r"^\[[^\]]*\]\s*", "", text[0]) if text else ""
+    return f"{type(exc).__name__}: {first.replace('[', '(').replace(']', ')')}"
 
 
 def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: list[str], resume: bool,
@@ -208,6 +212,10 @@ def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: 
     on this machine; a rank that fails ends them all, and this says which in one line."""
     import logging
 
+    # torchrun's own warnings and failure report (its loggers read LOGLEVEL when first imported):
+    # ours is one line.
+    os.environ.setdefault("LOGLEVEL", "ERROR")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
@@ -225,7 +233,7 @@ def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: 
         argv += ["--sink", name]
     # torchrun would set 1 thread per rank with a warning; share the cores out instead.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)  # its failure report: ours is one line
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         torchrun(parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "workbench", *argv]))
     except ChildFailedError as exc:
@@ -235,6 +243,9 @@ def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: 
         raise _LaunchFailed(f"rank {rank} of {nproc} {how}; the others were stopped. The run directory is "
                             f"resumable: workbench run {run_dir} --resume --nproc {nproc}",
                             130 if code == 130 else 1) from None
+    except SignalException:  # Ctrl-C or SIGTERM: torchrun stopped the ranks; rank 0 recorded where
+        raise _LaunchFailed(f"interrupted; continue with: workbench run {run_dir} --resume --nproc {nproc}",
+                            130) from None
 
 
 class _LaunchFailed(WorkbenchError):
