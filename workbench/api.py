@@ -10,7 +10,7 @@ internal and may change without notice.
 - Contracts: one Protocol or base class per component kind (`Backbone`, `DependencyMeasure`,
   `DatasetComponent`, `OODDatasetComponent`, `Defense`, `Attack`, `Metric`, `OODScore`,
   `OODLoss`, `Executor`, `EventSink`) and the dataclasses they exchange (`Job`, `Outcome`, `DefenseContext`,
-  `TrainingSetup`...).
+  `TrainingSetup`, `AttackShard`...).
 - Helpers the built-ins share: `train_classifier` (the one trainer; TL-DMI pretrains with it),
   `cross_entropy` (the trainer's reduction), `accuracy`, `iterate_batches`,
   `StageCache` with `load_or_compute`, weight fingerprints and state-dict flattening, `seeds`.
@@ -30,6 +30,7 @@ from workbench.components import (
     Attack,
     AttackContext,
     AttackResult,
+    AttackShard,
     Backbone,
     DatasetComponent,
     DataSplits,
@@ -62,6 +63,7 @@ __all__ = [
     "Attack",
     "AttackContext",
     "AttackResult",
+    "AttackShard",
     "Backbone",
     "ComponentTable",
     "DataSplits",

@@ -264,6 +264,34 @@ class AttackContext:
     so target-independent stages (the GMI GAN) train once across variants and runs."""
     emit: Callable[..., None] = lambda *args, **kwargs: None
     """`emit(type, **fields)` streams progress events (per-class loss, target confidence)."""
+    shard: AttackShard | None = None
+    """Set when the attack runs as one of several jobs (`[attacks.X] shards`): run only this part of
+    the per-class search (see `AttackShard`); None runs all of it."""
+
+
+@dataclass(frozen=True)
+class AttackShard:
+    """Which part of its per-class search an attack runs (`workbench.attack_shards`).
+
+    The search's forward batches (whole `(class, restart)` groups, in order) are split into
+    `count` contiguous runs; shard `index` runs one of them. Because every batch is computed
+    exactly as in the unsharded search, the shards' rows, concatenated in order, are the
+    unsharded result bit for bit. `search=False` is the pass before the shards: train or load
+    what the search needs (per-target GANs, surrogates) into the stage cache, search nothing.
+    """
+
+    index: int
+    count: int
+    search: bool = True
+
+    def part(self, batches: int) -> range:
+        """This shard's batches out of `batches`: contiguous, the first `batches % count` shards
+        one batch longer (an empty range for the pass before the shards)."""
+        if not self.search:
+            return range(0)
+        size, extra = divmod(batches, self.count)
+        start = self.index * size + min(self.index, extra)
+        return range(start, start + size + (1 if self.index < extra else 0))
 
 
 @runtime_checkable
@@ -274,6 +302,10 @@ class Attack(Protocol):
     offers `prepare(ctx)`, called once per run with `ctx.target = None` before any variant, so
     every variant (and every run with the same prior) shares one trained prior through
     `ctx.cache`. `run` then finds it in the cache.
+
+    An attack that can split its per-class search into jobs offers `merge_shards(prepared,
+    parts)` and a `shards` param, and its `run` honours `ctx.shard` (docs/attacks.md, "Sharded
+    attacks"); the built-in searches do.
     """
 
     def run(self, ctx: AttackContext) -> AttackResult: ...
@@ -288,6 +320,9 @@ class AttackResult:
     restarts: Tensor | None = None
     """Index of the random restart each image came from (for mean/std over restarts)."""
     figures: dict[str, float] = field(default_factory=dict)
+    confidences: Tensor | None = None
+    """Each image's final target confidence (T's softmax on its class), where the attack keeps
+    it: the shards of a sharded attack merge their mean exactly from these."""
 
 
 # ---------------------------------------------------------------- executors and sinks

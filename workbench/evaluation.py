@@ -233,8 +233,11 @@ RECONSTRUCTIONS = "reconstructions"
 
 def run_attack(name: str, attack: Any, target: nn.Module, data: DataSplits, evaluation: nn.Module,
                device: torch.device, seed: int, cache: StageCache, folder: Path,
-               emit: Callable[..., Any]) -> AttackResult:
-    """One attack on one target; reconstructions saved (tensors + grid), reused on resume."""
+               emit: Callable[..., Any],
+               compute: Callable[[AttackContext], AttackResult] | None = None) -> AttackResult:
+    """One attack on one target; reconstructions saved (tensors + grid), reused on resume.
+    `compute(ctx)` makes the result when neither is there (default `attack.run`; a sharded
+    attack's jobs and merge, `workbench.attack_shards`)."""
     out = folder / RECONSTRUCTIONS / f"{name}.safetensors"
     if out.exists():
         try:
@@ -259,7 +262,7 @@ def run_attack(name: str, attack: Any, target: nn.Module, data: DataSplits, eval
     else:
         ctx = AttackContext(target=target.eval(), data=data, evaluation_model=evaluation, device=device, seed=seed,
                             cache=cache, emit=emit)
-        result = attack.run(ctx)
+        result = (compute or attack.run)(ctx)
         tensors = {"images": result.images.float().cpu(), "targets": result.targets.long().cpu()}
         if result.restarts is not None:
             tensors["restarts"] = result.restarts.long().cpu()

@@ -20,7 +20,11 @@ import torch
 from workbench.components import Job, Outcome
 from workbench.errors import WorkbenchError
 
-JOB_KINDS = ("run", "variant", "shared-stage")
+JOB_KINDS = ("run", "variant", "shared-stage", "attack-shard")
+"""`run`: a whole run directory (a sweep's point); `variant`: train and evaluate one variant;
+`shared-stage`: train E or an attack's prior into the stage cache; `attack-shard`: one shard of an
+attack's per-class search on a trained target (`workbench.attack_shards`), options `variant`,
+`attack`, `shard` (0-based) and `shards`."""
 
 
 def execute(job: Job) -> Any:
@@ -46,6 +50,11 @@ def execute(job: Job) -> Any:
             runner.prepare_shared_stages(quiet=True)
             runner.run_variant(runner.recipe.variant(job.item))
             return None
+        if job.kind == "attack-shard":
+            from workbench.attack_shards import run_shard
+
+            options = job.options
+            return str(run_shard(runner, options["variant"], options["attack"], options["shard"], options["shards"]))
         return runner.train_shared_stage(job.item)
     finally:
         runner.events.close()

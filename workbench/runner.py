@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from workbench import __version__, distributed, seeds
+from workbench.attack_shards import sharded
 from workbench.cache import StageCache, default_cache_dir
 from workbench.checkpoint import (
     CheckpointError,
@@ -258,17 +259,20 @@ class Runner:
         self.run_jobs("variant", [v.name for v in pending], threads or 1,
                       f"training {len(pending)} variants in {workers} worker processes")
 
-    def run_jobs(self, kind: str, items: list[str], threads: int, message: str) -> list[Any]:
-        """One job per item on the run's `processes` executor (workers spawned once, reused from the
-        shared stages to the variants); their events are relayed to this process's listeners as
-        they arrive. Values in the order of `items`; the first failure ends the run."""
+    def run_jobs(self, kind: str, items: list[str], threads: int, message: str,
+                 options: list[dict[str, Any]] | None = None) -> list[Any]:
+        """One job per item (with its `options`) on the run's executor: `processes` when the run has
+        several workers (spawned once, reused from the shared stages to the variants and attack
+        shards), else `inline`; their events are relayed to this process's listeners as they
+        arrive. Values in the order of `items`; the first failure ends the run."""
         if self._executor is None:
-            self._executor = self.registry.create("executor", "processes", workers=self.workers)
+            self._executor = (self.registry.create("executor", "processes", workers=self.workers) if self.workers > 1
+                              else self.registry.create("executor", "inline"))
         self.emit("log", level="info", message=message)
         offset = self.events.path.stat().st_size
         jobs = [Job(kind=kind, run_dir=str(self.run_dir), cache_dir=str(self.cache.root) if self.cache.root else None,
                     item=item, plugins_dir=str(self.plugins_dir) if self.plugins_dir else None, threads=threads,
-                    resumed=self.resumed) for item in items]
+                    resumed=self.resumed, options=(options or [{}] * len(items))[i]) for i, item in enumerate(items)]
 
         def relay() -> None:
             nonlocal offset
@@ -440,9 +444,10 @@ class Runner:
 
                 attack = self.registry.create_from("attack", table)
                 cache = self.cache.for_components(("attack", table.use))
-                result = self._stage(f"attack:{name}", lambda a=attack, n=name, c=cache: run_attack(
+                shards = sharded(self, variant.name, name, attack)  # None unless `shards` > 1
+                result = self._stage(f"attack:{name}", lambda a=attack, n=name, c=cache, s=shards: run_attack(
                     n, a, model, self.data, self.evaluation_model, self.device, self.recipe.seed, c,
-                    folder, emit), variant=variant.name)
+                    folder, emit, compute=s), variant=variant.name)
                 figures["attacks"][name] = attack_figures(attack_metrics, model, self.data, self.evaluation_model,
                                                           result, self.device)
                 self.emit("result", variant=variant.name, section="attacks", attack=name,

@@ -25,7 +25,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.api import AttackContext, AttackResult, StrictModel, WorkbenchError, seeds
+from workbench.api import AttackContext, AttackResult, AttackShard, StrictModel, WorkbenchError, seeds
 from workbench_attacks.common import Group, emit_progress, report_steps
 
 # ---------------------------------------------------------------- shared params
@@ -72,6 +72,12 @@ class SearchBudget(StrictModel):
     """Latents per forward pass. Results do not depend on it, only speed and memory do: losses
     are sums over latents divided by a constant (or over a fixed block), never a mean over
     whatever shares the forward pass."""
+    shards: int = Field(1, ge=1)
+    """Jobs the per-class search is split into (a workbench addition, not in the authors' code):
+    its forward batches of `max_batch` latents, in order (classes in order; KED-MI: fits, then
+    class blocks), go in `shards` contiguous runs to the run's executor, and merge into exactly
+    the figures of one job. GANs and surrogates train once, before the shards. Needs at least
+    `shards` batches: lower `max_batch` if the run says so. See docs/attacks.md."""
 
 
 # ---------------------------------------------------------------- non-finite values
@@ -223,6 +229,36 @@ def pack_units(
     return chunks
 
 
+def shard_batches(
+    shard: AttackShard, units: Sequence[Sequence[Group]], rows_per_group: int, max_batch: int, attack: str
+) -> range:
+    """The forward batches (indices into `pack_units`) that `shard` runs; a one-line error when
+    the search has fewer batches than shards (it could not be split exactly)."""
+    batches = len(pack_units(units, rows_per_group, max_batch))
+    if shard.count > batches:
+        rows = sum(len(unit) for unit in units) * rows_per_group
+
+        def splits(size: int) -> bool:
+            return len(pack_units(units, rows_per_group, size)) >= shard.count
+
+        fits = max(1, min(max_batch - 1, rows // shard.count))  # then the largest max_batch that splits
+        while fits > 1 and not splits(fits):
+            fits -= 1
+        while fits + 1 < max_batch and splits(fits + 1):
+            fits += 1
+        enough = splits(fits)
+        advice = (
+            f"set max_batch = {fits} or lower, or shards = {batches}"
+            if enough
+            else f"it has only {len(units)} independent units, so at most shards = {len(units)}"
+        )
+        raise WorkbenchError(
+            f"attack {attack!r}: shards = {shard.count} cannot split its search exactly: its {rows} latents "
+            f"make {batches} forward batch{'es' if batches != 1 else ''} of max_batch = {max_batch}; {advice}"
+        )
+    return shard.part(batches)
+
+
 def search(
     ctx: AttackContext,
     problem: SearchProblem,
@@ -231,20 +267,28 @@ def search(
     attack: str,
     iterations: int,
     max_batch: int,
-) -> tuple[Tensor, Tensor, Tensor, float]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Run `problem` over all `units` (lists of groups searched together, usually one group
-    each); returns (images on CPU in [0, 1], targets, restarts, mean final target confidence).
+    each); returns (images on CPU in [0, 1], targets, restarts, each image's final target
+    confidence).
 
     Progress events go out under stage `attack:<name>`, at most 20 per class; a non-finite
-    loss (at a reported step) or reconstruction ends the attack with a one-line error.
+    loss (at a reported step) or reconstruction ends the attack with a one-line error. With
+    `ctx.shard` set, only that shard's forward batches run (each exactly as in the whole search).
     """
     device = torch.device(ctx.device)
     stage = f"attack:{attack}"
     packed = pack_units(units, problem.samples, max_batch)
+    selected = range(len(packed))
+    shard = getattr(ctx, "shard", None)
+    if shard is not None:
+        selected = shard_batches(shard, units, problem.samples, max_batch, attack)
     reports = report_steps(iterations, len(packed))
     total = iterations * len(packed)
     images, targets, restarts, confidences = [], [], [], []
     for index, unit_list in enumerate(packed):
+        if index not in selected:
+            continue
         groups = [g for unit in unit_list for g in unit]
         chunk = Chunk(
             groups, [group_stream(ctx.seed, attack, g) for g in groups], [len(u) for u in unit_list]
@@ -293,20 +337,57 @@ def search(
         images.append(final.detach().cpu())
         targets.append(final_targets.cpu())
         restarts.append(final_restarts.cpu())
+    if not images:  # the pass before the shards, which searches nothing
+        return (
+            torch.empty(0),
+            torch.empty(0, dtype=torch.long),
+            torch.empty(0, dtype=torch.long),
+            torch.empty(0),
+        )
     return (
         torch.cat(images).clamp(0, 1),
         torch.cat(targets).long(),
         torch.cat(restarts).long(),
-        float(torch.cat(confidences).mean()),
+        torch.cat(confidences),
     )
 
 
 def result(
-    images: Tensor, targets: Tensor, restarts: Tensor, confidence: float, **figures: float
+    images: Tensor, targets: Tensor, restarts: Tensor, confidences: Tensor, **figures: float
 ) -> AttackResult:
+    """The attack's result; `target_confidence` is the mean of the per-image `confidences`."""
     return AttackResult(
         images=images,
         targets=targets,
         restarts=restarts,
-        figures={"target_confidence": confidence, **figures},
+        figures={"target_confidence": float(confidences.mean()), **figures},
+        confidences=confidences,
     )
+
+
+# ---------------------------------------------------------------- shards
+
+
+def merge_shards(prepared: AttackResult, parts: Sequence[AttackResult]) -> AttackResult:
+    """The whole search's result from its shards' (in shard order) and the figures of the pass
+    before them (which trained or loaded the priors: `gan_cached`...): the rows concatenate into
+    the unsharded rows, so the mean target confidence is recomputed over the same tensor."""
+    missing = [i for i, part in enumerate(parts) if part.confidences is None or part.restarts is None]
+    if missing:
+        raise WorkbenchError(f"shards {missing} hold no per-image confidences or restarts; run them again")
+    figures = {k: v for k, v in prepared.figures.items() if k != "target_confidence"}
+    return result(
+        torch.cat([part.images for part in parts]),
+        torch.cat([part.targets for part in parts]),
+        torch.cat([part.restarts for part in parts]),  # type: ignore[misc]
+        torch.cat([part.confidences for part in parts]),  # type: ignore[misc]
+        **figures,
+    )
+
+
+class ShardableSearch:
+    """Mixin for an attack whose `run` trains its priors, then calls `search` once and returns
+    `result(...)`: it honours `ctx.shard`, and its shards merge exactly (`merge_shards`)."""
+
+    def merge_shards(self, prepared: AttackResult, parts: Sequence[AttackResult]) -> AttackResult:
+        return merge_shards(prepared, parts)

@@ -37,6 +37,7 @@ from workbench_attacks.core import (
     GANBudget,
     SearchBudget,
     SearchProblem,
+    ShardableSearch,
     dtype_of,
     result,
     search,
@@ -163,7 +164,7 @@ class GMISearch(SearchProblem):
         return self.generator(leaves[0]), targets, restarts
 
 
-class GMI:
+class GMI(ShardableSearch):
     """GMI: WGAN-GP prior on public data, then a per-class latent search against the target."""
 
     name = "gmi"

@@ -38,6 +38,7 @@ from workbench_attacks.core import (
     GANBudget,
     SearchBudget,
     SearchProblem,
+    ShardableSearch,
     dtype_of,
     result,
     search,
@@ -217,7 +218,7 @@ class KEDMISearch(SearchProblem):
         return self.generator(z), targets, restarts
 
 
-class KEDMI:
+class KEDMI(ShardableSearch):
     """KED-MI: a target-aware "K+1" GAN, then a per-class Gaussian search in its latent space."""
 
     name = "kedmi"

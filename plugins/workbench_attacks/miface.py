@@ -17,7 +17,15 @@ from torch import Tensor
 
 from workbench.api import AttackContext, AttackResult
 from workbench_attacks.common import Group, make_groups, resolve_classes
-from workbench_attacks.core import Chunk, SearchBudget, SearchProblem, dtype_of, result, search
+from workbench_attacks.core import (
+    Chunk,
+    SearchBudget,
+    SearchProblem,
+    ShardableSearch,
+    dtype_of,
+    result,
+    search,
+)
 
 
 class MIFaceParams(SearchBudget):
@@ -55,7 +63,7 @@ def total_variation(x: Tensor) -> Tensor:
     return dh + dw
 
 
-class MIFace:
+class MIFace(ShardableSearch):
     """MI-Face: optimise the pixels directly toward the target class."""
 
     name = "mi-face"

@@ -39,6 +39,7 @@ from workbench_attacks.core import (
     GANBudget,
     SearchBudget,
     SearchProblem,
+    ShardableSearch,
     dtype_of,
     result,
     search,
@@ -340,7 +341,7 @@ class PLGMISearch(SearchProblem):
         return self.generator(leaves[0], targets.to(device)), targets, restarts
 
 
-class PLGMI:
+class PLGMI(ShardableSearch):
     """PLG-MI: top-n pseudo-labels, a conditional GAN per target, then max-margin inversion."""
 
     name = "plg-mi"

@@ -1,0 +1,210 @@
+"""Sharded attacks: an attack's per-class search split into jobs whose results merge exactly.
+
+`[attacks.gmi] shards = 4` (a param of every built-in search, `SearchBudget.shards`) splits the
+attack's forward batches of `max_batch` latents, in order, into 4 contiguous runs. Per variant:
+
+1. the pass before the shards, in the variant's process: `attack.run` with
+   `AttackShard(search=False)` trains or loads everything the search needs (GMI's prior,
+   KED-MI's per-target GAN, LOMMA's surrogates) into the stage cache, exactly where the unsharded
+   attack would, and refuses with one line when the search has fewer batches than shards;
+2. the shards without a finished file, as jobs of kind `attack-shard` on the run's executor
+   (`processes` when the run has several workers, else `inline`, one after another); each
+   (`run_shard`) loads the target and the priors and writes its rows to
+   `<variant>/reconstructions/<attack>.shard-<k>-of-<n>.safetensors`;
+3. `merge_shards`: the shard files in order, merged by the attack (`attack.merge_shards`).
+
+Every batch is computed as in the unsharded search (its own random streams, the same members,
+the same thread count), so the merged rows, and every figure computed from them, equal the
+unsharded run's bit for bit. A finished shard is not run again after an interruption. The two
+functions a distributed launcher needs are `run_shard` (shard k of n of attack A for variant V)
+and `merge_shards`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from workbench.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    save_checkpoint,
+    tensors_with_prefix,
+    weights_fingerprint,
+)
+from workbench.components import AttackContext, AttackResult, AttackShard
+from workbench.errors import RunError, WorkbenchError
+from workbench.evaluation import RECONSTRUCTIONS
+from workbench.runs import TARGET_FILE
+
+if TYPE_CHECKING:
+    from workbench.recipe import VariantConfig
+    from workbench.runner import Runner
+
+JOB_KIND = "attack-shard"
+
+
+def shard_count(attack: Any) -> int:
+    """How many shards the attack's params ask for (1: not sharded)."""
+    return int(getattr(getattr(attack, "params", None), "shards", 1) or 1)
+
+
+def check_shardable(name: str, attack: Any) -> None:
+    """Refuse, in one line, an attack asked for shards that cannot merge them exactly."""
+    if not callable(getattr(attack, "merge_shards", None)):
+        raise WorkbenchError(
+            f"attack {name!r} ({type(attack).__name__}) cannot be sharded exactly: it offers no "
+            f"merge_shards; set [attacks.{name}] shards = 1"
+        )
+
+
+def shard_path(folder: Path, name: str, index: int, count: int) -> Path:
+    """Where shard `index` (0-based) of `count` of attack `name` keeps its rows."""
+    return Path(folder) / RECONSTRUCTIONS / f"{name}.shard-{index + 1}-of-{count}.safetensors"
+
+
+def shard_key(attack: Any, target: torch.nn.Module, seed: int) -> str:
+    """What a shard's rows depend on (the attack's params, the target's weights, the seed): a file
+    written for another target or other params is never merged."""
+    key = {"attack": type(attack).__name__, "params": attack.params.model_dump(mode="json"),
+           "target": weights_fingerprint(target), "seed": seed}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_shard(path: Path, key: str) -> AttackResult | None:
+    """A finished shard's rows, or None (missing, half-written, or from another key)."""
+    if not path.exists():
+        return None
+    try:
+        tensors, meta = load_checkpoint(path)
+    except CheckpointError:
+        return None
+    if meta.get("key") != key or not {"images", "targets", "restarts", "confidences"} <= set(tensors):
+        return None
+    return AttackResult(images=tensors["images"], targets=tensors["targets"], restarts=tensors["restarts"],
+                        figures=meta.get("figures", {}), confidences=tensors["confidences"])
+
+
+# ------------------------------------------------------------------ one shard (a job)
+
+
+def load_target(runner: Runner, variant: VariantConfig) -> torch.nn.Module:
+    """The variant's trained target from its folder (the parent wrote it before the shards)."""
+    model, _ = runner.build_target(variant)
+    path = runner.variant_dir(variant) / TARGET_FILE
+    try:
+        tensors, _ = load_checkpoint(path)
+        model.load_state_dict(tensors_with_prefix(tensors, "model"))
+    except (CheckpointError, RuntimeError) as exc:
+        raise RunError(f"{path}: the trained target a shard attacks is unusable ({str(exc).split(';')[0]})") from None
+    model.to(runner.device).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def run_shard(runner: Runner, variant_name: str, name: str, index: int, count: int) -> Path:
+    """Run shard `index` (0-based) of `count` of attack `name` on variant `variant_name`'s trained
+    target and write its rows; the path back. The priors come from the stage cache (the pass
+    before the shards put them there). Idempotent: a finished shard returns at once."""
+    from workbench.runner import _quiet
+
+    recipe = runner.recipe
+    variant = recipe.variant(variant_name)
+    folder = runner.variant_dir(variant)
+    path = shard_path(folder, name, index, count)
+    runner.data = runner._load_data(_quiet)
+    runner.shared_stage("evaluation-model", _quiet)
+    target = load_target(runner, variant)
+    table = recipe.attacks[name]
+    attack = runner.registry.create_from("attack", table)
+    key = shard_key(attack, target, recipe.seed)
+    stage = f"attack:{name}:shard-{index + 1}-of-{count}"
+
+    def emit(type: str, **fields: Any) -> None:
+        runner.emit(type, **{"variant": variant_name, **fields})
+
+    if load_shard(path, key) is not None:
+        emit("log", level="info", message=f"{variant_name}: {name} shard {index + 1} of {count} already done")
+        return path
+    emit("stage_started", stage=stage, total=None, shard=index, shards=count, pid=os.getpid())
+    started = time.perf_counter()
+    ctx = AttackContext(target=target, data=runner.data, evaluation_model=runner.evaluation_model,
+                        device=runner.device, seed=recipe.seed,
+                        cache=runner.cache.for_components(("attack", table.use)), emit=emit,
+                        shard=AttackShard(index, count))
+    part = attack.run(ctx)
+    if part.confidences is None or part.restarts is None:
+        raise WorkbenchError(f"attack {name!r}: its shard {index + 1} of {count} returned no per-image "
+                             "confidences or restarts, so the shards cannot merge exactly")
+    tensors = {"images": part.images.float().cpu(), "targets": part.targets.long().cpu(),
+               "restarts": part.restarts.long().cpu(), "confidences": part.confidences.cpu()}
+    seconds = round(time.perf_counter() - started, 3)
+    save_checkpoint(path, tensors, {"kind": JOB_KIND, "attack": name, "variant": variant_name, "shard": index,
+                                    "shards": count, "key": key, "figures": part.figures, "seconds": seconds})
+    emit("stage_finished", stage=stage, seconds=seconds, shard=index, shards=count, pid=os.getpid())
+    return path
+
+
+# ------------------------------------------------------------------ the parent: plan, run, merge
+
+
+def merge_shards(attack: Any, prepared: AttackResult, folder: Path, name: str, count: int, key: str) -> AttackResult:
+    """The unsharded result from the `count` shard files (in order) and the pass before them."""
+    parts = []
+    for index in range(count):
+        part = load_shard(shard_path(folder, name, index, count), key)
+        if part is None:
+            raise RunError(f"{shard_path(folder, name, index, count)}: missing or unreadable after its job "
+                           "finished; run again with --resume to redo that shard")
+        parts.append(part)
+    return attack.merge_shards(prepared, parts)
+
+
+@dataclasses.dataclass
+class ShardedAttack:
+    """`compute(ctx)` for `run_attack`: the pass before the shards here, the shards as jobs on the
+    runner's executor, then the merge. Made by `sharded` for an attack with `shards` > 1."""
+
+    runner: Runner
+    variant: str
+    name: str
+    attack: Any
+    count: int
+
+    def __call__(self, ctx: AttackContext) -> AttackResult:
+        runner, name, count = self.runner, self.name, self.count
+        folder = runner.run_dir / self.variant
+        prepared = self.attack.run(dataclasses.replace(ctx, shard=AttackShard(0, count, search=False)))
+        key = shard_key(self.attack, ctx.target, ctx.seed)
+        pending = [k for k in range(count) if load_shard(shard_path(folder, name, k, count), key) is None]
+        if len(pending) < count:
+            ctx.emit("log", level="info", message=f"{name}: {count - len(pending)} of {count} shards already "
+                     f"done; running {len(pending)}")
+        if pending:
+            labels = [f"{self.variant}:{name}:shard-{k + 1}-of-{count}" for k in pending]
+            options = [{"variant": self.variant, "attack": name, "shard": k, "shards": count} for k in pending]
+            where = "worker processes" if runner.workers > 1 else "this process, one after another"
+            runner.run_jobs(JOB_KIND, labels, torch.get_num_threads(),
+                            f"{self.variant}: {name} in {len(pending)} shard jobs ({where})", options=options)
+        merged = merge_shards(self.attack, prepared, folder, name, count, key)
+        for k in range(count):  # the merged reconstructions replace them (run_attack writes those next)
+            shard_path(folder, name, k, count).unlink(missing_ok=True)
+        return merged
+
+
+def sharded(runner: Runner, variant: str, name: str, attack: Any) -> ShardedAttack | None:
+    """The `compute` for `run_attack` when the recipe shards attack `name`, else None; refuses an
+    attack that cannot merge shards exactly."""
+    count = shard_count(attack)
+    if count <= 1:
+        return None
+    check_shardable(name, attack)
+    return ShardedAttack(runner, variant, name, attack, count)
