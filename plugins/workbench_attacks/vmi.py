@@ -64,7 +64,7 @@ class VMIParams(GANBudget, SearchBudget):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     """s of the label-smoothing cross-entropy: the target class gets 1 − s, each other class
     s / (K − 1) (reference default 0, i.e. plain CE: `--attack_labelsmooth`, VMI
-    `attack_stylegan.py:39-51,186-187`)."""
+    `attack_stylegan.py:39-51`)."""
     kl_samples: int = Field(1000, ge=0)
     """Draws of q per step in the KL estimate −½ log det(L Lᵀ) + ½ mean ‖z‖² (reference 1000:
     VMI `attack_stylegan.py:331-392`, `attack_dcgan.py:323-330`). 0 uses the closed form
@@ -75,11 +75,12 @@ class VMIParams(GANBudget, SearchBudget):
     64 (`--batchSize` default, VMI `attack_stylegan.py`), 32 in BiDO's script (DefendMI
     `VMI/run_scripts/celeba-stylegan-flow.sh`). Digits: 32."""
     iterations: int = Field(300, ge=1)
-    """SGD steps per class. Reference: an epoch is ⌈10000 / batch⌉ steps (VMI
-    `attack_stylegan.py:293`, `range(0, 10000, batchSize)`); the CelebA script trains 31 epochs
-    and the attack samples come from the epoch-20 miner (`--save_model_epochs 10,20,30`,
-    `generate_vmi_attack_samples.py`), i.e. 20 × 157 = 3140 steps at batch 64. Digits: 300
-    (a CPU deviation; spec §D: 200 / 500 steps gave 0.79 / 0.81 at lr 0.05)."""
+    """SGD steps per class. Reference: an epoch is ⌈10000 / batch⌉ steps (the loop
+    `range(0, 10000, batchSize)`, VMI `attack_stylegan.py`, `attack_dcgan.py:293`); the CelebA
+    script trains 31 epochs and the attack samples come from the epoch-20 miner
+    (`--save_model_epochs 10,20,30`, `generate_vmi_attack_samples.py`), i.e. 20 × 157 = 3140
+    steps at batch 64. Digits: 300 (a CPU deviation; spec §D: 200 / 500 steps gave 0.79 / 0.81
+    at lr 0.05)."""
     lr: float = Field(0.05, gt=0)
     """SGD learning rate of (m, L). Reference 1e-4 (`lr=1e-4`, VMI
     `run_scripts/neurips2021-celeba-stylegan-flow.sh`, for the StyleGAN flow miner); the code's
