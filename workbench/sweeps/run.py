@@ -22,13 +22,13 @@ import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench import __version__
 from workbench.checkpoint import atomic_write_text
 from workbench.components import Job
 from workbench.errors import RunError, WorkbenchError
-from workbench.events import EVENTS_FILE, EventWriter, read_events
+from workbench.events import EVENTS_FILE, EventWriter, read_events, relay_events
 from workbench.recipe import to_toml
 from workbench.runs import (
     RESULTS_FILE,
@@ -37,10 +37,14 @@ from workbench.runs import (
     live_pid,
     process_start,
     read_run_file,
+    read_variant_results,
     run_status,
 )
 from workbench.sweeps.aggregate import aggregate, write_aggregate, write_pareto, write_report
 from workbench.sweeps.spec import SWEEP_FILE, PlannedRun, Sweep, load_sweep
+
+if TYPE_CHECKING:
+    from workbench.runner import Runner
 
 RUNS_FOLDER = "runs"
 SHARED_FOLDER = "shared"
@@ -303,7 +307,8 @@ class SweepRunner:
             return max(1, (os.cpu_count() or 1) // workers)
         return 1 if self.sweep.spec.executor.use == "processes" else None
 
-    def _job(self, kind: str, run_dir: Path, **fields: Any) -> Job:
+    def _job(self, kind: str, run_dir: Path, threads: int | None | str = "executor", **fields: Any) -> Job:
+        """A job of the sweep; `threads` the executor's share of the cores unless given."""
         cache = self.options.cache_dir
         if cache is None:
             from workbench.cache import default_cache_dir
@@ -311,7 +316,7 @@ class SweepRunner:
             cache = default_cache_dir()
         return Job(kind=kind, run_dir=str(run_dir), cache_dir=str(Path(cache).resolve()),
                    plugins_dir=str(self.options.plugins_dir) if self.options.plugins_dir else None,
-                   threads=self._threads(), **fields)
+                   threads=self._threads() if threads == "executor" else threads, **fields)
 
     def _shared_stages(self, pending: list[tuple[PlannedRun, bool]]) -> dict[str, str]:
         """Train the seed-independent stages once, before the runs (which then load them): one job per
@@ -369,9 +374,6 @@ class SweepRunner:
         return name, json.dumps([resolved["data"], part, resolved.get("device")], sort_keys=True)
 
     def _run_all(self, pending: list[tuple[PlannedRun, bool]]) -> dict[str, str]:
-        jobs = [self._job("run", self.run_dir(run), options={
-            "recipe": str(self.sweep.recipe_path), "overrides": run.overrides, "resume": resume, "force": False,
-            "workers": 1}) for run, resume in pending]
         for run, _ in pending:
             self.run_dir(run).parent.mkdir(parents=True, exist_ok=True)
         reported: dict[str, str] = {}  # run id -> "started" / "finished" / "failed"
@@ -386,23 +388,104 @@ class SweepRunner:
             for run, _ in pending:
                 self._observe(run, reported, t0)
 
-        outcomes = self.executor.run(jobs, poll)
+        if self._jobs_per_variant(pending):
+            errors = self._run_variants(pending, poll)
+        else:
+            jobs = [self._job("run", self.run_dir(run), options={
+                "recipe": str(self.sweep.recipe_path), "overrides": run.overrides, "resume": resume, "force": False,
+                "workers": 1}) for run, resume in pending]
+            outcomes = self.executor.run(jobs, poll)
+            errors = {run.id: None if outcome.ok else outcome.error or ""
+                      for (run, _), outcome in zip(pending, outcomes, strict=True)}
         failed = {}
-        for (run, _), outcome in zip(pending, outcomes, strict=True):
+        for run, _ in pending:
             self._observe(run, reported, t0)
-            if outcome.ok and reported.get(run.id) != "failed":
+            error = errors.get(run.id)
+            if error is None and reported.get(run.id) != "failed":
                 if reported.get(run.id) != "finished":
                     self.emit("sweep_run_finished", run=run.id, point=run.point.id, seed=run.seed)
                     reported[run.id] = "finished"
                 continue
-            if outcome.error == "interrupted":
+            if error == "interrupted":
                 raise KeyboardInterrupt
-            error = outcome.error or _last_error(self.run_dir(run)) or "failed"
+            error = error or _last_error(self.run_dir(run)) or "failed"
             failed[run.id] = error
             if reported.get(run.id) != "failed":
                 self.emit("sweep_run_failed", run=run.id, point=run.point.id, seed=run.seed, error=error)
                 reported[run.id] = "failed"
         return failed
+
+    def _jobs_per_variant(self, pending: list[tuple[PlannedRun, bool]]) -> bool:
+        """Whether the runs' variants go to the executor as separate jobs (see `_run_variants`): on the
+        `processes` executor, when the sweep already trained every stage the runs share (E, the
+        attacks' priors), so each run only loads them. Elsewhere one job per run (a Slurm task or Ray
+        job per run; a run that trains its own E keeps it in one process)."""
+        if self.sweep.spec.executor.use != "processes" or not self.sweep.spec.share_stages:
+            return False
+        for run, _ in pending:
+            trained = set(self._seed_free_stages(run))
+            if run.recipe.attacks and "evaluation-model" not in trained:
+                return False
+            for name, table in run.recipe.attacks.items():
+                if hasattr(self.registry.create_from("attack", table), "prepare") and f"prior:{name}" not in trained:
+                    return False
+        return True
+
+    def _run_variants(self, pending: list[tuple[PlannedRun, bool]], poll) -> dict[str, str | None]:
+        """Every run's variants as jobs on one queue; each run error or None.
+
+        A run's variants are independent jobs (its target, OOD and attacks), so the executor's
+        workers stay busy to the end: 5 runs of 6 variants on 2 workers take 15 variant-slots, not
+        the 18 of three rounds of whole runs. This process opens each run directory (recipe,
+        events, the shared stages loaded from the cache, as `workbench run` does), the workers
+        train and evaluate its variants exactly as a single run's variant workers do (same job,
+        same threads), and this process writes results.json and report.md once all are in."""
+        from workbench.jobs import threads_per_job
+
+        errors: dict[str, str | None] = {}
+        opened: dict[str, _ParentRun] = {}
+        jobs, owners = [], []
+        try:
+            for run, resume in pending:
+                try:
+                    parent = _ParentRun.open(self, run, resume)
+                except Exception as exc:  # one broken run does not stop the others
+                    errors[run.id] = _describe(exc)
+                    continue
+                opened[run.id] = parent
+                runner = parent.runner
+                threads = threads_per_job(len(runner.recipe.variants)) if runner.device.type == "cpu" else None
+                for variant in runner.recipe.variants:
+                    if read_variant_results(runner.variant_dir(variant)) is None:
+                        jobs.append(self._job("variant", runner.run_dir, threads, item=variant.name,
+                                              resumed=runner.resumed))
+                        owners.append(run.id)
+
+            def finish_complete_runs() -> None:
+                for run_id, parent in list(opened.items()):
+                    parent.relay()
+                    if parent.complete():
+                        errors[run_id] = parent.finish()
+                        del opened[run_id]
+                poll()
+
+            outcomes = self.executor.run(jobs, finish_complete_runs) if jobs else []
+            for job, run_id, outcome in zip(jobs, owners, outcomes, strict=True):
+                if outcome.ok:
+                    continue
+                if outcome.error == "interrupted":
+                    raise KeyboardInterrupt
+                if run_id in opened:  # the run's first failed variant names the run's error
+                    errors[run_id] = opened.pop(run_id).fail(f"variant {job.item}: {outcome.error}")
+            for run_id, parent in opened.items():
+                parent.relay()
+                errors[run_id] = parent.finish()
+            opened.clear()
+        except KeyboardInterrupt:
+            for parent in opened.values():
+                parent.interrupted()
+            raise
+        return errors
 
     def _observe(self, run: PlannedRun, reported: dict[str, str], t0: float) -> None:
         """Emit started / finished / failed for a run whose directory says so (live progress)."""
@@ -451,6 +534,77 @@ class SweepRunner:
         write_report(self.sweep_dir, data, header, failed)
         write_pareto(self.sweep_dir, data, spec.pareto.x, spec.pareto.y)
         return SweepResult(self.sweep_dir, data, finished, failed, skipped)
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) if isinstance(exc, WorkbenchError) else f"{type(exc).__name__}: {exc}"
+
+
+class _ParentRun:
+    """A run whose directory this (sweep) process owns while executor workers run its variants:
+    the beginning and the end of `Runner.run` here, the variant jobs elsewhere."""
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+        self.started = time.perf_counter()
+        self.offset = 0
+
+    @classmethod
+    def open(cls, sweep: SweepRunner, run: PlannedRun, resume: bool) -> _ParentRun:
+        from workbench.runner import Runner, RunOptions
+
+        options = sweep.options
+        runner = Runner.start(RunOptions(recipe=sweep.sweep.recipe_path, run_dir=sweep.run_dir(run),
+                                         overrides=list(run.overrides), resume=resume, cache_dir=options.cache_dir,
+                                         plugins_dir=options.plugins_dir, workers=1), registry=sweep.registry)
+        parent = cls(runner)
+        recipe = runner.recipe
+        runner.emit("run_started", recipe=str(runner.source), run_dir=str(runner.run_dir),
+                    variants=[v.name for v in recipe.variants], seed=recipe.seed, version=__version__,
+                    resumed=runner.resumed, device=str(runner.device), recipe_hash=runner.digest)
+        try:
+            runner.prepare_shared_stages()  # data, E, priors: loaded from the cache the sweep filled
+        except KeyboardInterrupt:
+            parent.interrupted()
+            raise
+        except Exception as exc:
+            parent.fail(_describe(exc))
+            raise
+        # Only E's figures are needed here again (results.json); the workers load their own copies.
+        runner.data = runner.evaluation_model = runner.ood_evaluator = None
+        parent.offset = runner.events.path.stat().st_size
+        return parent
+
+    def relay(self) -> None:
+        """The workers' events of this run to its listeners (event sinks), as a single run relays them."""
+        self.offset = relay_events(self.runner.events, self.offset)
+
+    def complete(self) -> bool:
+        runner = self.runner
+        return all(read_variant_results(runner.variant_dir(v)) is not None for v in runner.recipe.variants)
+
+    def finish(self) -> str | None:
+        """results.json, report.md and run_finished, as `Runner.run` ends; the error when that fails."""
+        from workbench.report import write_report as write_run_report
+
+        runner = self.runner
+        try:
+            results = runner.collect_results()
+            write_run_report(runner.run_dir, results, runner.recipe)
+        except Exception as exc:
+            return self.fail(_describe(exc))
+        runner.emit("run_finished", seconds=round(time.perf_counter() - self.started, 3))
+        runner.events.close()
+        return None
+
+    def fail(self, error: str) -> str:
+        self.runner.emit("run_failed", error=error)
+        self.runner.events.close()
+        return error
+
+    def interrupted(self) -> None:
+        self.runner.emit("run_interrupted", message="stopped by the user; resumable")
+        self.runner.events.close()
 
 
 def run_sweep(options: SweepOptions, listeners: list | None = None) -> SweepResult:
