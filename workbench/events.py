@@ -5,7 +5,8 @@ The runner writes; the CLI and the TUI only read. Every event has `t` (unix seco
 
 - `run_started`: `recipe` (path), `run_dir`, `variants` (names), `seed`, `version`, `resumed`,
   `device`, `recipe_hash`
-- `stage_started`: `stage`, `variant` (or null), `total` (steps/epochs, or null)
+- `stage_started`: `stage`, `variant` (or null), `total` (steps/epochs, or null); an attack shard's
+  (stage `attack:<name>:shard-<k>-of-<n>`) also `shard` (0-based), `shards` and the job's `pid`
 - `stage_finished`: `stage`, `variant`, `seconds`
 - `epoch`: `stage`, `variant`, `epoch` (1-based), `epochs`, `metrics` (name -> float; losses,
   accuracies, per-layer dependency terms such as `dep_x/0`, `dep_y/0`, the OOD loss and its
