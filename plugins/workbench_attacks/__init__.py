@@ -1,6 +1,6 @@
 """Built-in workbench plugin: model-inversion attacks and the privacy metrics that judge them.
 
-Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`, `lomma-gmi`, `lomma-kedmi`, `plg-mi`, `vmi`. Privacy metrics (kind `metric`, section
+Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`, `lomma-gmi`, `lomma-kedmi`, `plg-mi`, `vmi`, `ppa`. Privacy metrics (kind `metric`, section
 `attacks`): `attack-accuracy`, `knn-dist`, `fid` (in E's feature space), `fid-inception`.
 The metric math is in `workbench_attacks.privacy` as pure functions.
 """
@@ -13,6 +13,7 @@ from workbench_attacks.kedmi import KEDMI, KEDMIParams
 from workbench_attacks.lomma import LOMMAGMI, LOMMAKEDMI, LOMMAGMIParams, LOMMAKEDMIParams
 from workbench_attacks.miface import MIFace, MIFaceParams
 from workbench_attacks.plgmi import PLGMI, PLGMIParams
+from workbench_attacks.ppa import PPA, PPAParams
 from workbench_attacks.privacy import (
     FID,
     AttackAccuracy,
@@ -61,6 +62,12 @@ def register_attacks(register):
         PLGMI,
         params=PLGMIParams,
         summary="PLG-MI: top-n pseudo-labels, a conditional GAN per target, max-margin inversion (Yuan et al. 2023).",
+    )
+    register(
+        "ppa",
+        PPA,
+        params=PPAParams,
+        summary="PPA: candidates by target confidence, Poincaré loss on augmented views, selection over transforms (Struppek et al. 2022).",
     )
     register(
         "vmi",
