@@ -223,6 +223,20 @@ def test_gmi_and_kedmi_in_two_parallel_and_three_uneven_shards_equal_the_unshard
 
 
 @pytest.mark.slow
+def test_variants_in_worker_processes_run_their_shards_there_with_the_same_results(run_tiny_recipe, tmp_path):
+    """Two variants on two workers: each variant's worker runs its own shards inline, in turn."""
+    two_variants = '\n[[variants]]\nname = "mid"\ndefense = { use = "mid", beta = 0.01 }\n'
+    whole_dir, _ = run_tiny_recipe(recipe(GMI_TABLE) + two_variants, workers=1, cache_dir=tmp_path / "cache-1")
+    run_dir, _ = run_tiny_recipe(recipe(GMI_TABLE, shards=2) + two_variants, workers=2, cache_dir=tmp_path / "cache-2")
+    assert attack_figures(run_dir) == attack_figures(whole_dir)
+    assert set(attack_figures(run_dir)) == {"none", "mid"}
+    stages = shard_stages(run_dir)
+    pids = {v: {e["pid"] for e in stages if e["variant"] == v} for v in ("none", "mid")}
+    assert sorted((e["variant"], e["shard"]) for e in stages) == [("mid", 0), ("mid", 1), ("none", 0), ("none", 1)]
+    assert all(len(p) == 1 and os.getpid() not in p for p in pids.values()) and pids["none"] != pids["mid"]
+
+
+@pytest.mark.slow
 def test_a_finished_shard_is_not_run_again_after_an_interruption(run_tiny_recipe, tmp_path, monkeypatch):
     whole_dir, _ = run_tiny_recipe(recipe(GMI_TABLE), workers=1)
     real_run_shard = attack_shards.run_shard
