@@ -360,6 +360,23 @@ def test_the_gmi_prior_is_shared_with_the_gmi_attack(tmp_path):
     assert hit and isinstance(generator, Generator) and not generator.training
 
 
+def test_the_report_shows_both_sets_with_their_direction():
+    from workbench.report import markdown_table
+
+    results = {
+        "variants": [
+            {
+                "name": "none",
+                "utility": {"test_accuracy": 0.99},
+                "attacks": {"ppa": {"top1": 0.625, "top1_unselected": 0.4875, "top5_unselected": 1.0}},
+            }
+        ]
+    }
+    table = markdown_table(results)
+    assert "ppa top-1 ↓" in table and "ppa top-1 unselected ↓" in table and "ppa top-5 unselected ↓" in table
+    assert "0.4875" in table
+
+
 def test_params_document_every_field_with_a_reference(registry):
     schema = registry.get("attack", "ppa").params_schema()
     assert not [k for k, v in schema["properties"].items() if not v.get("description")]

@@ -15,6 +15,9 @@ KNOWN: dict[str, tuple[str, bool]] = {
     "test_accuracy": ("test acc", True),
     "top1": ("top-1", False),
     "top5": ("top-5", False),
+    # PPA reports E's accuracy before its final selection too (top1/top5 are the selected set's).
+    "top1_unselected": ("top-1 unselected", False),
+    "top5_unselected": ("top-5 unselected", False),
     "knn_dist": ("KNN", True),
     "fid": ("FID", True),
     "fpr95": ("FPR95", False),
