@@ -449,3 +449,17 @@ def test_the_documented_conversion_snippet_gives_a_loadable_e(registry, tmp_path
     x = torch.rand(4, 1, 16, 16)
     with torch.no_grad():
         assert torch.equal(model(x), reference(x))
+
+
+def test_a_missing_inception_file_stops_the_run_before_any_training(tmp_path, monkeypatch, capsys):
+    # The LOMMA recipe's FID needs local Inception weights; like E's file, they are checked first.
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(TINY_RECIPE + '\n[[metrics]]\nuse = "fid-inception"\nweights_file = "no/inception.safetensors"\n')
+    monkeypatch.setattr(sys, "argv", ["workbench", "run", str(recipe), "--run-dir", str(tmp_path / "run"),
+                                      "--cache-dir", str(tmp_path / "cache"), "--quiet"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no/inception.safetensors' does not exist" in err, err
+    assert [e for e in read_events(tmp_path / "run") if e["type"] == "epoch"] == []

@@ -198,6 +198,8 @@ class Runner:
         """
         recipe = self.recipe
         emit = _quiet if quiet else self.emit
+        for table in recipe.metrics:  # a metric checks its files (Inception weights) when made: before training
+            self.registry.create_from("metric", table)
         self.data = self._load_data(emit)
         jobs = self.shared_stage_names()
         threads = threads_per_job(len(jobs)) if self.device.type == "cpu" else None
