@@ -117,6 +117,10 @@ class TrainConfig(StrictModel):
     """Identity-balanced sampling for many-class data; unset = shuffled batches."""
     grad_clip: PositiveFloat | None = None
     """Clip the gradient norm to this value; unset = no clipping."""
+    sync_batchnorm: bool = True
+    """Under torchrun on CUDA (DDP), BatchNorm statistics over the global batch (SyncBatchNorm), as one
+    process would compute them; False = each rank's own slice. Gloo on the CPU cannot sync BatchNorm:
+    there statistics are always per rank (said in the run's header). No effect in one process."""
 
 
 class TargetConfig(StrictModel):

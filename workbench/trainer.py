@@ -137,7 +137,7 @@ def train_classifier(
     ddp = data_parallel and distributed.is_distributed()
     if ddp:
         _check_data_parallel(defense, config)
-    sync_bn = ddp and device.type == "cuda" and getattr(config, "sync_batchnorm", True) \
+    sync_bn = ddp and device.type == "cuda" and config.sync_batchnorm \
         and distributed.convert_sync_batchnorm(model)
     model.to(device)
     if device.type == "cuda":
