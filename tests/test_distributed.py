@@ -278,3 +278,20 @@ def test_nproc_run_is_killed_resumes_and_only_rank_zero_writes(tmp_path):
     assert json.loads((run_dir / "run.json").read_text())["world_size"] == 2
     targets = [p for p in (tmp_path / "cache").rglob("*.safetensors")]
     assert len(targets) == 1  # the target entry, written once
+
+
+def test_world_size_is_read_back_for_runs_list_and_the_live_view(tmp_path):
+    from workbench.runs import summarize
+    from workbench.tui.follow import RunState
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    started = {"t": 1.0, "type": "run_started", "recipe": "r.toml", "variants": ["none"], "world_size": 4}
+    (run_dir / "events.jsonl").write_text(json.dumps(started) + "\n")
+    (run_dir / "recipe.toml").write_text("")
+    assert summarize(run_dir).world_size == 4
+    state = RunState()
+    state.apply(started)
+    assert state.world_size == 4
+    state.apply({**started, "world_size": "many"})  # a bad field never breaks the view
+    assert state.world_size == 1

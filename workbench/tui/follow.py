@@ -136,6 +136,7 @@ class RunState:
     events_seen: int = 0
     log_count: int = 0  # entries ever logged (the deque forgets old ones)
     last_t: float | None = None
+    world_size: int = 1  # processes training the run (torchrun / --nproc)
 
     def apply(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -168,6 +169,8 @@ class RunState:
             self.started = t
         self.recipe = str(event.get("recipe", self.recipe))
         self.variants = [str(v) for v in event.get("variants") or self.variants]
+        world = event.get("world_size")
+        self.world_size = world if isinstance(world, int) and not isinstance(world, bool) and world > 0 else 1
         self.terminal = None
         self.ended = None
 
@@ -267,7 +270,9 @@ def describe_event(event: dict[str, Any]) -> tuple[str, str] | None:
         return str(event.get("level", "info")), str(event.get("message", ""))
     if kind == "run_started":
         resumed = " (resumed)" if event.get("resumed") else ""
-        return "info", f"run started{resumed}: {event.get('recipe', '')}"
+        world = event.get("world_size")
+        procs = f" on {world} processes (DDP)" if isinstance(world, int) and world > 1 else ""
+        return "info", f"run started{resumed}{procs}: {event.get('recipe', '')}"
     if kind == "stage_started":
         return "info", f"{where}{event.get('stage')} started"
     if kind == "stage_finished":

@@ -306,6 +306,8 @@ class RunScreen(Screen):
         header.append_text(styled_status(status))
         header.append(f"   recipe {state.recipe or '–'}   elapsed {format_seconds(state.elapsed())}"
                       f"   events {state.events_seen}")
+        if state.world_size > 1:
+            header.append(f"   {state.world_size} processes (DDP)", style="bold")
         if state.error:
             header.append(f"\n✗ {state.error}", style="bold red")
         elif status == "interrupted":
