@@ -255,6 +255,32 @@ def test_params_need_the_file_and_consistent_counts():
         PPAParams(num_candidates=4, samples_per_target=5)
     with pytest.raises(ValueError, match="search_space"):
         PPAParams(search_space=10, num_candidates=20)
+    with pytest.raises(ValueError, match="train_crop_scale"):
+        PPAParams(train_crop_scale=(1.0, 0.9))
+    with pytest.raises(ValueError, match="select_crop_scale"):
+        PPAParams(select_crop_scale=(0.0, 0.9))
+    with pytest.raises(ValueError, match="select_crop_ratio"):
+        PPAParams(select_crop_ratio=(1.2, 0.8))
+
+
+def test_a_recipe_naming_no_generator_file_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    import sys
+
+    from workbench.cli import main
+
+    recipe = tmp_path / "ppa.toml"
+    recipe.write_text(
+        TINY_RECIPE
+        + '\n[evaluation.backbone]\nuse = "mcnn"\n[attacks.ppa]\nuse = "ppa"\ngenerator = "file"\n'
+    )
+    monkeypatch.setattr(sys, "argv", ["workbench", "recipes", "validate", str(recipe)])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and len(lines) == 1, err
+    assert str(recipe) in lines[0] and "attacks.ppa" in lines[0] and "generator_file" in lines[0]
 
 
 def test_a_missing_generator_file_stops_the_run_with_one_line(tmp_path, monkeypatch, capsys):

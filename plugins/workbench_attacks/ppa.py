@@ -134,6 +134,15 @@ class PPAParams(GANBudget):
     def _file_named_when_used(self) -> PPAParams:
         if self.generator == "file" and self.generator_file is None:
             raise ValueError("generator = 'file' needs generator_file (a local .safetensors)")
+        for name in ("train_crop_scale", "select_crop_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(
+                    f"{name} = ({lo}, {hi}): areas are fractions of the image, 0 < low <= high <= 1"
+                )
+        lo, hi = self.select_crop_ratio
+        if not 0 < lo <= hi:
+            raise ValueError(f"select_crop_ratio = ({lo}, {hi}): aspect ratios need 0 < low <= high")
         if self.num_candidates > self.search_space:
             raise ValueError(
                 f"num_candidates ({self.num_candidates}) cannot exceed search_space ({self.search_space}): "
