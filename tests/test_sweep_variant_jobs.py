@@ -98,3 +98,19 @@ def test_processes_sweep_runs_variants_as_jobs_with_single_run_figures(tmp_path,
 
 def result_runs(path: Path):
     return load_sweep(path).runs
+
+
+def test_defenses_sweep_shares_e_prior_and_common_targets_with_the_main_sweep():
+    """The README's table joins both sweeps: same E and GMI prior, and the variants the two recipes
+    have in common configured alike (so they are the same targets, from the stage cache)."""
+    root = Path(__file__).parents[1] / "recipes" / "sweeps"
+    main, defenses = load_sweep(root / "bido_plus_seeds.toml"), load_sweep(root / "defenses_digits_seeds.toml")
+    assert [r.seed for r in main.runs] == [0, 1, 2, 3, 4]
+    assert [r.seed for r in defenses.runs] == list(range(len(defenses.runs))) and len(defenses.runs) >= 3
+    a, b = main.runs[1].resolved, defenses.runs[1].resolved
+    for section in ("data", "evaluation", "target", "seed", "device"):
+        assert a[section] == b[section], section
+    assert a["attacks"]["gmi"] == b["attacks"]["gmi"] and a["attacks"]["kedmi"] == b["attacks"]["kedmi"]
+    common = {"none", "bido-hsic", "bido-hsic+", "mid"}
+    assert ({v["name"]: v for v in a["variants"] if v["name"] in common}
+            == {v["name"]: v for v in b["variants"] if v["name"] in common})
