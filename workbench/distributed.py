@@ -195,12 +195,16 @@ def wrap_for_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     """A DistributedDataParallel module whose forward gives `(logits, hiddens)`.
 
     DDP broadcasts rank 0's parameters and buffers when it is built, so every rank starts from
-    the same weights (those of a resumed checkpoint, if rank 0 loaded one).
+    the same weights (those of a resumed checkpoint, if rank 0 loaded one). `static_graph`: the
+    trainer uses the same parameters every step, and some models hold trainable parameters the
+    loss never reaches (MID's bottleneck replaces the backbone's head); a static graph lets DDP
+    learn that set in the first step, where the default would leave the gradients of their
+    whole bucket un-averaged (tests/test_distributed.py, MID).
     """
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else None
-    return DistributedDataParallel(HiddenForward(model), device_ids=ids)
+    return DistributedDataParallel(HiddenForward(model), device_ids=ids, static_graph=True)
 
 
 def convert_sync_batchnorm(model: nn.Module) -> bool:
