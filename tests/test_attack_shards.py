@@ -70,14 +70,14 @@ def kedmi_problem():
 @pytest.mark.parametrize("count", [2, 3])
 def test_shards_of_a_search_concatenate_to_the_whole_search_bit_for_bit(make, count):
     problem, units, params = make()
-    max_batch = 4 if make is gmi_problem else 2  # gmi: 10 batches of 2 groups; kedmi: 6 batches (3 per fit)
+    max_batch = 4 if make is gmi_problem else 2  # gmi: 5 batches of 2 groups; kedmi: 6 batches (3 per fit)
     run = lambda shard: search(context(problem.target, shard), problem, units, attack="x",  # noqa: E731
                                iterations=params.iterations, max_batch=max_batch)
     whole = run(None)
     parts = [run(AttackShard(k, count)) for k in range(count)]
     for i, name in enumerate(("images", "targets", "restarts", "confidences")):
         assert torch.equal(torch.cat([part[i] for part in parts]), whole[i]), name
-    assert len(parts[0][0]) > len(parts[-1][0]) or len(parts[0][0]) == len(parts[-1][0])
+    assert all(len(part[0]) > 0 for part in parts)  # every shard searched something
     prepared = result(*run(AttackShard(0, count, search=False)), gan_cached=0.0)
     assert len(prepared.images) == 0  # the pass before the shards searches nothing
     merged = merge_shards(prepared, [result(*part, gan_cached=1.0) for part in parts])
