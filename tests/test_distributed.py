@@ -308,3 +308,39 @@ def test_world_size_is_read_back_for_runs_list_and_the_live_view(tmp_path):
     assert state.world_size == 4
     state.apply({**started, "world_size": "many"})  # a bad field never breaks the view
     assert state.world_size == 1
+
+
+def test_a_global_batch_that_does_not_divide_over_the_ranks_is_one_line(monkeypatch):
+    from workbench import distributed
+    from workbench.errors import RunError
+    from workbench.trainer import _check_data_parallel
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    defense = load_registry().create("defense", "none")
+    with pytest.raises(RunError, match=r"target.train.batch_size = 64: the global batch must divide evenly over 3"):
+        _check_data_parallel(defense, TrainConfig(batch_size=64))
+    with pytest.raises(RunError, match=r"balanced_batches \(classes × per_class\) = 64"):
+        _check_data_parallel(defense, TrainConfig(balanced_batches={"classes": 16, "per_class": 4}))
+    _check_data_parallel(defense, TrainConfig(batch_size=66))  # divides: accepted
+
+    class SingleProcessOnly:
+        data_parallel = False
+
+    with pytest.raises(RunError, match="does not support data-parallel training"):
+        _check_data_parallel(SingleProcessOnly(), TrainConfig(batch_size=66))
+
+
+def test_nproc_with_seeds_is_one_clear_line(monkeypatch, capsys, tmp_path):
+    from workbench.cli import main
+    from workbench.testing import TINY_RECIPE
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(TINY_RECIPE)
+    monkeypatch.setattr(sys, "argv", ["workbench", "run", str(recipe), "--nproc", "2", "--seeds", "0-1"])
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    err = capsys.readouterr().err
+    assert exit_info.value.code != 0 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--seeds with --nproc or torchrun" in lines[0]
+    assert not (tmp_path / "runs").exists()

@@ -315,11 +315,17 @@ def _check_data_parallel(defense: Defense, config: TrainConfig) -> None:
     if getattr(defense, "data_parallel", True) is False:
         raise RunError(f"defense {type(defense).__name__}: does not support data-parallel training; "
                        "run it in one process (without torchrun / --nproc)")
+    problem = global_batch_problem(config, n)
+    if problem:
+        raise RunError(problem)
+
+
+def global_batch_problem(config: TrainConfig, world: int) -> str | None:
+    """Why `config`'s global batch cannot be split evenly over `world` ranks, or None."""
     bb = config.balanced_batches
     size, key = ((bb.classes * bb.per_class, "target.train.balanced_batches (classes × per_class)") if bb
                  else (config.batch_size, "target.train.batch_size"))
-    if size % n:
-        raise RunError(f"{key} = {size}: the global batch must divide evenly over {n} processes")
+    return f"{key} = {size}: the global batch must divide evenly over {world} processes" if size % world else None
 
 
 def _all_finite(loss: Tensor, ddp: bool) -> bool:

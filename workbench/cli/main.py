@@ -161,6 +161,10 @@ def _follow_rank_zero() -> None:
         follow()
     except KeyboardInterrupt:
         sys.exit(130)  # rank 0 says so (it writes the run); one line, not N
+    except WorkbenchError as exc:  # named by rank, as rank 0 often says the same
+        named = WorkbenchError(f"rank {distributed.rank()}: {exc}")
+        named.exit_code = exc.exit_code
+        raise named from None
     except (DistError, RuntimeError) as exc:
         raise WorkbenchError(f"rank {distributed.rank()}: lost contact with the other ranks "
                              f"({_first_line(exc)})") from None
@@ -176,9 +180,13 @@ def _run_as_rank_zero(options, reporter, reg):
     from workbench import distributed
     from workbench.follower import announce
     from workbench.runner import Runner
+    from workbench.trainer import global_batch_problem
 
     try:
         runner = Runner.start(options, listeners=[reporter], registry=reg)
+        problem = global_batch_problem(runner.recipe.target.train, distributed.world_size())
+        if problem:  # before anything trains, so no rank starts what cannot finish
+            raise WorkbenchError(problem)
     except BaseException:
         distributed.send_task("stop")  # the others end quietly; this rank says what went wrong
         distributed.shutdown()
@@ -239,6 +247,8 @@ def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: 
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         code = failure.exitcode
+        if code == 2:  # a user error: the rank said it in one line already; nothing to resume
+            raise typer.Exit(code=2) from None
         how = f"was killed by signal {failure.signal_name()}" if code < 0 else f"exited with code {code}"
         raise _LaunchFailed(f"rank {rank} of {nproc} {how}; the others were stopped. The run directory is "
                             f"resumable: workbench run {run_dir} --resume --nproc {nproc}",
