@@ -232,20 +232,30 @@ def transform_confidence(
     target: nn.Module,
     images: Tensor,
     y: Tensor,
-    rng: torch.Generator,
+    streams: list[torch.Generator],
     iterations: int,
     scale: tuple[float, float],
     ratio: tuple[float, float],
     hflip: bool,
+    max_batch: int = 256,
 ) -> Tensor:
     """Per image, T's softmax probability of its class averaged over `iterations` random
-    RandomResizedCrop (+ flip) transforms (PPA `attacks/final_selection.py`)."""
+    RandomResizedCrop (+ flip) transforms (PPA `attacks/final_selection.py`).
+
+    `images` are consecutive segments of equal length, one per stream (one per class): each draws
+    its crops from its own stream, and T sees all of them in forward passes of `max_batch`.
+    """
+    segments = len(images) // len(streams)
     total = torch.zeros(len(images), dtype=torch.float64)
     for _ in range(iterations):
-        view = random_resized_crop(images, rng, scale, ratio, hflip)
-        total += (
-            target(view).float().softmax(dim=1).gather(1, y[:, None].to(view.device))[:, 0].double().cpu()
+        views = torch.cat(
+            [
+                random_resized_crop(part, stream, scale, ratio, hflip)
+                for part, stream in zip(images.split(segments), streams, strict=True)
+            ]
         )
+        probs = torch.cat([target(v).float().softmax(dim=1) for v in views.split(max_batch)])
+        total += probs.gather(1, y[:, None].to(probs.device))[:, 0].double().cpu()
     return total / iterations
 
 
@@ -402,26 +412,26 @@ class PPA:
     def final_selection(self, ctx: AttackContext, images: Tensor, targets: Tensor) -> Tensor:
         """Indices of the kept images, per class the best `samples_per_target`, best first."""
         p = self.params
-        device, dtype = torch.device(ctx.device), dtype_of(ctx.target)
-        kept = []
-        for c in torch.unique(targets).tolist():
-            rows = torch.nonzero(targets == c)[:, 0]
-            score = torch.cat(
-                [
-                    transform_confidence(
-                        ctx.target,
-                        images[part].to(device, dtype),
-                        targets[part],
-                        seeds.generator(ctx.seed, "attack", self.name, "select", c, start),
-                        p.select_iterations,
-                        p.select_crop_scale,
-                        p.select_crop_ratio,
-                        p.hflip,
-                    )
-                    for start, part in enumerate(rows.split(p.max_batch))
-                ]
-            )
-            kept.append(rows[score.argsort(descending=True, stable=True)[: p.samples_per_target]])
+        classes = torch.unique(targets).tolist()
+        rows = [torch.nonzero(targets == c)[:, 0] for c in classes]
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError("the final selection expects the same number of candidates per class")
+        order = torch.cat(rows)
+        score = transform_confidence(
+            ctx.target,
+            images[order].to(ctx.device, dtype_of(ctx.target)),
+            targets[order],
+            [seeds.generator(ctx.seed, "attack", self.name, "select", c) for c in classes],
+            p.select_iterations,
+            p.select_crop_scale,
+            p.select_crop_ratio,
+            p.hflip,
+            p.max_batch,
+        )
+        kept = [
+            mine[part.argsort(descending=True, stable=True)[: p.samples_per_target]]
+            for mine, part in zip(rows, score.split(len(rows[0])), strict=True)
+        ]
         return torch.cat(kept)
 
     def run(self, ctx: AttackContext) -> AttackResult:
