@@ -245,7 +245,10 @@ def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: 
     try:
         torchrun(parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "workbench", *argv]))
     except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
+        # The root cause: a rank killed by a signal (out of memory, kill -9) rather than the ranks
+        # that stopped because it was gone; else the first to fail.
+        killed = sorted((rank, f) for rank, f in exc.failures.items() if f.exitcode < 0)
+        rank, failure = killed[0] if killed else exc.get_first_failure()
         code = failure.exitcode
         if code == 2:  # a user error: the rank said it in one line already; nothing to resume
             raise typer.Exit(code=2) from None
