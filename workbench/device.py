@@ -42,5 +42,6 @@ def describe_machine() -> dict[str, str]:
         "cpu_threads": str(torch.get_num_threads()),
     }
     if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
+        count = torch.cuda.device_count()  # every local GPU (a DDP run uses them all)
+        info["gpu"] = torch.cuda.get_device_name(0) if count == 1 else f"{count} × {torch.cuda.get_device_name(0)}"
     return info
