@@ -449,6 +449,13 @@ class PPA:
             max_batch=p.max_batch,
         )
         keep = self.final_selection(ctx, images, targets)
+        ctx.emit(
+            "log",
+            level="info",
+            message=f"ppa: {p.num_candidates} candidates per class from {p.search_space} latents, optimised "
+            f"{p.iterations} steps; kept the {p.samples_per_target} per class T is surest of over "
+            f"{p.select_iterations} random transforms",
+        )
         figures = {
             # `target_confidence` is the selected set's (the images returned), as for every attack.
             "target_confidence": float(self.target_confidence(ctx, images[keep], targets[keep]).mean()),
