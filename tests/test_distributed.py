@@ -292,6 +292,17 @@ def test_nproc_run_is_killed_resumes_and_only_rank_zero_writes(tmp_path):
     targets = [p for p in (tmp_path / "cache").rglob("*.safetensors")]
     assert len(targets) == 1  # the target entry, written once
 
+    # The killed and resumed run trained exactly the weights of an uninterrupted one.
+    whole = _workbench(tmp_path, "run", "tiny.toml", "--nproc", "2", "--run-dir", "whole", "--cache-dir", "cache-whole")
+    _, err = whole.communicate(timeout=600)
+    assert whole.returncode == 0, err[-2000:]
+    from safetensors.torch import load_file
+
+    resumed_weights = load_file(str(run_dir / "bido-hsic" / "target.safetensors"))
+    whole_weights = load_file(str(tmp_path / "whole" / "bido-hsic" / "target.safetensors"))
+    assert resumed_weights.keys() == whole_weights.keys()
+    assert all(torch.equal(resumed_weights[k], whole_weights[k]) for k in whole_weights)
+
 
 def test_world_size_is_read_back_for_runs_list_and_the_live_view(tmp_path):
     from workbench.runs import summarize
