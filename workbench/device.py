@@ -17,7 +17,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise WorkbenchError("device = \"cuda\" but no CUDA device is visible; use \"auto\" or \"cpu\"")
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if local_rank >= torch.cuda.device_count():
+            raise WorkbenchError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) visible: start "
+                                 "at most one process per GPU (--nproc / --nproc-per-node), or set device = \"cpu\"")
+        return torch.device("cuda", local_rank)
     return torch.device("cpu")
 
 

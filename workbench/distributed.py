@@ -74,10 +74,11 @@ def setup() -> bool:
     if launched_world_size() <= 1 or is_distributed():
         return is_distributed()
     global _task_group
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get(ENV_LOCAL_RANK, "0")))
+    local_rank = int(os.environ.get(ENV_LOCAL_RANK, "0"))
+    if torch.cuda.is_available() and local_rank < torch.cuda.device_count():
+        torch.cuda.set_device(local_rank)
         backend = "cpu:gloo,cuda:nccl"
-    else:
+    else:  # no GPU for this rank (a CPU recipe on more ranks than GPUs)
         backend = "gloo"
     dist.init_process_group(backend=backend, timeout=TRAINING_TIMEOUT)
     _task_group = dist.new_group(backend="gloo", timeout=TASK_CHANNEL_TIMEOUT)
@@ -240,11 +241,15 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
-def describe(device: torch.device) -> str:
+def describe(device: torch.device, sync_batchnorm: bool = True) -> str:
     """One header line: how many processes, which backend, what happens to BatchNorm."""
     n = world_size()
     if n <= 1:
         return ""
-    bn = ("SyncBatchNorm over the global batch (recipe: target.train.sync_batchnorm)"
-          if device.type == "cuda" else "BatchNorm statistics are per rank (gloo on the CPU cannot sync BatchNorm)")
+    if device.type != "cuda":
+        bn = "BatchNorm statistics are per rank (gloo on the CPU cannot sync BatchNorm)"
+    elif sync_batchnorm:
+        bn = "SyncBatchNorm over the global batch (target.train.sync_batchnorm)"
+    else:
+        bn = "BatchNorm statistics are per rank (target.train.sync_batchnorm = false)"
     return f"data parallel: {n} processes ({backend_name()}), each 1/{n} of the global batch; {bn}"

@@ -163,7 +163,8 @@ class Runner:
                   resumed=self.resumed, device=str(self.device), recipe_hash=self.digest,
                   world_size=distributed.world_size())
         if distributed.is_distributed():
-            self.emit("log", level="info", message=distributed.describe(self.device))
+            self.emit("log", level="info", message=distributed.describe(self.device,
+                                                                        self.recipe.target.train.sync_batchnorm))
         try:
             self.prepare_shared_stages()
             self.run_variants()
