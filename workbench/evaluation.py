@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from workbench import seeds
+from workbench import distributed, seeds
 from workbench.batches import iterate_batches
 from workbench.cache import StageCache
 from workbench.checkpoint import (
@@ -155,11 +155,14 @@ def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registr
                "data": resolved["data"], "seed": recipe.seed, "classes": num_classes}
         if config.input_size is not None:
             key["input_size"] = size
+        if distributed.is_distributed():  # trained by N ranks (per-rank BatchNorm on the CPU): its own entry
+            key["world_size"] = distributed.world_size()
 
         def train() -> dict[str, Any]:
+            distributed.send_task("evaluation-model")  # under torchrun the other ranks join (workbench.follower)
             train_classifier(model, registry.create("defense", "none"), train_set, config.train, device=device,
                              seed=seeds.derive(recipe.seed, "evaluation-model"), emit=emit, stage="train",
-                             variant="evaluation-model")
+                             variant="evaluation-model", data_parallel=distributed.is_distributed())
             return {"test_accuracy": accuracy(model, test_set, device),
                     "summary": f"E {config.backbone.use}, {num_classes} classes"}
 

@@ -1,8 +1,8 @@
 """`workbench run` under torchrun: rank 0 leads the run, every other rank follows.
 
-Rank 0 is an ordinary run (run directory, events, stage cache, evaluation model, GAN priors,
-attacks, report) that, whenever it trains a target, first tells the other ranks to join
-(`distributed.send_task("target", ...)`). A follower holds the same recipe (sent by rank 0,
+Rank 0 is an ordinary run (run directory, events, stage cache, GAN priors, attacks, report)
+that, whenever it trains a target or the evaluation model E (a stage-cache miss), first tells
+the other ranks to join (`distributed.send_task("target" | "evaluation-model", ...)`). A follower holds the same recipe (sent by rank 0,
 so it needs no shared file system), loads the same data, and for each task builds the same
 target and trains its slice of every global batch. It never writes a file: no run directory,
 no events, no stage cache, no checkpoint (it resumes from the checkpoint state rank 0 sends).
@@ -16,6 +16,7 @@ from typing import Any
 from workbench import distributed
 from workbench.cache import StageCache
 from workbench.errors import RunError
+from workbench.evaluation import evaluation_model
 from workbench.recipe import validate_raw
 from workbench.trainer import train_classifier
 
@@ -42,7 +43,9 @@ def announce(runner) -> None:
 
 
 def follow() -> None:
-    """A rank other than 0: wait for rank 0's recipe, then join each target's training until told to stop."""
+    """A rank other than 0: wait for rank 0's recipe, then join each training rank 0 announces
+    (a target, E) until told to stop. With no cache, E's stage always trains here: it is only
+    reached when rank 0 announced it."""
     from workbench.registry import load_registry
     from workbench.runner import Runner
 
@@ -59,6 +62,10 @@ def follow() -> None:
         task = distributed.receive_task()
         if task["kind"] == "stop":
             return
+        if task["kind"] == "evaluation-model":  # rank 0 missed E in its cache: train it together
+            evaluation_model(recipe, runner.resolved, registry, runner.data, StageCache(None), runner.device,
+                             lambda *a, **k: None)
+            continue
         if task["kind"] != "target":
             raise RunError(f"rank {distributed.rank()}: unknown task {task['kind']!r} from rank 0 "
                            "(are all ranks running the same workbench version?)")
