@@ -166,6 +166,8 @@ def _follow_rank_zero() -> None:
         named.exit_code = exc.exit_code
         raise named from None
     except (DistError, RuntimeError) as exc:
+        if not _collective_failed(exc):
+            raise
         raise WorkbenchError(f"rank {distributed.rank()}: lost contact with the other ranks "
                              f"({_first_line(exc)})") from None
     finally:
@@ -197,12 +199,23 @@ def _run_as_rank_zero(options, reporter, reg):
             results = runner.run()
         distributed.send_task("stop")
     except (DistError, RuntimeError) as exc:
+        if not _collective_failed(exc):
+            raise
         raise WorkbenchError(f"another rank stopped during training ({_first_line(exc)}); the run directory is "
                              f"resumable: workbench run {runner.run_dir} --resume --nproc "
                              f"{distributed.world_size()}") from None
     finally:
         distributed.shutdown()
     return runner, results
+
+
+def _collective_failed(exc: BaseException) -> bool:
+    """Whether `exc` is a collective that failed because another rank went away (not a bug of ours)."""
+    from torch.distributed import DistError
+
+    text = str(exc)
+    return isinstance(exc, DistError) or any(
+        mark in text for mark in ("gloo", "NCCL", "nccl", "Connection closed", "Connection reset", "ProcessGroup"))
 
 
 def _first_line(exc: BaseException) -> str:
