@@ -18,10 +18,11 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from workbench.api import AttackContext, DataSplits, StageCache, seeds
+from workbench.api import AttackContext, AttackShard, DataSplits, StageCache, seeds
 from workbench_attacks.common import Group, ImagePool
-from workbench_attacks.core import search
+from workbench_attacks.core import merge_shards, result, search
 from workbench_attacks.vmi import (
+    VMI,
     VMIParams,
     VMISearch,
     gaussian_latents,
@@ -321,6 +322,33 @@ def test_a_class_result_does_not_depend_on_max_batch():
         for m in (2, 4, 256)
     ]
     assert torch.allclose(runs[0], runs[1], atol=1e-12) and torch.allclose(runs[0], runs[2], atol=1e-12)
+
+
+def test_shards_of_the_search_concatenate_to_the_whole_search_and_merge_exactly():
+    """One class per forward batch (max_batch = batch_size): shards split the classes, and the
+    merged result is the unsharded one bit for bit (VMI inherits GMI's `merge_shards`)."""
+    G, T = fixed(TinyG(), 0), fixed(TinyT(), 1)
+    params = VMIParams(z_dim=Z, batch_size=2, kl_samples=5, iterations=3, samples_per_class=3, lr=0.2)
+    units = [[Group(c, 0)] for c in range(K)]
+
+    def run(shard):
+        ctx = AttackContext(
+            target=T, data=None, evaluation_model=None, device=torch.device("cpu"), seed=3, shard=shard
+        )
+        return search(ctx, VMISearch(params, G, T), units, attack="vmi", iterations=3, max_batch=2)
+
+    whole = run(None)
+    parts = [run(AttackShard(k, 3)) for k in range(3)]
+    for i in range(4):
+        assert torch.equal(torch.cat([part[i] for part in parts]), whole[i])
+    prepared = result(*run(AttackShard(0, 3, search=False)), gan_cached=1.0)
+    merged = merge_shards(prepared, [result(*part, gan_cached=1.0) for part in parts])
+    assert merged.figures == result(*whole, gan_cached=1.0).figures
+    assert torch.equal(merged.images, whole[0]) and torch.equal(merged.restarts, whole[2])
+    assert (
+        VMI(params).merge_shards(prepared, [result(*p, gan_cached=1.0) for p in parts]).figures
+        == merged.figures
+    )
 
 
 # ---------------------------------------------------------------- the attack
