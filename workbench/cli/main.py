@@ -258,16 +258,20 @@ def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: 
     try:
         torchrun(parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "workbench", *argv]))
     except ChildFailedError as exc:
-        # The root cause: a rank killed by a signal (out of memory, kill -9) rather than the ranks
-        # that stopped because it was gone; else the first to fail.
-        killed = sorted((rank, f) for rank, f in exc.failures.items() if f.exitcode < 0)
-        rank, failure = killed[0] if killed else exc.get_first_failure()
+        # The root cause: a rank killed by a signal (out of memory, kill -9) rather than one that
+        # stopped because it was gone, or that torchrun itself stopped (SIGTERM); torchrun does not
+        # always list the first rank to die, so when it lists only stopped ones, say no more.
+        listed = sorted((rank, f) for rank, f in exc.failures.items() if f.exitcode != -signal.SIGTERM)
+        killed = [(rank, f) for rank, f in listed if f.exitcode < 0]
+        resume = f"The run directory is resumable: workbench run {run_dir} --resume --nproc {nproc}"
+        if not listed:
+            raise _LaunchFailed(f"a rank failed and torchrun stopped all {nproc}. {resume}", 1) from None
+        rank, failure = killed[0] if killed else listed[0]
         code = failure.exitcode
         if code == 2:  # a user error: the rank said it in one line already; nothing to resume
             raise typer.Exit(code=2) from None
         how = f"was killed by signal {failure.signal_name()}" if code < 0 else f"exited with code {code}"
-        raise _LaunchFailed(f"rank {rank} of {nproc} {how}; the others were stopped. The run directory is "
-                            f"resumable: workbench run {run_dir} --resume --nproc {nproc}",
+        raise _LaunchFailed(f"rank {rank} of {nproc} {how}; the others were stopped. {resume}",
                             130 if code == 130 else 1) from None
     except SignalException:  # Ctrl-C or SIGTERM: torchrun stopped the ranks; rank 0 recorded where
         raise _LaunchFailed(f"interrupted; continue with: workbench run {run_dir} --resume --nproc {nproc}",
