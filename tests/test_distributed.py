@@ -359,3 +359,18 @@ def test_nproc_with_seeds_is_one_clear_line(monkeypatch, capsys, tmp_path):
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "--seeds with --nproc or torchrun" in lines[0]
     assert not (tmp_path / "runs").exists()
+
+
+def test_dp_sgd_alone_or_inside_random_erasing_refuses_data_parallel_training(monkeypatch):
+    from workbench import distributed
+    from workbench.errors import RunError
+    from workbench.trainer import _check_data_parallel
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    registry = load_registry()
+    for defense in (registry.create("defense", "dp-sgd"),
+                    registry.create("defense", "random-erasing", defense={"use": "dp-sgd"})):
+        with pytest.raises(RunError, match="does not support data-parallel training"):
+            _check_data_parallel(defense, TrainConfig(batch_size=64))
+    _check_data_parallel(registry.create("defense", "random-erasing", defense={"use": "bido"}),
+                         TrainConfig(batch_size=64))

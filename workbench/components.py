@@ -158,6 +158,10 @@ class Defense(abc.ABC):
     """Keys of `epoch_figures()` that go into results.json (last epoch) under the variant's
     `defense` section (DP-SGD: `epsilon`, `delta`)."""
 
+    data_parallel: bool = True
+    """Whether the trainer may run this defense under torchrun (DDP); False makes a data-parallel
+    run refuse it in one line (DP-SGD: Opacus's per-sample clipping and accounting assume one process)."""
+
     def prepare_model(self, model: nn.Module, num_classes: int, ctx: DefenseContext | None = None) -> nn.Module:
         """Wrap or extend the backbone (MID adds a bottleneck head); default: unchanged."""
         return model

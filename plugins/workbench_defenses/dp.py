@@ -55,6 +55,7 @@ class DPSGD(Defense):
     """
 
     report_keys = ("epsilon", "delta")
+    data_parallel = False  # per-sample clipping and the accountant see one process's batches only
 
     def __init__(self, params: DPSGDParams):
         self.params = params

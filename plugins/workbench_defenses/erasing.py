@@ -84,6 +84,10 @@ class RandomErasing(Defense):
     def report_keys(self) -> tuple[str, ...]:  # what the held defense reports (DP's epsilon, say)
         return tuple(getattr(self.inner, "report_keys", ()))
 
+    @property
+    def data_parallel(self) -> bool:  # as the held defense (random erasing around DP-SGD stays one process)
+        return getattr(self.inner, "data_parallel", True)
+
     def erase(self, x: Tensor, generator: torch.Generator) -> Tensor:
         p = self.params
         channels = x.shape[1]
