@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from digits_recipes import digits_attack_recipe
 from workbench.api import AttackContext, DataSplits, StageCache
 from workbench_attacks.common import Group, ImagePool
 from workbench_attacks.core import Chunk
@@ -274,38 +275,13 @@ def test_params_document_every_field_with_a_reference(registry):
 
 # ---------------------------------------------------------------- end to end on digits
 
-DIGITS_RECIPE = """
-title = "LOMMA on digits"
-seed = 0
-device = "cpu"
-[data]
-use = "digits"
-image_size = 16
-[target.backbone]
-use = "mcnn"
-width = 16
-[target.train]
-epochs = 20
-batch_size = 64
-optimizer = { name = "adam", lr = 1e-3 }
-[[variants]]
-name = "none"
-defense = { use = "none" }
-[[metrics]]
-use = "attack-accuracy"
-[evaluation.backbone]
-use = "scnn"
-width = 16
-[evaluation.train]
-epochs = 15
-batch_size = 64
-optimizer = { name = "adam", lr = 1e-3 }
+DIGITS_RECIPE = digits_attack_recipe("LOMMA on digits", """
 [attacks.lomma-gmi]
 use = "lomma-gmi"
 [attacks.lomma-kedmi]
 use = "lomma-kedmi"
 gan_steps = 100
-"""
+""")
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from digits_recipes import digits_attack_recipe
 from workbench.api import AttackContext, DataSplits, StageCache
 from workbench_attacks.common import ImagePool
 from workbench_attacks.plgmi import (
@@ -136,35 +137,10 @@ def test_params_document_every_field_with_a_reference(registry):
 
 # ---------------------------------------------------------------- end to end on digits
 
-DIGITS_RECIPE = """
-title = "PLG-MI on digits"
-seed = 0
-device = "cpu"
-[data]
-use = "digits"
-image_size = 16
-[target.backbone]
-use = "mcnn"
-width = 16
-[target.train]
-epochs = 20
-batch_size = 64
-optimizer = { name = "adam", lr = 1e-3 }
-[[variants]]
-name = "none"
-defense = { use = "none" }
-[[metrics]]
-use = "attack-accuracy"
-[evaluation.backbone]
-use = "scnn"
-width = 16
-[evaluation.train]
-epochs = 15
-batch_size = 64
-optimizer = { name = "adam", lr = 1e-3 }
+DIGITS_RECIPE = digits_attack_recipe("PLG-MI on digits", """
 [attacks.plg-mi]
 use = "plg-mi"
-"""
+""")
 
 
 @pytest.mark.slow

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from digits_recipes import digits_attack_recipe
 from workbench.api import AttackContext, DataSplits, StageCache, WorkbenchError, model_state, state_to_tensors
 from workbench.testing import TINY_RECIPE
 from workbench_attacks.gmi import GMI, GMIParams
@@ -425,35 +426,10 @@ def test_params_document_every_field_with_a_reference(registry):
 
 # ---------------------------------------------------------------- end to end (slow)
 
-DIGITS_RECIPE = """
-title = "PPA on digits"
-seed = 0
-device = "cpu"
-[data]
-use = "digits"
-image_size = 16
-[target.backbone]
-use = "mcnn"
-width = 16
-[target.train]
-epochs = 20
-batch_size = 64
-optimizer = { name = "adam", lr = 1e-3 }
-[[variants]]
-name = "none"
-defense = { use = "none" }
-[[metrics]]
-use = "attack-accuracy"
-[evaluation.backbone]
-use = "scnn"
-width = 16
-[evaluation.train]
-epochs = 15
-batch_size = 64
-optimizer = { name = "adam", lr = 1e-3 }
+DIGITS_RECIPE = digits_attack_recipe("PPA on digits", """
 [attacks.ppa]
 use = "ppa"
-"""
+""")
 
 
 @pytest.mark.slow

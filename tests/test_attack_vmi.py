@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from digits_recipes import digits_attack_recipe
 from workbench.api import AttackContext, AttackShard, DataSplits, StageCache, seeds
 from workbench_attacks.common import Group, ImagePool
 from workbench_attacks.core import merge_shards, result, search
@@ -424,35 +425,10 @@ def test_bad_params_are_rejected(registry, key, value):
 
 # ---------------------------------------------------------------- end to end on digits
 
-DIGITS_RECIPE = """
-title = "VMI on digits"
-seed = 0
-device = "cpu"
-[data]
-use = "digits"
-image_size = 16
-[target.backbone]
-use = "mcnn"
-width = 16
-[target.train]
-epochs = 20
-batch_size = 64
-optimizer = { name = "adam", lr = 1e-3 }
-[[variants]]
-name = "none"
-defense = { use = "none" }
-[[metrics]]
-use = "attack-accuracy"
-[evaluation.backbone]
-use = "scnn"
-width = 16
-[evaluation.train]
-epochs = 15
-batch_size = 64
-optimizer = { name = "adam", lr = 1e-3 }
+DIGITS_RECIPE = digits_attack_recipe("VMI on digits", """
 [attacks.vmi]
 use = "vmi"
-"""
+""")
 
 
 @pytest.mark.slow
