@@ -16,7 +16,9 @@ internal and may change without notice.
   `StageCache` with `load_or_compute`, weight fingerprints and state-dict flattening, `seeds`.
 - Executors: `execute_outcome(job)` runs a `Job` in any process; `die_with_parent()` for workers.
 - Data parallel (torchrun): `gather_with_grad` (a batch statistic over the global batch),
-  `world_size`, `rank`, `is_main_process` (the one process that writes files).
+  `world_size`, `rank`, `is_main_process` (the one process that writes files); for a stage
+  trained by every rank together (an attack's prior): `agree_on_hit`, `training_together`,
+  `split_forward`, `average_gradients`, `in_data_parallel`, `broadcast_module`.
 - Errors: `WorkbenchError` (one clear line for the user) and `did_you_mean`.
 """
 
@@ -51,7 +53,18 @@ from workbench.components import (
     TrainingSetup,
 )
 from workbench.device import autocast
-from workbench.distributed import gather_with_grad, is_main_process, rank, world_size
+from workbench.distributed import (
+    agree_on_hit,
+    average_gradients,
+    broadcast_module,
+    gather_with_grad,
+    in_data_parallel,
+    is_main_process,
+    rank,
+    split_forward,
+    training_together,
+    world_size,
+)
 from workbench.errors import WorkbenchError, did_you_mean
 from workbench.hookspecs import hookimpl
 from workbench.jobs import die_with_parent, execute_outcome
@@ -89,21 +102,27 @@ __all__ = [
     "TrainingSetup",
     "WorkbenchError",
     "accuracy",
+    "agree_on_hit",
     "autocast",
+    "average_gradients",
+    "broadcast_module",
     "cross_entropy",
     "did_you_mean",
     "die_with_parent",
     "execute_outcome",
     "gather_with_grad",
     "hookimpl",
+    "in_data_parallel",
     "is_main_process",
     "iterate_batches",
     "model_state",
     "rank",
     "seeds",
+    "split_forward",
     "state_to_tensors",
     "tensors_with_prefix",
     "train_classifier",
+    "training_together",
     "upcast",
     "weights_fingerprint",
     "world_size",

@@ -298,10 +298,17 @@ class StageCache:
             return all(torch.isfinite(v).all() for m in modules.values() for v in m.state_dict().values()
                        if v.is_floating_point())
 
+        from workbench import distributed
+
         meta = self.load_modules(stage, key, modules)  # None for an entry that is bad, misfit or not finite
-        if meta is not None:
-            return meta, True
-        meta = compute() or {}
+        # Under torchrun, with every rank in lockstep (an attack's priors): rank 0 decides, and on
+        # a hit the others take its weights; a miss trains on every rank together.
+        if distributed.agree_on_hit(stage, meta is not None):
+            for module in modules.values():
+                distributed.broadcast_module(module)
+            return meta or {}, True
+        with distributed.training_together(*modules.values()):
+            meta = compute() or {}
         if not finite():
             raise WorkbenchError(f"{what}: training gave NaN or infinite weights; nothing was cached. Lower "
                                  "its learning rate or check its data")

@@ -16,8 +16,10 @@ followers wait for the next target.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -34,6 +36,8 @@ TASK_CHANNEL_TIMEOUT = datetime.timedelta(days=7)
 TRAINING_TIMEOUT = datetime.timedelta(minutes=60)
 
 _task_group: Any = None
+_lockstep = False  # every rank runs the same code path (an attack's priors): stage decisions are shared
+_data_parallel = False  # inside a stage's training loop run in lockstep: forwards split, gradients averaged
 
 
 def launched_world_size() -> int:
@@ -114,6 +118,135 @@ def send_task(kind: str, **fields: Any) -> None:
 def receive_task() -> dict[str, Any]:
     """A follower: wait for rank 0's next task."""
     return broadcast_object(None)
+
+
+# ------------------------------------------------------------------ lockstep: the attacks' priors
+
+
+@contextlib.contextmanager
+def lockstep() -> Iterator[None]:
+    """`with lockstep():` every rank runs this block's code path together (rank 0 an attack's
+    priors, the followers the same calls): each stage-cache decision is rank 0's
+    (`agree_on_hit`), and a stage trained here trains data-parallel (`training_together`). No-op
+    without a process group."""
+    global _lockstep
+    previous, _lockstep = _lockstep, is_distributed()
+    try:
+        yield
+    finally:
+        _lockstep = previous
+
+
+def in_lockstep() -> bool:
+    return _lockstep and is_distributed()
+
+
+def agree_on_hit(stage: str, hit: bool) -> bool:
+    """In lockstep, rank 0's cache hit or miss for `stage` on every rank (a follower has no cache:
+    it trains exactly when rank 0 does). Outside lockstep, `hit` itself."""
+    if not in_lockstep():
+        return hit
+    decided = broadcast_object((stage, hit) if is_main_process() else None)
+    if decided[0] != stage:
+        raise RuntimeError(f"rank {rank()} reached stage {stage!r} where rank 0 reached {decided[0]!r} "
+                           "(are all ranks running the same workbench version and recipe?)")
+    return bool(decided[1])
+
+
+@torch.no_grad()
+def broadcast_module(module: nn.Module) -> None:
+    """Every parameter and buffer of `module` set to rank 0's, in place (a cached prior rank 0
+    loaded, a target it trained or loaded). A no-op outside lockstep."""
+    if not in_lockstep():
+        return
+    for tensor in module.state_dict().values():
+        dense = tensor if tensor.is_contiguous() else tensor.contiguous()
+        dist.broadcast(dense, src=0)
+        if dense is not tensor:
+            tensor.copy_(dense)
+
+
+@contextlib.contextmanager
+def training_together(*modules: nn.Module) -> Iterator[None]:
+    """`with training_together(G, D):` a stage's training loop, run by every rank in lockstep.
+
+    Inside, forwards through `split_forward` take this rank's slice of each global batch and
+    `average_gradients` averages over the ranks. The modules start from rank 0's weights (as DDP
+    does), their BatchNorm layers become SyncBatchNorm on CUDA (gloo cannot sync BatchNorm on
+    the CPU: statistics are then per rank), and they end with rank 0's state. Outside lockstep
+    it changes nothing (one process)."""
+    global _data_parallel
+    if not in_lockstep():
+        yield
+        return
+    for module in modules:
+        broadcast_module(module)
+    synced = [m for m in modules if _on_cuda(m) and convert_sync_batchnorm(m)]
+    previous, _data_parallel = _data_parallel, True
+    try:
+        yield
+    finally:
+        _data_parallel = previous
+        for module in synced:
+            revert_sync_batchnorm(module)
+    for module in modules:  # per-rank BatchNorm statistics (CPU): every rank keeps rank 0's
+        broadcast_module(module)
+
+
+def _on_cuda(module: nn.Module) -> bool:
+    return any(p.is_cuda for p in module.parameters())
+
+
+def in_data_parallel() -> bool:
+    return _data_parallel and is_distributed()
+
+
+def split_forward(fn: Callable[..., Any], *batch: Tensor) -> Any:
+    """`fn(*batch)` with the forward work split over the ranks: `fn` runs on this rank's rows of
+    each global batch tensor (`shard`'s slices), and its outputs (a tensor or a tuple of them)
+    are gathered back into global-batch order with autograd (`gather_with_grad`).
+
+    Every rank holds the same global batch (drawn from the same random stream) and, after this,
+    the same outputs, so a loss computed from them is computed identically on every rank; with
+    `average_gradients` the parameters get exactly the single-process gradient. `fn` must treat
+    rows independently (a layer that mixes rows, BatchNorm or minibatch discrimination, sees only
+    this rank's slice unless it gathers itself: see `in_data_parallel`). The identity outside
+    `training_together`.
+    """
+    if not in_data_parallel():
+        return fn(*batch)
+    size = batch[0].shape[0]
+    index = shard(torch.arange(size))
+    start, stop = (int(index[0]), int(index[-1]) + 1) if len(index) else (0, 0)
+    out = fn(*(t[start:stop] for t in batch))
+    if isinstance(out, tuple):
+        return tuple(gather_with_grad(o) for o in out)
+    return gather_with_grad(out)
+
+
+def average_gradients(*modules: nn.Module) -> None:
+    """Each parameter's `.grad` replaced by its mean over the ranks (one all-reduce per dtype and
+    device), after `backward` and before the optimiser's step; a no-op outside `training_together`.
+
+    The GAN priors use this instead of wrapping their networks in DistributedDataParallel: WGAN-GP's
+    gradient penalty differentiates the critic twice (`autograd.grad(create_graph=True)`), which DDP
+    does not support, and each step runs one network several times before a backward.
+    """
+    if not in_data_parallel():
+        return
+    grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
+    groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+    for g in grads:
+        groups.setdefault((g.dtype, g.device), []).append(g)
+    n = world_size()
+    for same in groups.values():
+        flat = torch.cat([g.reshape(-1) for g in same])
+        dist.all_reduce(flat)
+        flat /= n
+        offset = 0
+        for g in same:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
 
 
 # ------------------------------------------------------------------ the global batch

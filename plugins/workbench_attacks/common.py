@@ -18,9 +18,14 @@ from workbench.api import (
     AttackContext,
     StageCache,
     WorkbenchError,
+    agree_on_hit,
+    broadcast_module,
+    in_data_parallel,
     model_state,
     state_to_tensors,
     tensors_with_prefix,
+    training_together,
+    world_size,
 )
 
 # Public sets up to this size are held in memory as one tensor: sampling a GAN batch is then
@@ -223,11 +228,16 @@ def load_or_train(
         if found is None:
             for prefix, module in networks.items():
                 module.load_state_dict(initial[prefix])
-        else:
-            ctx.emit("log", level="info", message=f"{name}: loaded {stage} from the stage cache")
-            freeze(*networks.values())
-            return True
-    figures = train()
+    # Under torchrun, with every rank in lockstep: rank 0's decision, and on a hit its weights.
+    if agree_on_hit(stage, found is not None):
+        for module in networks.values():
+            broadcast_module(module)
+        ctx.emit("log", level="info", message=f"{name}: loaded {stage} from the stage cache")
+        freeze(*networks.values())
+        return True
+    with training_together(*networks.values()):
+        data_parallel = in_data_parallel()
+        figures = train()
     freeze(*networks.values())
     if not finite_state(networks):
         raise WorkbenchError(
@@ -239,5 +249,6 @@ def load_or_train(
         tensors.update(state_to_tensors(prefix, model_state(module)))
     path = cache.save_state(stage, key, tensors, {"figures": figures})
     if path is not None:
-        ctx.emit("log", level="info", message=f"{name}: trained {stage}, cached at {path}")
+        ranks = f" by {world_size()} ranks together" if world_size() > 1 and data_parallel else ""
+        ctx.emit("log", level="info", message=f"{name}: trained {stage}{ranks}, cached at {path}")
     return False

@@ -25,7 +25,15 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.api import AttackContext, AttackResult, AttackShard, StrictModel, WorkbenchError, seeds
+from workbench.api import (
+    AttackContext,
+    AttackResult,
+    AttackShard,
+    StrictModel,
+    WorkbenchError,
+    average_gradients,
+    seeds,
+)
 from workbench_attacks.common import Group, emit_progress, report_steps
 
 # ---------------------------------------------------------------- shared params
@@ -123,6 +131,9 @@ def train_gan(
     loss to minimise for that player. Adam with betas (0.5, 0.999) for both (every reference).
     A non-finite loss stops training with a one-line error (the prior is then never cached).
     `betas`: Adam's for both players ((0.0, 0.9) for PLG-MI's hinge cGAN).
+
+    Data parallel (every rank in `training_together`): the losses draw the same global batch on
+    every rank and run their networks through `split_forward`; gradients are averaged here.
     """
     g_opt = torch.optim.Adam(generator.parameters(), lr=budget.gan_lr, betas=betas)
     d_opt = torch.optim.Adam(discriminator.parameters(), lr=budget.gan_lr, betas=betas)
@@ -135,10 +146,12 @@ def train_gan(
             loss_d = d_loss()
             d_opt.zero_grad(set_to_none=True)
             loss_d.backward()
+            average_gradients(discriminator)  # under torchrun: the mean over the ranks
             d_opt.step()
         loss_g = g_loss()
         g_opt.zero_grad(set_to_none=True)
         loss_g.backward()
+        average_gradients(generator)
         g_opt.step()
         if step in reports:
             both = torch.stack([loss_d.detach(), loss_g.detach()])

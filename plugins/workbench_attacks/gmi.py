@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.api import AttackContext, AttackResult, seeds
+from workbench.api import AttackContext, AttackResult, seeds, split_forward
 from workbench_attacks.common import (
     GAN_MEMORY_FORMAT,
     Group,
@@ -87,10 +87,11 @@ class GMIParams(GANBudget, SearchBudget):
 
 
 def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor, alpha: Tensor) -> Tensor:
-    """WGAN-GP: mean of (‖∇D(x̂)‖₂ − 1)² on points x̂ between real and fake images."""
+    """WGAN-GP per image: (‖∇D(x̂)‖₂ − 1)² at a point x̂ between its real and fake image (the
+    loss takes the mean). Rows are independent, so the ranks can each take a slice."""
     mixed = (real + alpha.view(-1, 1, 1, 1) * (fake - real)).requires_grad_(True)
     (grad,) = torch.autograd.grad(critic(mixed).sum(), mixed, create_graph=True)
-    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+    return (grad.flatten(1).norm(dim=1) - 1) ** 2
 
 
 def train_wgan_gp(
@@ -103,21 +104,28 @@ def train_wgan_gp(
     rng: torch.Generator,
     on_progress=None,
 ) -> dict[str, float]:
-    """Train G and D in place on the public images (WGAN-GP, DefendMI `GMI/train_gan.py`)."""
+    """Train G and D in place on the public images (WGAN-GP, DefendMI `GMI/train_gan.py`).
+
+    Every rank draws the same global batch; the networks run through `split_forward`, so under
+    torchrun each rank computes its slice and the losses are the global batch's."""
     n = params.gan_batch_size
+
+    def critic_terms(real: Tensor, z: Tensor, alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        with torch.no_grad():
+            fake = generator(z)
+        return critic(fake), critic(real), gradient_penalty(critic, real, fake, alpha)
 
     def d_loss() -> Tensor:
         real = pool.sample(n, rng, device)
         z = torch.randn(n, params.z_dim, generator=rng).to(device)
         alpha = torch.rand(n, generator=rng).to(device)
-        with torch.no_grad():
-            fake = generator(z)
-        wasserstein = critic(fake).mean() - critic(real).mean()
-        return wasserstein + params.gp_weight * gradient_penalty(critic, real, fake, alpha)
+        on_fake, on_real, penalty = split_forward(critic_terms, real, z, alpha)
+        wasserstein = on_fake.mean() - on_real.mean()
+        return wasserstein + params.gp_weight * penalty.mean()
 
     def g_loss() -> Tensor:
         z = torch.randn(n, params.z_dim, generator=rng).to(device)
-        return -critic(generator(z)).mean()
+        return -split_forward(lambda z: critic(generator(z)), z).mean()
 
     return train_gan(
         generator,

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.api import AttackContext, AttackResult, seeds, weights_fingerprint
+from workbench.api import AttackContext, AttackResult, seeds, split_forward, weights_fingerprint
 from workbench_attacks.common import (
     GAN_MEMORY_FORMAT,
     Group,
@@ -135,24 +135,31 @@ def train_kplus1_gan(
     """
     n = params.gan_batch_size
 
-    def d_loss() -> Tensor:
-        labelled = pool.sample(n, rng, device)
-        unlabelled = pool.sample(n, rng, device)
-        z = torch.randn(n, params.z_dim, generator=rng).to(device)
+    def d_outputs(labelled: Tensor, unlabelled: Tensor, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         with torch.no_grad():
             soft_targets = target(labelled).float()
             fake = generator(z)
         _, logits_labelled = discriminator(labelled)
         _, logits_unlabelled = discriminator(unlabelled)
         _, logits_fake = discriminator(fake)
-        return discriminator_loss(logits_labelled, soft_targets, logits_unlabelled, logits_fake)
+        return logits_labelled, soft_targets, logits_unlabelled, logits_fake
+
+    def d_loss() -> Tensor:
+        labelled = pool.sample(n, rng, device)
+        unlabelled = pool.sample(n, rng, device)
+        z = torch.randn(n, params.z_dim, generator=rng).to(device)
+        return discriminator_loss(*split_forward(d_outputs, labelled, unlabelled, z))
+
+    def g_outputs(z: Tensor, real: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        features_fake, logits_fake = discriminator(generator(z))
+        with torch.no_grad():
+            features_real, _ = discriminator(real)
+        return features_fake, features_real, logits_fake
 
     def g_loss() -> Tensor:
         z = torch.randn(n, params.z_dim, generator=rng).to(device)
-        features_fake, logits_fake = discriminator(generator(z))
-        with torch.no_grad():
-            features_real, _ = discriminator(pool.sample(n, rng, device))
-        return generator_loss(features_fake, features_real, logits_fake, params.entropy_weight)
+        real = pool.sample(n, rng, device)
+        return generator_loss(*split_forward(g_outputs, z, real), params.entropy_weight)
 
     return train_gan(
         generator,

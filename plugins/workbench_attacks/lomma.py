@@ -37,7 +37,9 @@ from workbench.api import (
     ComponentTable,
     StrictModel,
     WorkbenchError,
+    average_gradients,
     seeds,
+    split_forward,
     weights_fingerprint,
 )
 from workbench_attacks.common import (
@@ -250,17 +252,22 @@ def distill(
         opt = torch.optim.Adam(params, lr=p.distill_lr, weight_decay=p.distill_weight_decay)
     schedule = torch.optim.lr_scheduler.StepLR(opt, step_size=p.distill_step, gamma=p.distill_gamma)
     dtype = dtype_of(teacher)
+
+    def teacher_logits_of(x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return teacher(x)
+
     student.train()
     loss = torch.zeros(())
     for _epoch in range(p.distill_epochs):
         order = torch.randperm(len(images), generator=rng)
         for start in range(0, len(images), p.distill_batch_size):
             x = images[order[start : start + p.distill_batch_size]].to(device, dtype)
-            with torch.no_grad():
-                teacher_logits = teacher(x)
-            loss = distillation_loss(student(x), teacher_logits, p.distill_temperature)
+            student_logits, teacher_logits = split_forward(lambda x: (student(x), teacher_logits_of(x)), x)
+            loss = distillation_loss(student_logits, teacher_logits, p.distill_temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            average_gradients(student)  # under torchrun: every rank took a slice of the batch
             opt.step()
         schedule.step()
     student.eval()

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from workbench.api import gather_with_grad, in_data_parallel
+
 
 def working_size(image_size: int) -> int:
     """The power-of-two resolution (>= 8) the networks compute at."""
@@ -131,7 +133,10 @@ class MinibatchDiscrimination(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         m = (x @ self.T).view(-1, self.kernels, self.kernel_dim)
-        l1 = (m[:, None] - m[None, :]).abs().sum(dim=3)  # [N, N, kernels]
+        # Trained data-parallel, x is this rank's slice of the batch: its images are compared with
+        # every rank's (gathered with autograd), as one process compares the whole batch.
+        batch = gather_with_grad(m) if in_data_parallel() else m
+        l1 = (m[:, None] - batch[None, :]).abs().sum(dim=3)  # [N, N, kernels]
         closeness = torch.exp(-l1).sum(dim=1) - 1
         return torch.cat([x, closeness], dim=1)
 

@@ -24,7 +24,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from workbench.api import AttackContext, AttackResult, seeds, weights_fingerprint
+from workbench.api import AttackContext, AttackResult, seeds, split_forward, weights_fingerprint
 from workbench_attacks.common import (
     Group,
     ImagePool,
@@ -260,25 +260,34 @@ def train_cgan(
     """Hinge cGAN on the pseudo-labelled pairs; G also minimises α · margin(T(aug(G(z, ỹ))), ỹ)."""
     n = params.gan_batch_size
 
-    def fake_batch() -> tuple[Tensor, Tensor]:
+    def latents() -> tuple[Tensor, Tensor]:
         z = torch.randn(n, params.z_dim, generator=rng).to(device)
         y = torch.randint(num_classes, (n,), generator=rng).to(device)
-        return generator(z, y), y
+        return z, y
+
+    def d_outputs(real: Tensor, y_real: Tensor, z: Tensor, y_fake: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.no_grad():
+            fake = generator(z, y_fake)
+        return discriminator(real, y_real), discriminator(fake, y_fake)
 
     def d_loss() -> Tensor:
         pick = torch.randint(len(images), (n,), generator=rng)
         real = images[pick] + torch.rand(images[pick].shape, generator=rng) / 256  # dequantisation
         real, y_real = real.to(device), labels[pick].to(device)
-        with torch.no_grad():
-            fake, y_fake = fake_batch()
-        return hinge_d_loss(discriminator(real, y_real), discriminator(fake, y_fake))
+        return hinge_d_loss(*split_forward(d_outputs, real, y_real, *latents()))
+
+    def g_outputs(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        fake = generator(z, y)
+        return fake, discriminator(fake, y)
 
     def g_loss() -> Tensor:
-        fake, y = fake_batch()
-        loss = hinge_g_loss(discriminator(fake, y))
+        z, y = latents()
+        # The fakes come back whole: the augmentation draws from the one stream for the global batch.
+        fake, on_fake = split_forward(g_outputs, z, y)
+        loss = hinge_g_loss(on_fake)
         if params.alpha > 0:
             warped = augment(fake, rng, params.crop_scale, params.rotation)
-            loss = loss + params.alpha * margin_loss(target(warped), y).mean()
+            loss = loss + params.alpha * margin_loss(split_forward(target, warped), y).mean()
         return loss
 
     # T only passes gradients to the fakes: its own parameters collect none (flags restored after).

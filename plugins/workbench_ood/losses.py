@@ -12,10 +12,8 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-
 from pydantic import Field, PositiveFloat
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from workbench.api import StrictModel, WorkbenchError, autocast, iterate_batches

@@ -1,0 +1,264 @@
+"""The attacks' priors trained data-parallel under torchrun: every rank draws the same global
+batch, runs its networks on its slice (`split_forward`), and averages gradients
+(`average_gradients`); the step must be the one process's step on the whole batch.
+
+Each case runs one step of the real training function in float64, once in this process and once
+in two spawned gloo ranks inside `lockstep()` (through `load_or_train` / `load_or_compute`, as an
+attack calls them), and compares the parameter changes to 1e-10. Adam's first step hides a
+gradient's scale (it is ≈ lr·sign(g)), so the GAN loops run with SGD at lr 1 here: the change *is*
+the gradient. The generators are BatchNorm-free (per-rank BatchNorm is the documented CPU
+deviation); the discriminators are the attacks' own: instance norm (GMI), minibatch
+discrimination over the global batch (KED-MI), spectral norm (PLG-MI). The batch of 7 splits
+unevenly (4 + 3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from digits_recipes import digits_attack_recipe
+from test_distributed import _events
+from workbench import distributed
+from workbench.api import AttackContext, StageCache
+from workbench_attacks.common import load_or_train
+from workbench_attacks.gmi import GMIParams, train_wgan_gp
+from workbench_attacks.kedmi import KEDMIParams, train_kplus1_gan
+from workbench_attacks.lomma import LOMMAGMIParams, distill
+from workbench_attacks.networks import ClassDiscriminator, Critic
+from workbench_attacks.plgmi import PLGMIParams, ProjectionDiscriminator, train_cgan
+
+WORLD = 2
+SIZE, Z, CLASSES, BATCH = 8, 4, 3, 7
+
+
+class TinyGenerator(nn.Module):
+    """z (and a class) -> an 8x8 image; no BatchNorm."""
+
+    def __init__(self, conditional: bool = False):
+        super().__init__()
+        self.embed = nn.Embedding(CLASSES, Z) if conditional else None
+        self.fc = nn.Linear(Z, SIZE * SIZE)
+
+    def forward(self, z, y=None):
+        z = z.to(self.fc.weight.dtype)  # the loops draw z in float32, as the real generators take it
+        if self.embed is not None:
+            z = z + self.embed(y)
+        return torch.sigmoid(self.fc(z)).view(-1, 1, SIZE, SIZE)
+
+
+def classifier() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(SIZE * SIZE, 6), nn.Tanh(), nn.Linear(6, CLASSES))
+
+
+class DoublePool:
+    """An `ImagePool` in float64 (the real one holds float32): same draws from the generator."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def sample(self, n, generator, device):
+        return self.images[torch.randint(len(self.images), (n,), generator=generator)].to(device)
+
+
+def _images(seed: int = 11, n: int = 20):
+    return torch.rand(n, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@contextlib.contextmanager
+def sgd_for_adam():
+    """`torch.optim.Adam` -> SGD at lr 1 (no momentum) inside the block."""
+    adam = torch.optim.Adam
+    torch.optim.Adam = lambda params, lr, betas: torch.optim.SGD(params, lr=1.0)
+    try:
+        yield
+    finally:
+        torch.optim.Adam = adam
+
+
+def gan_case(case: str):
+    """(networks, train) for one GAN case: train() runs one step of the attack's own loop."""
+    torch.manual_seed(5)
+    budget = {"gan_steps": 1, "critic_iters": 1, "gan_batch_size": BATCH, "z_dim": Z, "gan_width": 4}
+    rng = torch.Generator().manual_seed(9)
+    cpu = torch.device("cpu")
+    pool = DoublePool(_images())
+    if case == "wgan-gp":
+        g, d = TinyGenerator().double(), Critic(1, SIZE, 4).double()
+        return {"g": g, "d": d}, lambda: train_wgan_gp(g, d, pool, GMIParams(**budget), device=cpu, rng=rng)
+    target = classifier().double().eval().requires_grad_(False)
+    if case == "kplus1":
+        g = TinyGenerator().double()
+        d = ClassDiscriminator(1, SIZE, 4, CLASSES, mbd_kernels=3, mbd_kernel_dim=2).double()
+        params = KEDMIParams(**budget, mbd_kernels=3, mbd_kernel_dim=2)
+        return {"g": g, "d": d}, lambda: train_kplus1_gan(g, d, target, pool, params, device=cpu, rng=rng)
+    if case == "cgan":
+        g, d = TinyGenerator(conditional=True).double(), ProjectionDiscriminator(1, SIZE, 4, CLASSES).double()
+        labels = torch.arange(20) % CLASSES
+        params = PLGMIParams(**budget, alpha=0.5)
+        return {"g": g, "d": d}, lambda: train_cgan(g, d, target, pool.images, labels, params, CLASSES,
+                                                    device=cpu, rng=rng)
+    assert case == "distill"
+    student = classifier().double()
+    params = LOMMAGMIParams(distill_epochs=1, distill_optimizer="sgd", distill_lr=1.0, distill_batch_size=BATCH,
+                            distill_temperature=2.0)
+    return {"s": student}, lambda: distill(student, target, _images(n=BATCH), params, device=cpu, rng=rng)
+
+
+CASES = ("wgan-gp", "kplus1", "cgan", "distill")
+
+
+def one_step(case: str, cache: StageCache) -> dict[str, torch.Tensor]:
+    """The change of every parameter in one step, trained through the attacks' cache helpers."""
+    networks, train = gan_case(case)
+    before = {f"{p}.{k}": v.clone() for p, m in networks.items() for k, v in m.state_dict().items()}
+    ctx = AttackContext(target=None, data=None, evaluation_model=None, device=torch.device("cpu"), seed=0,
+                        cache=cache)
+    with sgd_for_adam():
+        if case == "distill":  # LOMMA's surrogates go through the core's load_or_compute
+            cache.load_or_compute("lomma-surrogates", {"case": case}, networks, train, what=case)
+        else:
+            load_or_train(ctx, "test", f"{case}-gan", {"case": case}, networks, lambda: train() or {})
+    return {f"{p}.{k}": before[f"{p}.{k}"] - v for p, m in networks.items() for k, v in m.state_dict().items()
+            if v.is_floating_point()}
+
+
+def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        with distributed.lockstep():
+            for case in CASES:
+                torch.save(one_step(case, StageCache(None)), Path(out_dir) / f"{case}-rank{rank}.pt")
+            # A hit: rank 0 finds the entry in its cache; rank 1 (no cache) must not train, and ends
+            # with rank 0's weights.
+            networks, _ = gan_case("wgan-gp")
+            cache = StageCache(Path(out_dir) / "cache") if rank == 0 else StageCache(None)
+            if rank == 0:
+                trained = {k: torch.full_like(v, 0.25) for k, v in networks["g"].state_dict().items()}
+                cache.save_state("hit-gan", {"k": 1}, {f"g.{k}": v for k, v in trained.items()}
+                                 | {f"d.{k}": v for k, v in networks["d"].state_dict().items()})
+
+            def refuse():
+                raise AssertionError(f"rank {rank} trained a stage rank 0 found in its cache")
+
+            ctx = AttackContext(target=None, data=None, evaluation_model=None, device=torch.device("cpu"), seed=0,
+                                cache=cache)
+            hit = load_or_train(ctx, "test", "hit-gan", {"k": 1}, networks, refuse)
+            torch.save({"hit": hit, **networks["g"].state_dict()}, Path(out_dir) / f"hit-rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prior-ranks")
+    init_file = tempfile.mktemp(dir=out, prefix="init")
+    mp.spawn(_rank_main, args=(WORLD, init_file, str(out)), nprocs=WORLD, join=True)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
+def test_prior_step_in_two_ranks_is_the_one_process_step_on_the_global_batch(case, ranks_dir):
+    expected = one_step(case, StageCache(None))
+    assert max(float(v.abs().max()) for v in expected.values()) > 1e-3  # the step moved the networks
+    for rank in range(WORLD):
+        got = torch.load(ranks_dir / f"{case}-rank{rank}.pt")
+        assert got.keys() == expected.keys()
+        for key, value in expected.items():
+            assert torch.allclose(got[key], value, atol=1e-10, rtol=0), (case, rank, key)
+
+
+@pytest.mark.slow
+def test_a_cache_hit_on_rank_zero_hands_its_weights_to_the_other_ranks(ranks_dir):
+    zero, one = (torch.load(ranks_dir / f"hit-rank{r}.pt") for r in range(WORLD))
+    assert zero.pop("hit") is True and one.pop("hit") is True
+    for key, value in zero.items():
+        assert torch.equal(value, torch.full_like(value, 0.25)) and torch.equal(one[key], value), key
+
+
+def test_without_lockstep_the_helpers_are_the_identity():
+    networks, train = gan_case("wgan-gp")
+    calls = []
+    out = distributed.split_forward(lambda x: calls.append(len(x)) or x * 2, torch.ones(5))
+    assert calls == [5] and torch.equal(out, torch.full((5,), 2.0))
+    assert distributed.agree_on_hit("stage", False) is False and not distributed.in_data_parallel()
+    with distributed.lockstep(), distributed.training_together(*networks.values()):
+        assert not distributed.in_lockstep() and not distributed.in_data_parallel()  # no process group
+
+
+def test_per_rank_minibatch_discrimination_would_train_a_different_discriminator():
+    """Why the MBD layer gathers: on a slice, an image's closeness term sees only half its batch."""
+    torch.manual_seed(0)
+    d = ClassDiscriminator(1, SIZE, 4, CLASSES, mbd_kernels=3, mbd_kernel_dim=2).double()
+    x = _images(n=4)
+    x = torch.cat([x[:2], x[:2] + 1e-3 * x[2:]])  # near-copies: strong coupling across the halves
+    whole = d(x)[1][:2]
+    half = d(x[:2])[1]
+    assert (whole - half).abs().max() > 1e-3
+
+
+
+# ------------------------------------------------------------------ end to end under torchrun
+
+ATTACKS = """
+[attacks.gmi]
+use = "gmi"
+gan_steps = 3
+gan_batch_size = 16
+iterations = 3
+restarts = 1
+samples_per_class = 2
+classes = [0, 1]
+
+[attacks.kedmi]
+use = "kedmi"
+gan_steps = 3
+gan_batch_size = 16
+iterations = 3
+fits = 1
+samples_per_class = 2
+classes = [0, 1]
+"""
+
+
+def _run(tmp_path: Path, run_dir: str) -> tuple[int, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    done = subprocess.run([sys.executable, "-m", "workbench", "run", "tiny.toml", "--nproc", "2", "--run-dir",
+                           run_dir, "--cache-dir", "cache", "--quiet"], cwd=tmp_path, env=env, text=True,
+                          capture_output=True, timeout=600)
+    return done.returncode, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_trains_the_gan_priors_on_every_rank_and_reuses_them(tmp_path):
+    recipe = digits_attack_recipe("ddp priors", ATTACKS).replace("epochs = 20", "epochs = 1").replace(
+        "epochs = 15", "epochs = 1")
+    (tmp_path / "tiny.toml").write_text(recipe)
+    code, output = _run(tmp_path, "first")
+    assert code == 0, output
+    logs = [e.get("message", "") for e in _events(tmp_path / "first") if e["type"] == "log"]
+    # GMI's prior in the shared stages (attack-prepare), KED-MI's per-target GAN before its search.
+    assert any("trained gmi-gan by 2 ranks together" in m for m in logs), logs
+    assert any("trained kedmi-gan by 2 ranks together" in m for m in logs), logs
+    results = json.loads((tmp_path / "first" / "none" / "results.json").read_text())
+    assert set(results["attacks"]) == {"gmi", "kedmi"}
+    # Again with the same cache: rank 0 hits every prior, the other rank takes its weights, nobody hangs.
+    code, output = _run(tmp_path, "second")
+    assert code == 0, output
+    logs = [e.get("message", "") for e in _events(tmp_path / "second") if e["type"] == "log"]
+    assert not any("ranks together" in m for m in logs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "first", "second", "tiny.toml"]
