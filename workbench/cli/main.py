@@ -135,8 +135,10 @@ def run(
     reporter = ConsoleReporter(err, quiet=quiet)
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        if launched_world_size() > 1:
-            runner, results = _run_as_rank_zero(options, reporter, reg)
+        if launched_world_size() > 1:  # rank 0 under torchrun: the run, which brings the others in
+            from workbench.leader import lead_run
+
+            runner, results = lead_run(options, [reporter], reg, live=reporter)
         else:
             runner = Runner.start(options, listeners=[reporter], registry=reg)
             with reporter:
@@ -151,80 +153,15 @@ def run(
 
 def _follow_rank_zero() -> None:
     """A rank other than 0 under torchrun: train each target's slices with rank 0; write nothing."""
-    from torch.distributed import DistError
-
-    from workbench import distributed
-    from workbench.follower import follow
+    from workbench.leader import follow_run
 
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
-        follow()
+        follow_run()
     except KeyboardInterrupt:
         sys.exit(130)  # rank 0 says so (it writes the run); one line, not N
-    except WorkbenchError as exc:  # named by rank, as rank 0 often says the same
-        named = WorkbenchError(f"rank {distributed.rank()}: {exc}")
-        named.exit_code = exc.exit_code
-        raise named from None
-    except (DistError, RuntimeError) as exc:
-        if not _collective_failed(exc):
-            raise
-        raise WorkbenchError(f"rank {distributed.rank()}: lost contact with the other ranks "
-                             f"({_first_line(exc)})") from None
     finally:
         signal.signal(signal.SIGTERM, previous)
-        distributed.shutdown()
-
-
-def _run_as_rank_zero(options, reporter, reg):
-    """Rank 0 under torchrun: the ordinary run, which brings the other ranks in for each target."""
-    from torch.distributed import DistError
-
-    from workbench import distributed
-    from workbench.follower import announce
-    from workbench.runner import Runner
-    from workbench.trainer import global_batch_problem
-
-    try:
-        runner = Runner.start(options, listeners=[reporter], registry=reg)
-        problem = global_batch_problem(runner.recipe.target.train, distributed.world_size())
-        if problem:  # before anything trains, so no rank starts what cannot finish
-            raise WorkbenchError(problem)
-    except BaseException:
-        distributed.send_task("stop")  # the others end quietly; this rank says what went wrong
-        distributed.shutdown()
-        raise
-    announce(runner)
-    try:
-        with reporter:
-            results = runner.run()
-        distributed.send_task("stop")
-    except (DistError, RuntimeError) as exc:
-        if not _collective_failed(exc):
-            raise
-        raise WorkbenchError(f"another rank stopped during training ({_first_line(exc)}); the run directory is "
-                             f"resumable: workbench run {runner.run_dir} --resume --nproc "
-                             f"{distributed.world_size()}") from None
-    finally:
-        distributed.shutdown()
-    return runner, results
-
-
-def _collective_failed(exc: BaseException) -> bool:
-    """Whether `exc` is a collective that failed because another rank went away (not a bug of ours)."""
-    from torch.distributed import DistError
-
-    text = str(exc)
-    return isinstance(exc, DistError) or any(
-        mark in text for mark in ("gloo", "NCCL", "nccl", "Connection closed", "Connection reset", "ProcessGroup"))
-
-
-def _first_line(exc: BaseException) -> str:
-    """The gist of a collective's error: its first line, without gloo's `[source.cc:123]` prefix."""
-    import re
-
-    text = str(exc).strip().splitlines()
-    first = re.sub(r"^\[[^\]]*\]\s*", "", text[0]) if text else ""
-    return f"{type(exc).__name__}: {first.replace('[', '(').replace(']', ')')}"
 
 
 def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: list[str], resume: bool,
