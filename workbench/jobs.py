@@ -28,7 +28,12 @@ attack's per-class search on a trained target (`workbench.attack_shards`), optio
 
 
 def execute(job: Job) -> Any:
-    """Run `job` in this process and return its value; errors propagate."""
+    """Run `job` in this process and return its value; errors propagate.
+
+    A `run` job started as one of several ranks (torch.distributed's WORLD_SIZE > 1, with RANK,
+    LOCAL_RANK, MASTER_ADDR and MASTER_PORT: an executor's multi-task job sets them) trains
+    data-parallel, as under torchrun: see `_execute_rank`."""
+    from workbench.distributed import launched_world_size
     from workbench.runner import Runner, RunOptions, run_recipe
 
     if job.threads:
@@ -40,6 +45,8 @@ def execute(job: Job) -> Any:
                              overrides=list(job.options.get("overrides", [])), resume=bool(job.options.get("resume")),
                              force=bool(job.options.get("force")), cache_dir=cache_dir, plugins_dir=plugins_dir,
                              workers=job.options.get("workers", 1))
+        if launched_world_size() > 1:
+            return _execute_rank(options)
         run_dir, _ = run_recipe(options)
         return str(run_dir)
     if job.kind not in JOB_KINDS:
@@ -58,6 +65,21 @@ def execute(job: Job) -> Any:
         return runner.train_shared_stage(job.item)
     finally:
         runner.events.close()
+
+
+def _execute_rank(options) -> str | None:
+    """One rank of a data-parallel `run` job: join the process group; rank 0 leads the run
+    (`workbench.leader.lead_run`, as `workbench run` under torchrun) and returns the run directory,
+    every other rank follows it, writes nothing and returns None."""
+    from workbench import distributed
+    from workbench.leader import follow_run, lead_run
+
+    distributed.setup()
+    if not distributed.is_main_process():
+        follow_run()
+        return None
+    runner, _ = lead_run(options)
+    return str(runner.run_dir)
 
 
 def execute_outcome(job: Job) -> Outcome:

@@ -24,9 +24,20 @@ class SubmititParams(StrictModel):
     partition: str | None = None
     """Slurm partition."""
     gpus_per_node: int = Field(0, ge=0)
-    """GPUs for each job."""
+    """GPUs for each job (on each of its nodes)."""
     cpus_per_task: int = Field(2, ge=1)
-    """CPU cores for each job (torch uses this many threads)."""
+    """CPU cores for each task of a job (torch uses this many threads)."""
+    tasks_per_node: int = Field(1, ge=1)
+    """Tasks of each `run` job on each node. More than one (or `nodes` > 1): the run trains
+    data-parallel (DDP), one process per task joined into one torch.distributed process group
+    (nccl on CUDA, gloo on the CPU), as under `torchrun --nproc-per-node`; rank 0 leads the run and
+    writes its files, the others train their slices of each global batch. With `gpus_per_node`,
+    normally equal to it (one GPU per task). The other jobs of a sweep (shared stages: E, an
+    attack's prior) are parts of a run and are submitted as one task on one node, with one task's
+    share of the GPUs."""
+    nodes: int = Field(1, ge=1)
+    """Nodes for each `run` job (Slurm only; `local` runs on one): `nodes` × `tasks_per_node`
+    processes train the run data-parallel. Other jobs take one node."""
     mem_gb: float | None = Field(None, gt=0)
     """Memory for each job in GB; unset = the cluster's default."""
     timeout_min: int = Field(240, ge=1)
@@ -51,14 +62,27 @@ class SubmititExecutor:
         except ImportError:
             raise WorkbenchError(MISSING) from None
 
-    def _executor(self, jobs: Sequence[Job]):
+    def layout(self, job: Job) -> tuple[int, int, int]:
+        """`(nodes, tasks_per_node, gpus_per_node)` of `job`: as configured for a whole run; one task
+        on one node with one task's share of the GPUs (rounded up) for the other kinds."""
+        p = self.params
+        if job.kind == "run":
+            return p.nodes, p.tasks_per_node, p.gpus_per_node
+        return 1, 1, -(-p.gpus_per_node // p.tasks_per_node)
+
+    def _executor(self, jobs: Sequence[Job], layout: tuple[int, int, int] | None = None):
         import submitit
 
         p = self.params
+        nodes, tasks, gpus = layout or self.layout(jobs[0])
         folder = Path(p.folder) if p.folder else Path(jobs[0].run_dir).parent / ".submitit"
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster=p.cluster)
+        if nodes > 1 and executor.cluster != "slurm":
+            raise WorkbenchError(f"executor 'submitit': nodes = {nodes} needs Slurm; cluster "
+                                 f"{executor.cluster!r} runs on this machine alone (nodes = 1)")
         update: dict[str, Any] = {"timeout_min": p.timeout_min, "cpus_per_task": p.cpus_per_task,
-                                  "gpus_per_node": p.gpus_per_node, "name": "workbench"}
+                                  "gpus_per_node": gpus, "nodes": nodes, "tasks_per_node": tasks,
+                                  "name": "workbench"}
         if p.mem_gb is not None:
             update["mem_gb"] = p.mem_gb
         if executor.cluster == "slurm":
@@ -72,7 +96,11 @@ class SubmititExecutor:
     def run(self, jobs: Sequence[Job], poll: Callable[[], None]) -> list[Outcome]:
         if not jobs:
             return []
-        executor = self._executor(jobs)
+        executors: dict[tuple[int, int, int], Any] = {}
+        for job in jobs:
+            layout = self.layout(job)
+            if layout not in executors:
+                executors[layout] = self._executor(jobs, layout)
         limit = self.params.max_running or len(jobs)
         handles: list[Any] = [None] * len(jobs)
         outcomes: list[Outcome | None] = [None] * len(jobs)
@@ -81,7 +109,7 @@ class SubmititExecutor:
             running = sum(1 for i, h in enumerate(handles) if h is not None and outcomes[i] is None)
             while queue and running < limit:
                 index = queue.pop(0)
-                handles[index] = executor.submit(execute_outcome, jobs[index])
+                handles[index] = executors[self.layout(jobs[index])].submit(run_task, jobs[index])
                 self._pending.append(handles[index])
                 running += 1
             for i, handle in enumerate(handles):
@@ -95,12 +123,16 @@ class SubmititExecutor:
 
     @staticmethod
     def _outcome(handle) -> Outcome:
-        try:
-            value = handle.result()
-        except Exception as exc:  # the task itself died: timeout, preemption, out of memory
-            lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-            return Outcome(ok=False, error=f"submitit job {handle.job_id}: {lines[-1] if lines else type(exc).__name__}")
-        return value if isinstance(value, Outcome) else Outcome(ok=True, value=value)
+        """The job's outcome: rank 0's (task 0's) value; a failed task's error line, rank 0's first."""
+        tasks = max(1, int(getattr(handle, "num_tasks", 1)))
+        outcomes = [_task_outcome(handle, None if tasks == 1 else k) for k in range(tasks)]
+        failed = [o for o in outcomes if not o.ok]
+        if not failed:
+            return outcomes[0]
+        # A rank that only lost contact when another one stopped adds nothing to that one's line.
+        errors = [o.error or "failed" for o in failed]
+        telling = [e for e in errors[1:] if "lost contact with the other ranks" not in e]
+        return Outcome(ok=False, error="; ".join(dict.fromkeys([errors[0], *telling])))
 
     def close(self, cancel: bool = False) -> None:
         """`cancel`: stop the jobs still queued or running (scancel, or a signal to the subprocess)."""
@@ -112,3 +144,28 @@ class SubmititExecutor:
                 except Exception:  # already gone
                     pass
         self._pending = []
+
+
+def run_task(job: Job) -> Outcome:
+    """What each task of a submitit job runs: `execute_outcome(job)`, after exporting
+    torch.distributed's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR = the job's first
+    node, MASTER_PORT from the job id) when the job has several tasks, so that a `run` job trains
+    data-parallel with one rank per task. CUDA_VISIBLE_DEVICES stays as the cluster set it: each
+    rank takes the GPU of its LOCAL_RANK."""
+    import submitit
+
+    environment = submitit.JobEnvironment()
+    if environment.num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
+    return execute_outcome(job)
+
+
+def _task_outcome(handle, task: int | None) -> Outcome:
+    """One task's `Outcome` (`task` None: the job's only one); a task that died is an error line."""
+    try:
+        value = handle.result() if task is None else handle.task(task).result()
+    except Exception as exc:  # the task itself died: timeout, preemption, out of memory
+        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+        where = f"submitit job {handle.job_id}" + ("" if task is None else f" task {task}")
+        return Outcome(ok=False, error=f"{where}: {lines[-1] if lines else type(exc).__name__}")
+    return value if isinstance(value, Outcome) else Outcome(ok=True, value=value)
