@@ -34,7 +34,7 @@ class SubmititParams(StrictModel):
     writes its files, the others train their slices of each global batch. With `gpus_per_node`,
     normally equal to it (one GPU per task). The other jobs of a sweep (shared stages: E, an
     attack's prior) are parts of a run and are submitted as one task on one node, with one task's
-    share of the GPUs."""
+    share of the GPUs. `debug` runs every job in this process, as one task."""
     nodes: int = Field(1, ge=1)
     """Nodes for each `run` job (Slurm only; `local` runs on one): `nodes` × `tasks_per_node`
     processes train the run data-parallel. Other jobs take one node."""
