@@ -204,7 +204,7 @@ class Runner:
             self.registry.create_from("metric", table)
         self.data = self._load_data(emit)
         jobs = self.shared_stage_names()
-        threads = threads_per_job(len(jobs)) if self.device.type == "cpu" else None
+        threads = self.cpu_threads()
         workers = min(self.workers, len(jobs))
         if not quiet and workers > 1 and threads:
             trained = self.run_jobs("shared-stage", jobs, threads,
@@ -239,22 +239,32 @@ class Runner:
     def shared_stage(self, name: str, emit) -> dict[str, Any] | None:
         """Train or load one shared stage (see `shared_stage_names`); E's figures for E."""
         recipe = self.recipe
-        if name == "evaluation-model":
-            self.evaluation_model, self.evaluation_figures = self._stage(name, lambda: evaluation_model(
-                recipe, self.resolved, self.registry, self.data, self.cache, self.device, emit), emit=emit)
-            return self.evaluation_figures
-        table = recipe.attacks[name.removeprefix("prior:")]
-        attack = self.registry.create_from("attack", table)
-        ctx = AttackContext(target=None, data=self.data, evaluation_model=None, device=self.device,
-                            seed=recipe.seed, cache=self.cache.for_components(("attack", table.use)), emit=emit)
-        self._stage(name, lambda: prepare_together(attack, name.removeprefix("prior:"), ctx), emit=emit)
-        return None
+        with threads_for(self.cpu_threads()):
+            if name == "evaluation-model":
+                self.evaluation_model, self.evaluation_figures = self._stage(name, lambda: evaluation_model(
+                    recipe, self.resolved, self.registry, self.data, self.cache, self.device, emit), emit=emit)
+                return self.evaluation_figures
+            table = recipe.attacks[name.removeprefix("prior:")]
+            attack = self.registry.create_from("attack", table)
+            ctx = AttackContext(target=None, data=self.data, evaluation_model=None, device=self.device,
+                                seed=recipe.seed, cache=self.cache.for_components(("attack", table.use)), emit=emit)
+            self._stage(name, lambda: prepare_together(attack, name.removeprefix("prior:"), ctx), emit=emit)
+            return None
+
+    def cpu_threads(self) -> int | None:
+        """CPU threads for every piece of this run's work (E, the priors, each variant and its attacks),
+        whoever runs it: this process, a worker, a sweep's job, an attack shard. The count changes
+        float reductions, so it is in the stage-cache keys; one count per machine and recipe lets a
+        prior trained as a shared stage be found again by the attack that needs it. None on CUDA."""
+        if self.device.type != "cpu":
+            return None
+        return threads_per_job(len(self.recipe.variants))
 
     def run_variants(self) -> None:
         """Train and evaluate every variant not done yet: here, or as jobs on worker processes."""
         pending = [v for v in self.recipe.variants if read_variant_results(self.variant_dir(v)) is None]
         workers = min(self.workers, len(pending))
-        threads = threads_per_job(len(self.recipe.variants)) if self.device.type == "cpu" else None
+        threads = self.cpu_threads()
         if workers <= 1:
             with threads_for(threads):
                 for variant in self.recipe.variants:

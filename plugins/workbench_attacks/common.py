@@ -210,6 +210,9 @@ def load_or_train(
     `train()` trains `networks` in place and returns figures kept in the entry's metadata.
     """
     cache = stage_cache(ctx)
+    # The thread count changes CPU float reductions, so a prior trained at another one is another
+    # prior (the runner trains each stage at a fixed count, whoever runs it: `Runner.shared_stage`).
+    key = {**key, "threads": torch.get_num_threads()}
     found = cache.load_state(stage, key)
     if found is not None:
         tensors, _meta = found

@@ -314,6 +314,7 @@ class LOMMAMixin:
             "distill": {k: getattr(p, k) for k in DISTILL_FIELDS},
             "num_classes": ctx.data.num_classes,
             "seed": ctx.seed,
+            "threads": torch.get_num_threads(),
         }
 
         def compute() -> dict:

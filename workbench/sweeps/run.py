@@ -440,8 +440,6 @@ class SweepRunner:
         events, the shared stages loaded from the cache, as `workbench run` does), the workers
         train and evaluate its variants exactly as a single run's variant workers do (same job,
         same threads), and this process writes results.json and report.md once all are in."""
-        from workbench.jobs import threads_per_job
-
         errors: dict[str, str | None] = {}
         opened: dict[str, _ParentRun] = {}
         jobs, owners = [], []
@@ -454,7 +452,7 @@ class SweepRunner:
                     continue
                 opened[run.id] = parent
                 runner = parent.runner
-                threads = threads_per_job(len(runner.recipe.variants)) if runner.device.type == "cpu" else None
+                threads = runner.cpu_threads()
                 for variant in runner.recipe.variants:
                     if read_variant_results(runner.variant_dir(variant)) is None:
                         jobs.append(self._job("variant", runner.run_dir, threads, item=variant.name,

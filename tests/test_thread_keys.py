@@ -1,0 +1,90 @@
+"""CPU thread counts and the stage cache: a stage trained at another thread count is another
+stage (float reductions change), so its cache key holds the count; and the runner trains every
+piece of a run at one count (`Runner.cpu_threads`), so a prior trained as a shared stage is found
+again by the attack that needs it, in this process, a worker, or a sweep's job."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from workbench.api import AttackContext, StageCache
+from workbench.jobs import threads_for, threads_per_job
+from workbench_attacks.common import load_or_train
+
+
+def _ctx(cache: StageCache) -> AttackContext:
+    return AttackContext(target=None, data=None, evaluation_model=None, device=torch.device("cpu"), seed=0,
+                         cache=cache)
+
+
+def test_a_prior_trained_at_another_thread_count_is_not_taken_from_the_cache(tmp_path):
+    cache = StageCache(tmp_path)
+    trained_at: list[int] = []
+
+    def train() -> dict:
+        trained_at.append(torch.get_num_threads())
+        with torch.no_grad():
+            net.weight.fill_(float(torch.get_num_threads()))
+        return {}
+
+    for threads, expect_hit in ((1, False), (2, False), (1, True), (2, True)):
+        net = nn.Linear(2, 2)
+        with threads_for(threads):
+            hit = load_or_train(_ctx(cache), "test", "prior", {"k": 0}, {"net": net}, train)
+        assert hit == expect_hit
+        assert float(net.weight[0, 0]) == threads  # the entry of this count, never the other's
+    assert trained_at == [1, 2]  # each count trained once, then found
+
+
+def test_every_stage_of_a_run_uses_the_runs_thread_count(monkeypatch, tmp_path):
+    """E and a prior trained as shared stages, and the variants, all at `cpu_threads()`, whatever
+    count the process had when the stage started (a sweep's shared-stage job has its own)."""
+    import workbench.runner as runner_module
+    from workbench.registry import load_registry
+    from workbench.runner import Runner
+    from workbench_attacks.gmi import GMI
+
+    recipe_text = tmp_path / "r.toml"
+    recipe_text.write_text("""
+title = "threads"
+seed = 0
+device = "cpu"
+[data]
+use = "digits"
+image_size = 16
+[target.backbone]
+use = "mcnn"
+[target.train]
+epochs = 1
+[[variants]]
+name = "a"
+defense = { use = "none" }
+[[variants]]
+name = "b"
+defense = { use = "none" }
+[[variants]]
+name = "c"
+defense = { use = "none" }
+[attacks.gmi]
+use = "gmi"
+[evaluation.backbone]
+use = "scnn"
+""")
+    seen: dict[str, int] = {}
+    monkeypatch.setattr(runner_module, "evaluation_model",
+                        lambda *a, **k: seen.setdefault("evaluation-model", torch.get_num_threads()) and (None, {}))
+    monkeypatch.setattr(GMI, "prepare", lambda self, ctx: seen.setdefault("prior:gmi", torch.get_num_threads()))
+    from workbench.recipe import load_recipe, resolve
+
+    registry = load_registry()
+    recipe = load_recipe(recipe_text, registry=registry)
+    runner = Runner(recipe, registry, tmp_path / "run", "", resolve(recipe, registry), None,
+                    StageCache(tmp_path / "cache"), False, recipe_text)
+    runner.data = None
+    assert runner.cpu_threads() == threads_per_job(3)
+    with threads_for(threads_per_job(3) + 1):  # a job started with another count
+        for name in runner.shared_stage_names():
+            runner.shared_stage(name, lambda *a, **k: None)
+        assert torch.get_num_threads() == threads_per_job(3) + 1  # restored afterwards
+    assert seen == {"evaluation-model": threads_per_job(3), "prior:gmi": threads_per_job(3)}
