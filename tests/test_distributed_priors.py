@@ -133,6 +133,25 @@ def one_step(case: str, cache: StageCache) -> dict[str, torch.Tensor]:
             if v.is_floating_point()}
 
 
+def tl_dmi_pretraining(cache: StageCache) -> tuple[int, nn.Module]:
+    """Build a TL-DMI target (1 pretraining epoch on digits' public split); the images its first
+    convolution saw while pretraining."""
+    from workbench import load_registry
+    from workbench.components import DefenseContext
+    from workbench.recipe import TrainConfig
+
+    registry = load_registry()
+    torch.manual_seed(0)
+    model = registry.create("backbone", "mcnn", width=4).build(5, 1, 16)
+    rows = [0]
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    first.register_forward_pre_hook(lambda _m, args: rows.__setitem__(0, rows[0] + args[0].shape[0]))
+    ctx = DefenseContext(num_classes=5, data=registry.create("dataset", "digits").load(0), seed=0, cache=cache,
+                         train=TrainConfig(epochs=1, batch_size=64))
+    model = registry.create("defense", "tl-dmi").prepare_model(model, 5, ctx)
+    return rows[0], model
+
+
 def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -142,22 +161,32 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
         with distributed.lockstep():
             for case in CASES:
                 torch.save(one_step(case, StageCache(None)), Path(out_dir) / f"{case}-rank{rank}.pt")
-            # A hit: rank 0 finds the entry in its cache; rank 1 (no cache) must not train, and ends
-            # with rank 0's weights.
+        # A hit: rank 0 finds the entry in its cache (trained alone, before); rank 1 (no cache) must
+        # not train, and ends with rank 0's weights.
+        cache = StageCache(Path(out_dir) / "cache") if rank == 0 else StageCache(None)
+        ctx = AttackContext(target=None, data=None, evaluation_model=None, device=torch.device("cpu"), seed=0,
+                            cache=cache)
+        networks, _ = gan_case("wgan-gp")
+        if rank == 0:
+            def quarter() -> dict:
+                with torch.no_grad():
+                    for p in networks["g"].parameters():
+                        p.fill_(0.25)
+                return {}
+
+            load_or_train(ctx, "test", "hit-gan", {"k": 1}, networks, quarter)
             networks, _ = gan_case("wgan-gp")
-            cache = StageCache(Path(out_dir) / "cache") if rank == 0 else StageCache(None)
-            if rank == 0:
-                trained = {k: torch.full_like(v, 0.25) for k, v in networks["g"].state_dict().items()}
-                cache.save_state("hit-gan", {"k": 1}, {f"g.{k}": v for k, v in trained.items()}
-                                 | {f"d.{k}": v for k, v in networks["d"].state_dict().items()})
 
-            def refuse():
-                raise AssertionError(f"rank {rank} trained a stage rank 0 found in its cache")
+        def refuse():
+            raise AssertionError(f"rank {rank} trained a stage rank 0 found in its cache")
 
-            ctx = AttackContext(target=None, data=None, evaluation_model=None, device=torch.device("cpu"), seed=0,
-                                cache=cache)
+        with distributed.lockstep():
             hit = load_or_train(ctx, "test", "hit-gan", {"k": 1}, networks, refuse)
             torch.save({"hit": hit, **networks["g"].state_dict()}, Path(out_dir) / f"hit-rank{rank}.pt")
+            # TL-DMI's pretraining inside prepare_model, as a target is built under torchrun.
+            tl_cache = StageCache(Path(out_dir) / "tl-cache") if rank == 0 else StageCache(None)
+            rows, model = tl_dmi_pretraining(tl_cache)
+            torch.save({"rows": rows, **model.state_dict()}, Path(out_dir) / f"tl-dmi-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -247,6 +276,9 @@ def _run(tmp_path: Path, run_dir: str) -> tuple[int, str]:
 def test_torchrun_trains_the_gan_priors_on_every_rank_and_reuses_them(tmp_path):
     recipe = digits_attack_recipe("ddp priors", ATTACKS).replace("epochs = 20", "epochs = 1").replace(
         "epochs = 15", "epochs = 1")
+    # A second variant whose target is built with a pretraining (TL-DMI), on every rank together.
+    recipe = recipe.replace('[[metrics]]', '[[variants]]\nname = "tl-dmi"\ndefense = { use = "tl-dmi" }\n'
+                            '[[metrics]]', 1)
     (tmp_path / "tiny.toml").write_text(recipe)
     code, output = _run(tmp_path, "first")
     assert code == 0, output
@@ -254,11 +286,26 @@ def test_torchrun_trains_the_gan_priors_on_every_rank_and_reuses_them(tmp_path):
     # GMI's prior in the shared stages (attack-prepare), KED-MI's per-target GAN before its search.
     assert any("trained gmi-gan by 2 ranks together" in m for m in logs), logs
     assert any("trained kedmi-gan by 2 ranks together" in m for m in logs), logs
-    results = json.loads((tmp_path / "first" / "none" / "results.json").read_text())
-    assert set(results["attacks"]) == {"gmi", "kedmi"}
+    assert any("tl-dmi: pretrained on" in m and "1 epochs" in m for m in logs), logs
+    for variant in ("none", "tl-dmi"):
+        results = json.loads((tmp_path / "first" / variant / "results.json").read_text())
+        assert set(results["attacks"]) == {"gmi", "kedmi"}
     # Again with the same cache: rank 0 hits every prior, the other rank takes its weights, nobody hangs.
     code, output = _run(tmp_path, "second")
     assert code == 0, output
     logs = [e.get("message", "") for e in _events(tmp_path / "second") if e["type"] == "log"]
     assert not any("ranks together" in m for m in logs)
+    assert any("tl-dmi: pretrained on" in m and "from the stage cache" in m for m in logs), logs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "first", "second", "tiny.toml"]
+
+
+@pytest.mark.slow
+def test_tl_dmi_pretraining_is_shared_out_over_the_ranks(ranks_dir):
+    """Built in lockstep, a defense's pretraining trains data-parallel: each rank sees half the
+    public images (one process sees them all), and every rank ends with rank 0's weights."""
+    alone, _ = tl_dmi_pretraining(StageCache(None))
+    zero, one = (torch.load(ranks_dir / f"tl-dmi-rank{r}.pt") for r in range(WORLD))
+    rows = [zero.pop("rows"), one.pop("rows")]
+    assert sum(rows) == alone and abs(rows[0] - rows[1]) <= alone // 64 + 1  # at most one row per batch
+    for key, value in zero.items():
+        assert torch.equal(one[key], value), key

@@ -67,7 +67,7 @@ def follow() -> None:
     runner = Runner(recipe, registry, run_dir, "", start["resolved"], NoEvents(), StageCache(None),
                     start["resumed"], run_dir / "recipe.toml")
     runner.data = runner._load_data(lambda *a, **k: None)
-    trained: dict[str, Any] = {}  # the last target trained here, by variant: what its attacks start from
+    built: dict[str, tuple[Any, Any]] = {}  # the last target built with rank 0: (model, defense) by variant
     while True:
         task = distributed.receive_task()
         if task["kind"] == "stop":
@@ -77,21 +77,25 @@ def follow() -> None:
                              lambda *a, **k: None)
             continue
         if task["kind"] in ("attack-prepare", "attack-priors"):
-            _attack_priors(runner, task, trained)
+            _attack_priors(runner, task, built)
+            continue
+        if task["kind"] == "build-target":  # with rank 0, in lockstep: a defense's pretraining trains together
+            variant = recipe.variant(task["variant"])
+            built.clear()
+            with distributed.lockstep():
+                built[variant.name] = runner.build_target(variant)
             continue
         if task["kind"] != "target":
             raise RunError(f"rank {distributed.rank()}: unknown task {task['kind']!r} from rank 0 "
                            "(are all ranks running the same workbench version?)")
         variant = recipe.variant(task["variant"])
-        model, defense = runner.build_target(variant)
+        model, defense = built.get(variant.name) or runner.build_target(variant)
         train_classifier(model, defense, runner.data.train, recipe.target.train, device=runner.device,
                          seed=recipe.seed, resume=runner.resumed,
                          ood=runner._ood_feed(variant) if variant.ood_training else None, data_parallel=True)
-        trained.clear()
-        trained[variant.name] = model
 
 
-def _attack_priors(runner, task: dict[str, Any], trained: dict[str, Any]) -> None:
+def _attack_priors(runner, task: dict[str, Any], built: dict[str, tuple[Any, Any]]) -> None:
     """A follower's part of an attack's priors: the calls rank 0 makes, in lockstep with it."""
     attack = runner.registry.create_from("attack", runner.recipe.attacks[task["attack"]])
     ctx = AttackContext(target=None, data=runner.data, evaluation_model=None, device=runner.device,
@@ -101,9 +105,8 @@ def _attack_priors(runner, task: dict[str, Any], trained: dict[str, Any]) -> Non
             attack.prepare(ctx)
         return
     variant = runner.recipe.variant(task["variant"])
-    target = trained.get(variant.name)
-    if target is None:  # rank 0 loaded this target (cache, resume): same network, its weights follow
-        target, _ = runner.build_target(variant)
+    # The target built with rank 0 (and trained with it, or loaded by it): its weights follow.
+    target, _ = built.get(variant.name) or runner.build_target(variant)
     target.to(runner.device).eval().requires_grad_(False)
     with distributed.lockstep():
         distributed.broadcast_module(target)

@@ -369,7 +369,11 @@ class Runner:
     def train_target(self, variant: VariantConfig):
         """Train (or load, when a finished target is on disk) one variant's target model."""
         folder = self.variant_dir(variant)
-        model, defense = self.build_target(variant)
+        # Under torchrun the other ranks build it with this one (workbench.follower): what a defense
+        # trains while preparing the model (TL-DMI's pretraining) trains on every rank together.
+        distributed.send_task("build-target", variant=variant.name)
+        with distributed.lockstep():
+            model, defense = self.build_target(variant)
         final = folder / TARGET_FILE
         if final.exists():
             try:

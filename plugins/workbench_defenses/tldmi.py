@@ -29,9 +29,11 @@ from workbench.api import (
     StrictModel,
     WorkbenchError,
     cross_entropy,
+    in_data_parallel,
     seeds,
     train_classifier,
     weights_fingerprint,
+    world_size,
 )
 
 
@@ -198,13 +200,16 @@ class TLDMI(Defense):
         key = {"init": weights_fingerprint(model), "public": _data_fingerprint(public, labels),
                "train": config.model_dump(mode="json"), "seed": ctx.seed, "device": ctx.device.type,
                "threads": torch.get_num_threads()}
+        if world_size() > 1:  # pretrained by N ranks together (per-rank BatchNorm on the CPU): its own entry
+            key["world_size"] = world_size()
         from workbench.api import NoParams
         from workbench_defenses.none import NoDefense
 
         def pretrain():
             result = train_classifier(model, NoDefense(NoParams()), _Relabelled(public, mapping), config,
                                       device=ctx.device, seed=seeds.derive(ctx.seed, "tl-dmi", "pretrain"),
-                                      emit=ctx.emit, stage="tl-dmi-pretrain")
+                                      emit=ctx.emit, stage="tl-dmi-pretrain",
+                                      data_parallel=in_data_parallel())  # torchrun: every rank, in lockstep
             return {"history": result.history, "summary": "tl-dmi public pretraining"}
 
         if ctx.cache is not None:
