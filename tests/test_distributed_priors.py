@@ -15,6 +15,7 @@ unevenly (4 + 3).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import subprocess
@@ -152,6 +153,43 @@ def tl_dmi_pretraining(cache: StageCache) -> tuple[int, nn.Module]:
     return rows[0], model
 
 
+def gmi_split_over_ranks(rank: int, cache_dir: Path) -> dict[str, torch.Tensor] | None:
+    """GMI on a toy target: on rank 0 alone first (its prior cached), then on every rank with the
+    search split over them (`attack_on_every_rank`); rank 0 returns both results."""
+    import torch.distributed as dist
+
+    from workbench import load_registry
+    from workbench.follower import PRIORS_ONLY, attack_on_every_rank
+
+    registry = load_registry()
+    data = registry.create("dataset", "digits").load(0)
+    torch.manual_seed(1)
+    target = nn.Sequential(nn.Flatten(), nn.Linear(256, data.num_classes)).eval().requires_grad_(False)
+    # 3 classes x 2 restarts x 2 latents in forward batches of 4: 3 batches, 2 + 1 over the ranks.
+    attack = registry.create("attack", "gmi", gan_steps=2, gan_batch_size=16, iterations=3, restarts=2,
+                             samples_per_class=2, classes=[0, 1, 2], max_batch=4)
+    ctx = AttackContext(target=target, data=data, evaluation_model=None, device=torch.device("cpu"), seed=0,
+                        cache=StageCache(cache_dir) if rank == 0 else StageCache(None))
+    out = None
+    if rank == 0:  # one process: the prior trained and cached, then the whole search
+        attack.run(dataclasses.replace(ctx, shard=PRIORS_ONLY))
+        alone = attack.run(ctx)
+        out = {"alone_images": alone.images, "alone_targets": alone.targets}
+    dist.barrier()
+    searched: set[int] = set()
+    ctx = dataclasses.replace(ctx, emit=lambda type, **f: searched.add(f["target_class"])
+                              if f.get("stage") == "attack:gmi" and "target_class" in f else None)
+    merged = attack_on_every_rank(attack, ctx, search=True)
+    torch.save(sorted(searched), cache_dir.parent / f"gmi-searched-rank{rank}.pt")
+    if rank == 0:
+        out |= {"images": merged.images, "targets": merged.targets, "restarts": merged.restarts,
+                "alone_restarts": alone.restarts, "confidence": torch.tensor(merged.figures["target_confidence"]),
+                "alone_confidence": torch.tensor(alone.figures["target_confidence"])}
+    else:
+        assert merged is None
+    return out
+
+
 def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import torch.distributed as dist
 
@@ -187,6 +225,9 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
             tl_cache = StageCache(Path(out_dir) / "tl-cache") if rank == 0 else StageCache(None)
             rows, model = tl_dmi_pretraining(tl_cache)
             torch.save({"rows": rows, **model.state_dict()}, Path(out_dir) / f"tl-dmi-rank{rank}.pt")
+        split = gmi_split_over_ranks(rank, Path(out_dir) / "gmi-cache")
+        if rank == 0:
+            torch.save(split, Path(out_dir) / "gmi-split.pt")
     finally:
         dist.destroy_process_group()
 
@@ -309,3 +350,14 @@ def test_tl_dmi_pretraining_is_shared_out_over_the_ranks(ranks_dir):
     assert sum(rows) == alone and abs(rows[0] - rows[1]) <= alone // 64 + 1  # at most one row per batch
     for key, value in zero.items():
         assert torch.equal(one[key], value), key
+
+
+@pytest.mark.slow
+def test_the_ranks_split_an_attacks_search_into_the_one_process_result(ranks_dir):
+    """Under torchrun each rank searches a contiguous shard of the classes' forward batches; rank 0's
+    merge is the one-process search bit for bit (same prior, same thread count)."""
+    assert [torch.load(ranks_dir / f"gmi-searched-rank{r}.pt") for r in range(WORLD)] == [[0, 1], [2]]
+    got = torch.load(ranks_dir / "gmi-split.pt")
+    assert got["images"].shape[0] == 3 * 2 * 2
+    for key in ("images", "targets", "restarts", "confidence"):
+        assert torch.equal(got[key], got[f"alone_{key}"]), key

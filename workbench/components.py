@@ -287,6 +287,9 @@ class AttackShard:
     index: int
     count: int
     search: bool = True
+    may_be_empty: bool = False
+    """The ranks of a data-parallel run split a search this way: with fewer forward batches than
+    ranks, the last ranks search nothing (a recipe's `shards` beyond the batches is refused instead)."""
 
     def part(self, batches: int) -> range:
         """This shard's batches out of `batches`: contiguous, the first `batches % count` shards

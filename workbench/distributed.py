@@ -109,6 +109,16 @@ def broadcast_object(value: Any = None) -> Any:
     return box[0]
 
 
+def gather_objects(value: Any) -> list[Any] | None:
+    """Every rank's `value`, in rank order, on rank 0 (pickled over the gloo task channel, whose
+    long timeout lets early ranks wait for late ones); None on the other ranks."""
+    if not is_distributed():
+        return [value]
+    box = [None] * world_size() if is_main_process() else None
+    dist.gather_object(value, box, dst=0, group=_task_group)
+    return box
+
+
 def send_task(kind: str, **fields: Any) -> None:
     """Rank 0: tell the followers what to do next (`target`, `stop`...)."""
     if is_distributed() and is_main_process():

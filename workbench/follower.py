@@ -96,7 +96,7 @@ def follow() -> None:
 
 
 def _attack_priors(runner, task: dict[str, Any], built: dict[str, tuple[Any, Any]]) -> None:
-    """A follower's part of an attack's priors: the calls rank 0 makes, in lockstep with it."""
+    """A follower's part of an attack: the calls rank 0 makes, in lockstep with it."""
     attack = runner.registry.create_from("attack", runner.recipe.attacks[task["attack"]])
     ctx = AttackContext(target=None, data=runner.data, evaluation_model=None, device=runner.device,
                         seed=runner.recipe.seed, cache=StageCache(None))
@@ -108,18 +108,43 @@ def _attack_priors(runner, task: dict[str, Any], built: dict[str, tuple[Any, Any
     # The target built with rank 0 (and trained with it, or loaded by it): its weights follow.
     target, _ = built.get(variant.name) or runner.build_target(variant)
     target.to(runner.device).eval().requires_grad_(False)
-    with distributed.lockstep():
-        distributed.broadcast_module(target)
-        attack.run(dataclasses.replace(ctx, target=target, shard=PRIORS_ONLY))
+    attack_on_every_rank(attack, dataclasses.replace(ctx, target=target), search=task["search"])
 
 
 PRIORS_ONLY = AttackShard(0, 1, search=False)
 """The pass that trains or loads what an attack's search needs, and searches nothing."""
 
 
+def attack_on_every_rank(attack: Any, ctx: AttackContext, search: bool) -> AttackResult | None:
+    """Every rank, in lockstep: the attack's priors (trained together, or rank 0's cached ones
+    handed over), then with `search` this rank's contiguous shard of the per-class search. Rank 0
+    returns the shards merged: the unsharded result bit for bit, as `[attacks.X] shards` gives
+    (same device and thread count on every rank); without `search`, its priors pass. Followers
+    return None."""
+    with distributed.lockstep():
+        distributed.broadcast_module(ctx.target)
+        prepared = attack.run(dataclasses.replace(ctx, shard=PRIORS_ONLY))
+        if not search:
+            return prepared if distributed.is_main_process() else None
+        # Its priors again: cache hits on rank 0, handed over to the others, then the search.
+        shard = AttackShard(distributed.rank(), distributed.world_size(), may_be_empty=True)
+        part = attack.run(dataclasses.replace(ctx, shard=shard))
+    parts = distributed.gather_objects(_on_cpu(part))
+    return attack.merge_shards(prepared, parts) if parts is not None else None
+
+
+def _on_cpu(result: AttackResult) -> AttackResult:
+    """A result whose tensors can travel between ranks (pickled over the gloo task channel)."""
+    def cpu(t):
+        return t.cpu() if t is not None else None
+
+    return dataclasses.replace(result, images=cpu(result.images), targets=cpu(result.targets),
+                               restarts=cpu(result.restarts), confidences=cpu(result.confidences))
+
+
 def trains_priors_together(attack: Any) -> bool:
-    """Whether the other ranks can join `attack`'s priors: it runs a search-free pass
-    (`AttackShard(search=False)`, the attacks that can merge shards)."""
+    """Whether the other ranks can join `attack`: it runs a search-free pass and its searches
+    split into shards that merge exactly (`merge_shards`)."""
     return distributed.is_distributed() and callable(getattr(attack, "merge_shards", None))
 
 
@@ -134,18 +159,18 @@ def prepare_together(attack: Any, name: str, ctx: AttackContext) -> None:
 def priors_together(attack: Any, name: str, variant: str,
                     compute: Callable[[AttackContext], AttackResult] | None
                     ) -> Callable[[AttackContext], AttackResult] | None:
-    """Rank 0: the `compute` for `run_attack`, with the attack's per-target priors first trained
-    (or loaded) by every rank together; the search then runs here alone and finds them in the
-    stage cache. `compute` unchanged without torchrun or for an attack without a search-free pass."""
+    """Rank 0: the `compute` for `run_attack` under torchrun. Every rank trains (or loads) the
+    attack's per-target priors together, then each searches its shard of the classes and rank 0
+    merges them (`attack_on_every_rank`). With `[attacks.X] shards` set (`compute`, the run's
+    executor shards) the ranks train the priors together and the shards run as the recipe says.
+    `compute` unchanged without torchrun or for an attack that cannot split (PPA, MI-Face)."""
     if not trains_priors_together(attack):
         return compute
-    search = compute or attack.run
 
     def run(ctx: AttackContext) -> AttackResult:
-        distributed.send_task("attack-priors", attack=name, variant=variant)
-        with distributed.lockstep():
-            distributed.broadcast_module(ctx.target)
-            attack.run(dataclasses.replace(ctx, shard=PRIORS_ONLY))
-        return search(ctx)
+        split = compute is None
+        distributed.send_task("attack-priors", attack=name, variant=variant, search=split)
+        merged = attack_on_every_rank(attack, ctx, search=split)
+        return merged if split else compute(ctx)
 
     return run

@@ -248,7 +248,7 @@ def shard_batches(
     """The forward batches (indices into `pack_units`) that `shard` runs; a one-line error when
     the search has fewer batches than shards (it could not be split exactly)."""
     batches = len(pack_units(units, rows_per_group, max_batch))
-    if shard.count > batches:
+    if shard.count > batches and not shard.may_be_empty:
         rows = sum(len(unit) for unit in units) * rows_per_group
 
         def splits(size: int) -> bool:
