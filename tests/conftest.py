@@ -5,9 +5,11 @@ import torch
 
 pytest_plugins = ["workbench.testing"]
 
-# The CLI hands --plugins-dir and sweep sinks to the runs it starts through the environment; a test
-# that invokes the CLI in-process must not leave them to the tests after it.
-_CLI_ENV = ("WORKBENCH_PLUGINS_DIR", "WORKBENCH_SINKS")
+# The CLI hands --plugins-dir and sweep sinks to the runs it starts through the environment, and a
+# submitit task exports torch.distributed's variables (a WORLD_SIZE left behind makes every later
+# in-process run job wait for ranks that never come); a test must not leave them to the tests after it.
+_CLI_ENV = ("WORKBENCH_PLUGINS_DIR", "WORKBENCH_SINKS", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+            "MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES")
 
 
 @pytest.fixture(autouse=True)
