@@ -32,6 +32,7 @@ from digits_recipes import digits_attack_recipe
 from test_distributed import _events
 from workbench import distributed
 from workbench.api import AttackContext, StageCache
+from workbench.errors import RunError
 from workbench_attacks.common import load_or_train
 from workbench_attacks.gmi import GMIParams, train_wgan_gp
 from workbench_attacks.kedmi import KEDMIParams, train_kplus1_gan
@@ -228,6 +229,12 @@ def _rank_main(rank: int, world: int, init_file: str, out_dir: str) -> None:
         split = gmi_split_over_ranks(rank, Path(out_dir) / "gmi-cache")
         if rank == 0:
             torch.save(split, Path(out_dir) / "gmi-split.pt")
+        # Ranks that reach different stages (another version, another recipe) say so in one line.
+        with distributed.lockstep():
+            try:
+                distributed.agree_on_hit("gmi-gan" if rank == 0 else "kedmi-gan", False)
+            except RunError as exc:
+                (Path(out_dir) / f"mismatch-rank{rank}.txt").write_text(str(exc))
     finally:
         dist.destroy_process_group()
 
@@ -361,3 +368,11 @@ def test_the_ranks_split_an_attacks_search_into_the_one_process_result(ranks_dir
     assert got["images"].shape[0] == 3 * 2 * 2
     for key in ("images", "targets", "restarts", "confidence"):
         assert torch.equal(got[key], got[f"alone_{key}"]), key
+
+
+@pytest.mark.slow
+def test_ranks_that_reach_different_stages_stop_with_one_line(ranks_dir):
+    assert not (ranks_dir / "mismatch-rank0.txt").exists()
+    assert (ranks_dir / "mismatch-rank1.txt").read_text() == (
+        "rank 1 reached stage 'kedmi-gan' where rank 0 reached 'gmi-gan' (are all ranks running the same "
+        "workbench version and recipe?)")

@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from workbench.errors import RunError
+
 ENV_WORLD_SIZE = "WORLD_SIZE"
 ENV_RANK = "RANK"
 ENV_LOCAL_RANK = "LOCAL_RANK"
@@ -158,7 +160,7 @@ def agree_on_hit(stage: str, hit: bool) -> bool:
         return hit
     decided = broadcast_object((stage, hit) if is_main_process() else None)
     if decided[0] != stage:
-        raise RuntimeError(f"rank {rank()} reached stage {stage!r} where rank 0 reached {decided[0]!r} "
+        raise RunError(f"rank {rank()} reached stage {stage!r} where rank 0 reached {decided[0]!r} "
                            "(are all ranks running the same workbench version and recipe?)")
     return bool(decided[1])
 
