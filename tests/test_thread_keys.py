@@ -88,3 +88,21 @@ use = "scnn"
             runner.shared_stage(name, lambda *a, **k: None)
         assert torch.get_num_threads() == threads_per_job(3) + 1  # restored afterwards
     assert seen == {"evaluation-model": threads_per_job(3), "prior:gmi": threads_per_job(3)}
+
+
+def test_ranks_on_one_machine_share_its_cores(monkeypatch, tmp_path):
+    from workbench.registry import load_registry
+    from workbench.runner import Runner
+
+    recipe_text = tmp_path / "r.toml"
+    recipe_text.write_text('title = "t"\ndevice = "cpu"\n[data]\nuse = "digits"\n[target.backbone]\nuse = "mcnn"\n'
+                           '[[variants]]\nname = "a"\ndefense = { use = "none" }\n')
+    from workbench.recipe import load_recipe, resolve
+
+    registry = load_registry()
+    recipe = load_recipe(recipe_text, registry=registry)
+    runner = Runner(recipe, registry, tmp_path / "run", "", resolve(recipe, registry), None, StageCache(None), False,
+                    recipe_text)
+    assert runner.cpu_threads() == threads_per_job(1)  # one variant: every core
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun --nproc-per-node 2
+    assert runner.cpu_threads() == threads_per_job(2)

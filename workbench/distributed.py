@@ -50,6 +50,14 @@ def launched_world_size() -> int:
         return 1
 
 
+def local_world_size() -> int:
+    """Ranks torchrun (or a multi-task submitit job) started on this machine (1 without)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
 def is_distributed() -> bool:
     """True inside a process group of more than one rank."""
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

@@ -11,7 +11,9 @@ The attacks' priors (GAN priors, LOMMA's surrogates) train the same way: rank 0 
 `attack-prepare` (a target-independent prior) or `attack-priors` (the per-target stages, before
 the search) and every rank runs that code path in `distributed.lockstep()`: rank 0 decides each
 stage-cache hit or miss, a miss trains on every rank together (`distributed.training_together`),
-a hit hands rank 0's weights over. The latent searches run on rank 0 alone.
+a hit hands rank 0's weights over. Then each rank searches its shard of the classes and rank 0
+merges the shards (`attack_on_every_rank`). A follower works at the run's thread count
+(`Runner.cpu_threads`), as rank 0 does, so the merged search is the one-process search.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from workbench.cache import StageCache
 from workbench.components import AttackContext, AttackResult, AttackShard
 from workbench.errors import RunError
 from workbench.evaluation import evaluation_model
+from workbench.jobs import threads_for
 from workbench.recipe import validate_raw
 from workbench.trainer import train_classifier
 
@@ -67,6 +70,13 @@ def follow() -> None:
     runner = Runner(recipe, registry, run_dir, "", start["resolved"], NoEvents(), StageCache(None),
                     start["resumed"], run_dir / "recipe.toml")
     runner.data = runner._load_data(lambda *a, **k: None)
+    with threads_for(runner.cpu_threads()):
+        _follow_tasks(runner)
+
+
+def _follow_tasks(runner) -> None:
+    """Each task rank 0 sends, until it says stop."""
+    recipe, registry = runner.recipe, runner.registry
     built: dict[str, tuple[Any, Any]] = {}  # the last target built with rank 0: (model, defense) by variant
     while True:
         task = distributed.receive_task()

@@ -255,9 +255,13 @@ class Runner:
         """CPU threads for every piece of this run's work (E, the priors, each variant and its attacks),
         whoever runs it: this process, a worker, a sweep's job, an attack shard. The count changes
         float reductions, so it is in the stage-cache keys; one count per machine and recipe lets a
-        prior trained as a shared stage be found again by the attack that needs it. None on CUDA."""
+        prior trained as a shared stage be found again by the attack that needs it. Under torchrun
+        the ranks of one machine share its cores (variants then run one after another). None on CUDA."""
         if self.device.type != "cpu":
             return None
+        ranks_here = distributed.local_world_size()
+        if ranks_here > 1:
+            return threads_per_job(ranks_here)
         return threads_per_job(len(self.recipe.variants))
 
     def run_variants(self) -> None:
