@@ -61,16 +61,20 @@ CASES = {
     "bido-coco+energy": ({"use": "bido", "lambda_x": 5.0, "lambda_y": 25.0, "measure": {"use": "coco"}},
                          {"use": "energy", "weight": 0.5}, False),
 }
+# 11 images in global batches of 8: the second step's batch of 3 splits 2 + 1 over the ranks.
+UNEVEN = {"bido-hsic+uneven": ({"use": "bido", "lambda_x": 2.0, "lambda_y": 4.0, "measure": {"use": "hsic"}},
+                               {"use": "entropy", "gamma": 0.05}, False)}
+CASES.update(UNEVEN)
 # MID samples its code with each rank's own noise: the ranks agree with each other (DDP), not
 # with one process's draws.
 RANKS_ONLY = {"mid": ({"use": "mid", "beta": 0.1, "bottleneck_dim": 3}, None, False)}
 CASES.update(RANKS_ONLY)
 
 
-def _data():
+def _data(n: int = GLOBAL_BATCH):
     g = torch.Generator().manual_seed(7)
-    x = torch.rand(GLOBAL_BATCH, 1, 6, 6, generator=g, dtype=torch.float64)
-    y = torch.arange(GLOBAL_BATCH) % CLASSES
+    x = torch.rand(n, 1, 6, 6, generator=g, dtype=torch.float64)
+    y = torch.arange(n) % CLASSES
     x_ood = torch.rand(GLOBAL_BATCH // 2, 1, 6, 6, generator=g, dtype=torch.float64) * 0.5
     return TensorDataset(x, y), TensorDataset(x_ood, torch.zeros(len(x_ood), dtype=torch.long))
 
@@ -87,7 +91,7 @@ def one_step(case: str, data_parallel: bool) -> dict[str, torch.Tensor]:
     defense = registry.create_from("defense", defense_table)
     model = defense.prepare_model(_model(), CLASSES).double()  # MID adds its bottleneck, as in a run
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    train, aux = _data()
+    train, aux = _data(11 if case in UNEVEN else GLOBAL_BATCH)
     config = TrainConfig(epochs=1, batch_size=GLOBAL_BATCH, optimizer={"name": "sgd", "lr": 1.0, "momentum": 0.0},
                          balanced_batches={"classes": CLASSES, "per_class": GLOBAL_BATCH // CLASSES} if balanced else None)
     ood = None

@@ -248,12 +248,13 @@ def train_classifier(
                 logs["ood_loss"] = float(ood_loss.detach())
                 loss = loss + ood_loss
                 logs["ood_share"] = abs(logs["ood_loss"]) / max(abs(float(loss.detach())), 1e-12)
-            if not _all_finite(loss, ddp):
+            finite, rank_weight = _check_step(loss, m, ddp)
+            if not finite:
                 kept = f"; the last good checkpoint is {checkpoint}" if checkpoint and checkpoint.exists() else ""
                 raise RunError(f"{stage}{' ' + variant if variant else ''}: loss became {float(loss.detach())} at epoch "
                                f"{epoch + 1} step {step + 1}: {_blame(logits, out, logs, defense, ood)}{kept}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * rank_weight if rank_weight != 1.0 else loss).backward()
             if config.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
@@ -328,13 +329,20 @@ def global_batch_problem(config: TrainConfig, world: int) -> str | None:
     return f"{key} = {size}: the global batch must divide evenly over {world} processes" if size % world else None
 
 
-def _all_finite(loss: Tensor, ddp: bool) -> bool:
-    """Whether the loss is finite, on every rank (they stop together, or not at all)."""
+def _check_step(loss: Tensor, rows: int, ddp: bool) -> tuple[bool, float]:
+    """Whether the loss is finite on every rank (they stop together, or not at all), and the weight
+    of this rank's loss in the backward pass.
+
+    DDP averages the ranks' gradients, so a per-image mean over this rank's `rows` counts as 1/N
+    of the global mean only when every rank holds as many rows. An epoch's last batch may split
+    unevenly (4 + 3): weighting rank r's loss by N·n_r/n makes the average the global mean. The
+    terms computed identically on every rank from gathered tensors (BiDO's kernels, the OOD loss)
+    stay exact, because the weights sum to N, as 1 + ... + 1 does. 1.0 when the shards are equal."""
     finite = bool(torch.isfinite(loss.detach()))
-    if ddp:
-        flag = {"bad": 0.0 if finite else 1.0}
-        finite = distributed.all_reduce_sums(flag, loss.device)["bad"] == 0.0
-    return finite
+    if not ddp:
+        return finite, 1.0
+    agreed = distributed.all_reduce_sums({"bad": 0.0 if finite else 1.0, "rows": float(rows)}, loss.device)
+    return agreed["bad"] == 0.0, distributed.world_size() * rows / agreed["rows"]
 
 
 def _layout(x: Tensor, device: torch.device) -> Tensor:
