@@ -399,7 +399,9 @@ def test_a_prior_entry_holding_only_some_keys_is_retrained_from_fresh_weights(tm
 
     cache = StageCache(tmp_path)
     key = {"gan": {"z_dim": 4}, "public": "abc", "seed": 0}
-    cache.save_state("gmi-gan", key, {"generator.weight": torch.full((3, 4), 7.0), "generator.bias": torch.ones(3)})
+    # A partial entry (no critic) under the key load_or_train looks up (it adds the thread count).
+    cache.save_state("gmi-gan", {**key, "threads": torch.get_num_threads()},
+                     {"generator.weight": torch.full((3, 4), 7.0), "generator.bias": torch.ones(3)})
 
     torch.manual_seed(0)
     generator, critic = torch.nn.Linear(4, 3), torch.nn.Linear(3, 1)

@@ -18,13 +18,7 @@ from workbench.api import (
     AttackContext,
     StageCache,
     WorkbenchError,
-    agree_on_hit,
-    broadcast_module,
     in_data_parallel,
-    model_state,
-    state_to_tensors,
-    tensors_with_prefix,
-    training_together,
     world_size,
 )
 
@@ -179,16 +173,6 @@ def gan_config(params: Any, *extra: str) -> dict[str, Any]:
     return {k: getattr(params, k) for k in (*GAN_FIELDS, *extra)}
 
 
-def finite_state(networks: dict[str, nn.Module]) -> bool:
-    """Whether every floating-point parameter and buffer of the networks is finite."""
-    return all(
-        bool(torch.isfinite(t).all())
-        for module in networks.values()
-        for t in [*module.parameters(), *module.buffers()]
-        if t.is_floating_point()
-    )
-
-
 def freeze(*modules: nn.Module) -> None:
     """Eval mode and no parameter gradients: a trained prior is only searched through."""
     for module in modules:
@@ -205,53 +189,29 @@ def load_or_train(
     train: Callable[[], dict[str, float]],
 ) -> bool:
     """Fill `networks` from the stage cache, or run `train()` and store them; frozen either
-    way; True on a cache hit.
+    way; True on a cache hit. `StageCache.load_or_compute` does the work (bad or non-finite
+    entries never loaded, a NaN prior never cached, rank 0's decision under torchrun); this adds
+    the attack's log lines and the thread count to the key.
 
     `train()` trains `networks` in place and returns figures kept in the entry's metadata.
     """
     cache = stage_cache(ctx)
     # The thread count changes CPU float reductions, so a prior trained at another one is another
-    # prior (the runner trains each stage at a fixed count, whoever runs it: `Runner.shared_stage`).
+    # prior (the runner trains each stage at a fixed count, whoever runs it: `Runner.cpu_threads`).
     key = {**key, "threads": torch.get_num_threads()}
-    found = cache.load_state(stage, key)
-    if found is not None:
-        tensors, _meta = found
-        # A failed or non-finite load must not leave half-loaded weights to train from.
-        initial = {
-            prefix: {k: v.clone() for k, v in m.state_dict().items()} for prefix, m in networks.items()
-        }
-        try:
-            for prefix, module in networks.items():
-                module.load_state_dict(tensors_with_prefix(tensors, prefix))
-        except RuntimeError:
-            found = None  # same key but different shapes: an older layout; rebuild it
-        else:
-            if not finite_state(networks):
-                found = None  # a NaN prior is never used (and is never written by this code)
-        if found is None:
-            for prefix, module in networks.items():
-                module.load_state_dict(initial[prefix])
-    # Under torchrun, with every rank in lockstep: rank 0's decision, and on a hit its weights.
-    if agree_on_hit(stage, found is not None):
-        for module in networks.values():
-            broadcast_module(module)
-        ctx.emit("log", level="info", message=f"{name}: loaded {stage} from the stage cache")
-        freeze(*networks.values())
-        return True
-    with training_together(*networks.values()):
-        data_parallel = in_data_parallel()
-        figures = train()
+    together = False
+
+    def compute() -> dict[str, Any]:
+        nonlocal together
+        together = in_data_parallel()
+        return {"figures": train()}
+
+    _meta, hit = cache.load_or_compute(stage, key, networks, compute, what=f"attack {name!r}, stage {stage}")
     freeze(*networks.values())
-    if not finite_state(networks):
-        raise WorkbenchError(
-            f"attack {name!r}, stage {stage}: the trained prior holds NaN or inf weights; it is not "
-            "cached; lower gan_lr or change the seed"
-        )
-    tensors = {}
-    for prefix, module in networks.items():
-        tensors.update(state_to_tensors(prefix, model_state(module)))
-    path = cache.save_state(stage, key, tensors, {"figures": figures})
-    if path is not None:
-        ranks = f" by {world_size()} ranks together" if world_size() > 1 and data_parallel else ""
+    path = cache.path(stage, key)
+    if hit:
+        ctx.emit("log", level="info", message=f"{name}: loaded {stage} from the stage cache")
+    elif path is not None:
+        ranks = f" by {world_size()} ranks together" if together else ""
         ctx.emit("log", level="info", message=f"{name}: trained {stage}{ranks}, cached at {path}")
-    return False
+    return hit
