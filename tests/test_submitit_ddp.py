@@ -16,33 +16,14 @@ import pytest
 from workbench import load_registry
 from workbench.components import Job, Outcome
 from workbench.errors import WorkbenchError
+from workbench.testing import TINY_RECIPE
 
 submitit = pytest.importorskip("submitit")
 
 from workbench_executors import submitit_executor  # noqa: E402  (after the importorskip)
 from workbench_executors.submitit_executor import SubmititExecutor, SubmititParams  # noqa: E402
 
-RECIPE = """\
-title = "tiny submitit ddp"
-seed = 0
-device = "cpu"
-
-[data]
-use = "digits"
-image_size = 16
-
-[target.backbone]
-use = "mcnn"
-width = 8
-
-[target.train]
-epochs = 1
-batch_size = 64
-
-[[variants]]
-name = "none"
-defense = { use = "none" }
-"""
+RECIPE = TINY_RECIPE.replace("width = 16", "width = 8").replace("epochs = 5", "epochs = 1")
 
 
 def run_job(cache: Path, recipe: Path, run_dir: Path) -> Job:

@@ -13,6 +13,21 @@ from workbench.jobs import threads_for, threads_per_job
 from workbench_attacks.common import load_or_train
 
 
+def _runner(tmp_path, extra: str = ""):
+    """A runner of the tiny recipe (one variant, `none`) plus `extra` TOML, its data not loaded."""
+    from workbench.recipe import load_recipe, resolve
+    from workbench.registry import load_registry
+    from workbench.runner import Runner
+    from workbench.testing import TINY_RECIPE
+
+    source = tmp_path / "r.toml"
+    source.write_text(TINY_RECIPE + extra)
+    registry = load_registry()
+    recipe = load_recipe(source, registry=registry)
+    return Runner(recipe, registry, tmp_path / "run", "", resolve(recipe, registry), None,
+                  StageCache(tmp_path / "cache"), False, source)
+
+
 def _ctx(cache: StageCache) -> AttackContext:
     return AttackContext(target=None, data=None, evaluation_model=None, device=torch.device("cpu"), seed=0,
                          cache=cache)
@@ -41,25 +56,9 @@ def test_every_stage_of_a_run_uses_the_runs_thread_count(monkeypatch, tmp_path):
     """E and a prior trained as shared stages, and the variants, all at `cpu_threads()`, whatever
     count the process had when the stage started (a sweep's shared-stage job has its own)."""
     import workbench.runner as runner_module
-    from workbench.registry import load_registry
-    from workbench.runner import Runner
     from workbench_attacks.gmi import GMI
 
-    recipe_text = tmp_path / "r.toml"
-    recipe_text.write_text("""
-title = "threads"
-seed = 0
-device = "cpu"
-[data]
-use = "digits"
-image_size = 16
-[target.backbone]
-use = "mcnn"
-[target.train]
-epochs = 1
-[[variants]]
-name = "a"
-defense = { use = "none" }
+    runner = _runner(tmp_path, """
 [[variants]]
 name = "b"
 defense = { use = "none" }
@@ -75,12 +74,6 @@ use = "scnn"
     monkeypatch.setattr(runner_module, "evaluation_model",
                         lambda *a, **k: seen.setdefault("evaluation-model", torch.get_num_threads()) and (None, {}))
     monkeypatch.setattr(GMI, "prepare", lambda self, ctx: seen.setdefault("prior:gmi", torch.get_num_threads()))
-    from workbench.recipe import load_recipe, resolve
-
-    registry = load_registry()
-    recipe = load_recipe(recipe_text, registry=registry)
-    runner = Runner(recipe, registry, tmp_path / "run", "", resolve(recipe, registry), None,
-                    StageCache(tmp_path / "cache"), False, recipe_text)
     runner.data = None
     assert runner.cpu_threads() == threads_per_job(3)
     with threads_for(threads_per_job(3) + 1):  # a job started with another count
@@ -91,18 +84,7 @@ use = "scnn"
 
 
 def test_ranks_on_one_machine_share_its_cores(monkeypatch, tmp_path):
-    from workbench.registry import load_registry
-    from workbench.runner import Runner
-
-    recipe_text = tmp_path / "r.toml"
-    recipe_text.write_text('title = "t"\ndevice = "cpu"\n[data]\nuse = "digits"\n[target.backbone]\nuse = "mcnn"\n'
-                           '[[variants]]\nname = "a"\ndefense = { use = "none" }\n')
-    from workbench.recipe import load_recipe, resolve
-
-    registry = load_registry()
-    recipe = load_recipe(recipe_text, registry=registry)
-    runner = Runner(recipe, registry, tmp_path / "run", "", resolve(recipe, registry), None, StageCache(None), False,
-                    recipe_text)
+    runner = _runner(tmp_path)
     assert runner.cpu_threads() == threads_per_job(1)  # one variant: every core
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun --nproc-per-node 2
     assert runner.cpu_threads() == threads_per_job(2)

@@ -166,7 +166,7 @@ def prepare_together(attack: Any, name: str, ctx: AttackContext) -> None:
         attack.prepare(ctx)
 
 
-def priors_together(attack: Any, name: str, variant: str,
+def attack_together(attack: Any, name: str, variant: str,
                     compute: Callable[[AttackContext], AttackResult] | None
                     ) -> Callable[[AttackContext], AttackResult] | None:
     """Rank 0: the `compute` for `run_attack` under torchrun. Every rank trains (or loads) the

@@ -38,7 +38,7 @@ from workbench.device import describe_machine, resolve_device
 from workbench.errors import RunError, WorkbenchError
 from workbench.evaluation import OODEvaluator, attack_figures, check_disjoint, evaluation_model, run_attack
 from workbench.events import EventWriter, json_safe, relay_events
-from workbench.follower import prepare_together, priors_together
+from workbench.follower import attack_together, prepare_together
 from workbench.jobs import resolve_workers, threads_for, threads_per_job
 from workbench.recipe import Recipe, VariantConfig, load_recipe, recipe_hash, resolve, to_toml
 from workbench.registry import Registry, load_registry
@@ -467,7 +467,7 @@ class Runner:
                 attack = self.registry.create_from("attack", table)
                 cache = self.cache.for_components(("attack", table.use))
                 shards = sharded(self, variant.name, name, attack)  # None unless `shards` > 1
-                shards = priors_together(attack, name, variant.name, shards)  # torchrun: every rank trains them
+                shards = attack_together(attack, name, variant.name, shards)  # torchrun: every rank takes part
                 result = self._stage(f"attack:{name}", lambda a=attack, n=name, c=cache, s=shards: run_attack(
                     n, a, model, self.data, self.evaluation_model, self.device, self.recipe.seed, c,
                     folder, emit, compute=s), variant=variant.name)
