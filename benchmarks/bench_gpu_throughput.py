@@ -36,8 +36,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from workbench import load_registry
-from workbench.recipe import OODTrainingConfig, TrainConfig
-from workbench.trainer import OODFeed, train_classifier
+from workbench.recipe.schema import OODTrainingConfig, TrainConfig
+from workbench.running.trainer import OODFeed, train_classifier
 
 CLASSES = 1000
 IMAGE_SIZE = 64
@@ -50,7 +50,7 @@ def synthetic(images: int, seed: int) -> TensorDataset:
 
 
 def measure(name: str, defense_table: dict, ood: bool, args, registry, data_parallel: bool = False) -> dict[str, float]:
-    from workbench import distributed
+    from workbench.running import distributed
 
     device = torch.device(args.device)
     if device.type == "cuda" and data_parallel:
@@ -95,7 +95,7 @@ DDP_VARIANTS = {
 
 def ddp_worker(args) -> None:
     """One torchrun rank: both variants data-parallel; rank 0 prints one line per variant."""
-    from workbench import distributed
+    from workbench.running import distributed
 
     distributed.setup()
     registry = load_registry()

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from workbench.runner import RunOptions, run_recipe
+from workbench.running.runner import RunOptions, run_recipe
 
 
 def main() -> None:

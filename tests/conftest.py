@@ -14,7 +14,7 @@ _CLI_ENV = ("WORKBENCH_PLUGINS_DIR", "WORKBENCH_SINKS", "RANK", "WORLD_SIZE", "L
 
 @pytest.fixture(autouse=True)
 def _restore_torch_threads():
-    """In-process jobs set torch's thread count for their work (workbench.jobs.execute); a test
+    """In-process jobs set torch's thread count for their work (workbench.running.jobs.execute); a test
     that runs one must not leave later tests computing with another count (float reductions, and
     so the last bits of every figure, depend on it)."""
     threads = torch.get_num_threads()

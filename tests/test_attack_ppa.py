@@ -231,7 +231,7 @@ def test_bad_generator_files_give_one_clear_line(tmp_path):
     save_file(model_state(small_generator(z_dim=8)), str(path))
     with pytest.raises(WorkbenchError) as excinfo:
         load_generator_file(path, "dcgan", 16, 4, 1, 8)  # the file's z_dim is 8
-    assert_one_line(excinfo, "g.safetensors", "project.0.weight", "z_dim = 16", "[128, 8]", "[128, 16]")
+    assert_one_line(excinfo, "g.safetensors", "project.0.weight", "z_dim = 16", "[64, 8]", "[64, 16]")
 
     critic = tmp_path / "critic.safetensors"
     save_file(model_state(Critic(1, 8, 4)), str(critic))
@@ -388,7 +388,7 @@ def test_the_gmi_prior_is_shared_with_the_gmi_attack(tmp_path):
 
 
 def test_the_report_shows_both_sets_with_their_direction():
-    from workbench.report import markdown_table
+    from workbench.reporting.report import markdown_table
 
     results = {
         "variants": [

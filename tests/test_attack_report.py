@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from workbench.recipe import Recipe
-from workbench.report import fid_conventions
+from workbench.recipe.schema import Recipe
+from workbench.reporting.report import fid_conventions
 
 
 def test_report_header_names_the_fid_convention(tmp_path):

@@ -10,10 +10,10 @@ import os
 import pytest
 import torch
 
-from workbench import attack_shards
 from workbench.api import AttackContext, AttackShard, WorkbenchError
-from workbench.events import read_events
-from workbench.runner import RunInterrupted
+from workbench.running import attack_shards
+from workbench.running.runner import RunInterrupted
+from workbench.storage.events import read_events
 from workbench.testing import TINY_RECIPE
 from workbench_attacks.common import Group, make_groups
 from workbench_attacks.core import merge_shards, result, search
@@ -266,7 +266,7 @@ def test_a_finished_shard_is_not_run_again_after_an_interruption(run_tiny_recipe
 
 def test_a_shard_file_from_another_target_is_not_merged(tmp_path):
     path = tmp_path / "none" / "reconstructions" / "gmi.shard-1-of-2.safetensors"
-    from workbench.checkpoint import save_checkpoint
+    from workbench.storage.checkpoint import save_checkpoint
 
     tensors = {"images": torch.zeros(2, 1, 4, 4), "targets": torch.zeros(2, dtype=torch.long),
                "restarts": torch.zeros(2, dtype=torch.long), "confidences": torch.zeros(2)}

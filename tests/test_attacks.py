@@ -16,9 +16,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import workbench
-from workbench.cache import StageCache
-from workbench.components import AttackContext, AttackResult, DataSplits
+from workbench.components.protocols import AttackContext, AttackResult, DataSplits
 from workbench.errors import WorkbenchError
+from workbench.storage.cache import StageCache
 
 SIZE = 8
 NUM_CLASSES = 4
@@ -207,8 +207,9 @@ def test_kedmi_recovers_classes_and_caches_per_target(toy, registry, tmp_path):
     )
     events: list[dict] = []
     first = attack.run(context(toy, StageCache(tmp_path), events=events))
-    # fits x draws per class; a result's restart index is the draw index
-    check_layout(first, list(range(NUM_CLASSES)), restarts=4, samples=2)
+    # fits x draws per class; a result's restart index numbers the (fit, draw) pairs
+    check_layout(first, list(range(NUM_CLASSES)), restarts=8, samples=1)
+    assert first.figures["draws_per_fit"] == 4.0
     assert evaluator_top1(toy, first) >= 2 * CHANCE  # 0.72 / 0.75 measured; tiny GAN, so some margin
     assert [e for e in events if e.get("stage") == "attack:kedmi:gan"]
     assert {e["target_class"] for e in events if e.get("stage") == "attack:kedmi"} == set(range(NUM_CLASSES))

@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from workbench.cache import StageCache, code_fingerprint, source_fingerprint, stage_key
 from workbench.cli import main
+from workbench.storage.cache import StageCache, code_fingerprint, source_fingerprint, stage_key
 
 KEY = {"backbone": {"use": "scnn", "width": 16}, "seed": 0, "data": {"use": "digits"}}
 
@@ -61,7 +61,7 @@ def test_source_fingerprint_follows_code_edits_but_not_presentation(tmp_path):
 
 
 def test_stage_key_includes_the_code_fingerprint(monkeypatch):
-    import workbench.cache as cache_module
+    import workbench.storage.cache as cache_module
 
     assert len(code_fingerprint()) == 16
     now = stage_key("gmi-gan", KEY)
@@ -106,7 +106,7 @@ def test_a_bit_flipped_entry_is_named_in_one_line_removed_and_recomputed(tmp_pat
         path = cache.save_state(stage, KEY, {"w": torch.linspace(0, 1, 256)}, {"figures": {"top1": 0.5}})
         _flip_last_byte(path)
         caplog.clear()
-        with caplog.at_level("WARNING", logger="workbench.cache"):
+        with caplog.at_level("WARNING", logger="workbench.storage.cache"):
             assert cache.load_state(stage, KEY) is None
         (message,) = [r.getMessage() for r in caplog.records]
         assert str(path) in message and "checksum mismatch" in message and "recomputing" in message
@@ -169,8 +169,8 @@ def register_attacks(register):
 def _third_party_registry(tmp_path, scale: float, version: str):
     import importlib.util
 
-    from workbench.plugins import PluginInfo, get_plugin_manager
-    from workbench.registry import Registry
+    from workbench.components.manager import PluginInfo, get_plugin_manager
+    from workbench.components.registry import Registry
 
     source = tmp_path / "tp_defense_plugin.py"
     source.write_text(PLUGIN_SOURCE.format(scale=scale))
@@ -214,7 +214,7 @@ def test_a_third_party_plugin_edited_or_upgraded_gets_new_entries(tmp_path):
 
 
 def test_clear_deletes_only_entries_the_tool_made(tmp_path):
-    from workbench.cache import CacheError
+    from workbench.storage.cache import CacheError
 
     root = tmp_path / "cache"
     cache = StageCache(root)
@@ -254,7 +254,7 @@ def test_clear_on_a_folder_that_is_not_a_cache_deletes_nothing(tmp_path, monkeyp
 
 
 def test_a_cache_dir_that_is_a_file_is_one_clear_line(tmp_path, monkeypatch, capsys):
-    from workbench.cache import CacheError
+    from workbench.storage.cache import CacheError
 
     blocker = tmp_path / "cache"
     blocker.write_text("")

@@ -16,9 +16,9 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import TensorDataset
 
 from workbench import load_registry
-from workbench.checkpoint import CheckpointError, checkpoint_meta, load_checkpoint, save_checkpoint
-from workbench.recipe import TrainConfig
-from workbench.trainer import CHECKPOINT_NAME, train_classifier
+from workbench.recipe.schema import TrainConfig
+from workbench.running.trainer import CHECKPOINT_NAME, train_classifier
+from workbench.storage.checkpoint import CheckpointError, checkpoint_meta, load_checkpoint, save_checkpoint
 
 
 def test_one_file_holds_tensors_and_metadata(tmp_path):
@@ -62,7 +62,7 @@ def test_dying_during_a_write_leaves_the_previous_checkpoint_whole(tmp_path, mon
 WRITER = textwrap.dedent("""
     import sys, torch
     from pathlib import Path
-    from workbench.checkpoint import save_checkpoint
+    from workbench.storage.checkpoint import save_checkpoint
     path = Path(sys.argv[1])
     epoch = 0
     while True:

@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 from torch.utils.data import Dataset
 
 import workbench
-from workbench.components import DataSplits
+from workbench.components.protocols import DataSplits
 from workbench.errors import WorkbenchError
 
 

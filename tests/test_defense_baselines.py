@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from workbench import load_registry
 from workbench.api import DefenseContext, StageCache, TrainingSetup
-from workbench.recipe import TrainConfig
-from workbench.trainer import train_classifier
+from workbench.recipe.schema import TrainConfig
+from workbench.running.trainer import train_classifier
 
 CPU = torch.device("cpu")
 

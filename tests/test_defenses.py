@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from workbench import load_registry
-from workbench.batches import balanced_batches
-from workbench.recipe import OODTrainingConfig, TrainConfig
-from workbench.trainer import OODFeed, lr_at, train_classifier
+from workbench.recipe.schema import OODTrainingConfig, TrainConfig
+from workbench.running.batches import balanced_batches
+from workbench.running.trainer import OODFeed, lr_at, train_classifier
 
 
 @pytest.fixture(scope="module")

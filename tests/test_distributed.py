@@ -24,8 +24,8 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from workbench import load_registry
-from workbench.recipe import OODTrainingConfig, TrainConfig
-from workbench.trainer import OODFeed, train_classifier
+from workbench.recipe.schema import OODTrainingConfig, TrainConfig
+from workbench.running.trainer import OODFeed, train_classifier
 
 WORLD = 2
 CLASSES = 4
@@ -168,7 +168,7 @@ def test_per_rank_kernels_would_train_a_different_model():
 
 
 def test_helpers_are_the_identity_without_a_process_group():
-    from workbench import distributed
+    from workbench.running import distributed
 
     t = torch.arange(6.0).reshape(3, 2)
     assert distributed.world_size() == 1 and distributed.rank() == 0 and distributed.is_main_process()
@@ -178,8 +178,8 @@ def test_helpers_are_the_identity_without_a_process_group():
 
 
 def test_shuffled_index_batches_are_the_batches_iterate_batches_draws():
-    from workbench import seeds
-    from workbench.batches import iterate_batches, shuffled_index_batches
+    from workbench.running import seeds
+    from workbench.running.batches import iterate_batches, shuffled_index_batches
 
     x = torch.arange(23).float()[:, None]
     data = TensorDataset(x, torch.zeros(23, dtype=torch.long))
@@ -191,7 +191,7 @@ def test_shuffled_index_batches_are_the_batches_iterate_batches_draws():
 
 
 def test_sync_batchnorm_conversion_round_trips_the_state():
-    from workbench import distributed
+    from workbench.running import distributed
 
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Sequential(nn.BatchNorm1d(4)))
     model[1].running_mean += 1.5
@@ -313,7 +313,7 @@ def test_nproc_run_is_killed_resumes_and_only_rank_zero_writes(tmp_path):
 
 
 def test_world_size_is_read_back_for_runs_list_and_the_live_view(tmp_path):
-    from workbench.runs import summarize
+    from workbench.storage.runs import summarize
     from workbench.tui.follow import RunState
 
     run_dir = tmp_path / "run"
@@ -330,9 +330,9 @@ def test_world_size_is_read_back_for_runs_list_and_the_live_view(tmp_path):
 
 
 def test_a_global_batch_that_does_not_divide_over_the_ranks_is_one_line(monkeypatch):
-    from workbench import distributed
     from workbench.errors import RunError
-    from workbench.trainer import _check_data_parallel
+    from workbench.running import distributed
+    from workbench.running.trainer import _check_data_parallel
 
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     defense = load_registry().create("defense", "none")
@@ -366,9 +366,9 @@ def test_nproc_with_seeds_is_one_clear_line(monkeypatch, capsys, tmp_path):
 
 
 def test_dp_sgd_alone_or_inside_random_erasing_refuses_data_parallel_training(monkeypatch):
-    from workbench import distributed
     from workbench.errors import RunError
-    from workbench.trainer import _check_data_parallel
+    from workbench.running import distributed
+    from workbench.running.trainer import _check_data_parallel
 
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     registry = load_registry()

@@ -30,9 +30,9 @@ from torch import nn
 
 from digits_recipes import digits_attack_recipe
 from test_distributed import _events
-from workbench import distributed
 from workbench.api import AttackContext, StageCache
 from workbench.errors import RunError
+from workbench.running import distributed
 from workbench_attacks.common import load_or_train
 from workbench_attacks.gmi import GMIParams, train_wgan_gp
 from workbench_attacks.kedmi import KEDMIParams, train_kplus1_gan
@@ -139,8 +139,8 @@ def tl_dmi_pretraining(cache: StageCache) -> tuple[int, nn.Module]:
     """Build a TL-DMI target (1 pretraining epoch on digits' public split); the images its first
     convolution saw while pretraining."""
     from workbench import load_registry
-    from workbench.components import DefenseContext
-    from workbench.recipe import TrainConfig
+    from workbench.components.protocols import DefenseContext
+    from workbench.recipe.schema import TrainConfig
 
     registry = load_registry()
     torch.manual_seed(0)
@@ -160,7 +160,7 @@ def gmi_split_over_ranks(rank: int, cache_dir: Path) -> dict[str, torch.Tensor] 
     import torch.distributed as dist
 
     from workbench import load_registry
-    from workbench.follower import PRIORS_ONLY, attack_on_every_rank
+    from workbench.running.follower import PRIORS_ONLY, attack_on_every_rank
 
     registry = load_registry()
     data = registry.create("dataset", "digits").load(0)

@@ -6,8 +6,8 @@ import inspect
 import re
 from pathlib import Path
 
-from workbench import hookspecs
-from workbench.plugins import HOOK_NAMES
+from workbench.components.manager import HOOK_NAMES
+from workbench.components import hookspecs
 
 HOOKS_DOC = Path(__file__).parents[1] / "docs" / "hooks.md"
 PLUGINS_DOC = Path(__file__).parents[1] / "docs" / "plugins.md"
@@ -38,7 +38,7 @@ def test_every_hookspec_has_a_docstring():
 
 
 def test_authoring_guide_covers_every_hook_and_kind():
-    from workbench.registry import KIND_HOOKS
+    from workbench.components.registry import KIND_HOOKS
 
     guide = PLUGINS_DOC.read_text()
     for kind, hook in KIND_HOOKS.items():

@@ -17,13 +17,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from workbench import load_registry
-from workbench.cache import StageCache
 from workbench.cli import main
-from workbench.components import AttackResult
+from workbench.components.protocols import AttackResult
 from workbench.errors import RecipeError, WorkbenchError
-from workbench.evaluation import ResizedInput, evaluation_model, run_attack
-from workbench.events import read_events
-from workbench.recipe import load_recipe, resolve, to_toml
+from workbench.recipe.schema import load_recipe, resolve, to_toml
+from workbench.running.evaluation import ResizedInput, evaluation_model, run_attack
+from workbench.storage.cache import StageCache
+from workbench.storage.events import read_events
 from workbench.testing import TINY_RECIPE
 
 
@@ -237,7 +237,7 @@ class CountingAttack:
     """An attack that counts its runs: whether run_attack took its result from the stage cache."""
 
     def __init__(self):
-        from workbench.params import NoParams
+        from workbench.components.params import NoParams
 
         self.params = NoParams()
         self.runs = 0
@@ -248,7 +248,7 @@ class CountingAttack:
 
 
 def test_e_weights_are_part_of_the_attack_cache_key(registry, tmp_path):
-    from workbench.components import DataSplits
+    from workbench.components.protocols import DataSplits
 
     target = torch.nn.Linear(4, 2)
     data = DataSplits(train=[(torch.zeros(1, 4, 4), 0), (torch.zeros(1, 4, 4), 1)], test=[], public=None,

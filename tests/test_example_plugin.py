@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from workbench.hookspecs import hookimpl
-from workbench.plugins import get_plugin_manager
-from workbench.recipe import load_recipe
-from workbench.registry import Registry, load_registry
+from workbench.components.hookspecs import hookimpl
+from workbench.components.manager import get_plugin_manager
+from workbench.components.registry import Registry, load_registry
+from workbench.recipe.schema import load_recipe
 
 ROOT = Path(__file__).parents[1]
 EXAMPLE = ROOT / "examples" / "workbench-dcor"
@@ -74,8 +74,8 @@ def fake_installed_plugins(site: Path, names: list[str]) -> None:
     for name in names:
         (site / f"{name}_mod.py").write_text(
             textwrap.dedent(f"""
-            from workbench.hookspecs import hookimpl
-            from workbench.params import NoParams
+            from workbench.components.hookspecs import hookimpl
+            from workbench.components.params import NoParams
 
             @hookimpl
             def register_metrics(register):

@@ -14,7 +14,7 @@ PRESENTATION = ("cli", "tui")
 
 def test_cli_and_runner_do_not_import_textual():
     code = (
-        "import sys, workbench, workbench.cli, workbench.runner, workbench.registry;"
+        "import sys, workbench, workbench.cli, workbench.running.runner, workbench.components.registry;"
         "workbench.load_registry();"
         "print('textual' in sys.modules)"
     )
@@ -23,7 +23,7 @@ def test_cli_and_runner_do_not_import_textual():
 
 
 def test_reading_runs_does_not_import_torch():
-    code = "import sys, workbench.runs, workbench.tui.follow; print('torch' in sys.modules)"
+    code = "import sys, workbench.storage.runs, workbench.tui.follow; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
 
@@ -43,7 +43,7 @@ def test_the_no_textual_contract_lists_every_core_module():
 
 
 def test_every_builtin_plugin_is_held_to_the_public_api():
-    from workbench.plugins import DEFAULT_PLUGINS
+    from workbench.components.manager import DEFAULT_PLUGINS
 
     contract = next(c for c in _contracts() if c["name"].startswith("Plugins import only"))
     assert set(DEFAULT_PLUGINS) <= set(contract["source_modules"])

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from workbench.cli import main
-from workbench.runs import clean_results, list_runs, read_variant_results, summarize
+from workbench.storage.runs import clean_results, list_runs, read_variant_results, summarize
 from workbench.testing import TINY_RECIPE
 
 
@@ -106,7 +106,7 @@ def test_resume_redoes_a_variant_whose_results_are_truncated(run_tiny_recipe):
 
 
 def test_a_plugin_calling_sys_exit_at_import_is_named_and_the_rest_keep_working(tmp_path, monkeypatch, capsys):
-    from workbench.plugins import get_plugin_manager
+    from workbench.components.manager import get_plugin_manager
 
     folder = tmp_path / "plugins"
     folder.mkdir()
@@ -247,7 +247,7 @@ def test_cancel_never_signals_a_process_that_is_not_the_run(tmp_path):
     """run.json's pid now held by another process: refused by start time when run.json has one,
     by command line when it has none; the process is not signalled either way."""
     from workbench.errors import WorkbenchError
-    from workbench.runs import process_start
+    from workbench.storage.runs import process_start
     from workbench.tui.demo import write_run
     from workbench.tui.launch import cancel_run
 
@@ -394,7 +394,7 @@ def test_a_prior_entry_holding_only_some_keys_is_retrained_from_fresh_weights(tm
     import torch
 
     from workbench.api import AttackContext
-    from workbench.cache import StageCache
+    from workbench.storage.cache import StageCache
     from workbench_attacks.common import load_or_train
 
     cache = StageCache(tmp_path)
@@ -427,8 +427,8 @@ def test_a_damaged_reconstructions_file_is_named_and_recomputed(tmp_path):
 
     from workbench import load_registry
     from workbench.api import AttackResult
-    from workbench.cache import StageCache
-    from workbench.evaluation import run_attack
+    from workbench.running.evaluation import run_attack
+    from workbench.storage.cache import StageCache
 
     class CountingAttack:
         runs = 0
@@ -463,8 +463,8 @@ async def test_tui_runs_and_results_screens_survive_damaged_runs(damaged_runs, t
     from textual.widgets import DataTable
 
     from test_tui import make_app, registry, wait_for  # noqa: F401
-    from workbench.plugins import get_plugin_manager
-    from workbench.registry import Registry
+    from workbench.components.manager import get_plugin_manager
+    from workbench.components.registry import Registry
     from workbench.tui.runs import ResultsScreen
 
     app = make_app(damaged_runs, Registry(get_plugin_manager(entrypoints=False)), tmp_path)

@@ -10,11 +10,11 @@ import sys
 import textwrap
 import time
 
-from workbench.events import json_safe
+from workbench.storage.events import json_safe
 
 PARENT = textwrap.dedent("""
     import multiprocessing, os, sys, time
-    from workbench.jobs import die_with_parent
+    from workbench.running.jobs import die_with_parent
 
     def worker_pid(_):
         time.sleep(0.2)  # long enough that both workers take a share

@@ -13,7 +13,7 @@ from torch import nn
 
 import workbench
 from workbench.errors import WorkbenchError
-from workbench.ood_metrics import CONVENTION, auroc, fpr_at_tpr, mean_over_sets, ood_metrics
+from workbench.running.ood_metrics import CONVENTION, auroc, fpr_at_tpr, mean_over_sets, ood_metrics
 from workbench_ood.losses import (
     energy_margin_loss,
     entropy_loss,
@@ -358,8 +358,8 @@ def test_warmup_ood_batches_move_batchnorm_as_in_the_reference(registry):
     (no gradient): BatchNorm's running statistics differ from a warm-up on ID data alone."""
     from torch.utils.data import TensorDataset
 
-    from workbench.recipe import OODTrainingConfig, TrainConfig
-    from workbench.trainer import OODFeed, train_classifier
+    from workbench.recipe.schema import OODTrainingConfig, TrainConfig
+    from workbench.running.trainer import OODFeed, train_classifier
 
     x = torch.rand(64, 1, 16, 16) * 0.2  # dark ID images, bright OOD noise: BatchNorm's means differ
     train = TensorDataset(x, torch.arange(64) % 5)

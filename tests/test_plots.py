@@ -10,7 +10,15 @@ import torch
 from PIL import Image
 
 from workbench.errors import WorkbenchError
-from workbench.plots import PALETTE, histogram, image_grid, line_chart, nice_ticks, save_png, scatter
+from workbench.reporting.plots import (
+    PALETTE,
+    histogram,
+    image_grid,
+    line_chart,
+    nice_ticks,
+    save_png,
+    scatter,
+)
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
@@ -220,7 +228,7 @@ def test_save_png_failure_keeps_the_old_file_and_leaves_no_temp(tmp_path):
 
 
 def test_labels_of_nearby_points_do_not_overlap():
-    from workbench.plots import label_boxes
+    from workbench.reporting.plots import label_boxes
 
     # Three dots almost on top of each other (variants with nearly equal figures), one far away.
     anchors = [(100.0, 200.0, False), (100.0, 203.0, False), (101.0, 198.0, False), (400.0, 50.0, True)]

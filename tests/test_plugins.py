@@ -9,11 +9,11 @@ import textwrap
 import pytest
 from pydantic import Field
 
+from workbench.components.hookspecs import hookimpl
+from workbench.components.manager import DEFAULT_PLUGINS, HOOK_NAMES, get_plugin_manager
+from workbench.components.params import StrictModel
+from workbench.components.registry import KINDS, Registry, UnknownComponentError
 from workbench.errors import WorkbenchError
-from workbench.hookspecs import hookimpl
-from workbench.params import StrictModel
-from workbench.plugins import DEFAULT_PLUGINS, HOOK_NAMES, get_plugin_manager
-from workbench.registry import KINDS, Registry, UnknownComponentError
 
 
 class ScaleParams(StrictModel):
@@ -110,7 +110,7 @@ def test_plugin_that_raises_in_its_hook_does_not_break_the_rest(register_plugin,
 
 def test_plugins_dir_loads_local_files_and_reports_broken_ones(tmp_path):
     (tmp_path / "good.py").write_text(textwrap.dedent('''
-        from workbench.hookspecs import hookimpl
+        from workbench.components.hookspecs import hookimpl
 
         class Identity:
             """A local test defense."""
@@ -142,7 +142,7 @@ def test_broken_entry_point_is_reported_by_name(tmp_path):
     (tmp_path / "broken_plugin_module.py").write_text("raise ImportError('missing native library')\n")
     code = textwrap.dedent(f"""
         import sys; sys.path.insert(0, {str(tmp_path)!r})
-        from workbench.registry import load_registry
+        from workbench.components.registry import load_registry
         r = load_registry()
         print(r.problems)
         print("bido" in r.names("defense"))

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import workbench
-from workbench.components import AttackResult, DataSplits, EvalContext
+from workbench.components.protocols import AttackResult, DataSplits, EvalContext
 from workbench.errors import WorkbenchError
 from workbench_attacks.privacy import (
     accuracy_over_restarts,

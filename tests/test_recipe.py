@@ -9,7 +9,7 @@ import tomllib
 
 from workbench import load_registry
 from workbench.errors import RecipeError
-from workbench.recipe import (
+from workbench.recipe.schema import (
     apply_overrides,
     json_schema,
     load_recipe,
@@ -18,7 +18,7 @@ from workbench.recipe import (
     to_toml,
     update_toml_text,
 )
-from workbench.recipe_template import STARTER_RECIPE
+from workbench.recipe.template import STARTER_RECIPE
 
 BASE = """\
 seed = 1

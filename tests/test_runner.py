@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from workbench.checkpoint import load_checkpoint, tensors_with_prefix
 from workbench.errors import RunError
-from workbench.events import read_events
-from workbench.runner import RunInterrupted, Runner, RunOptions, run_recipe
+from workbench.running.runner import RunInterrupted, Runner, RunOptions, run_recipe
+from workbench.storage.checkpoint import load_checkpoint, tensors_with_prefix
+from workbench.storage.events import read_events
 from workbench.testing import TINY_RECIPE
 
 SIX_EPOCHS = TINY_RECIPE.replace("epochs = 5", "epochs = 6")
@@ -111,8 +111,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(tmp_p
     plugins.mkdir()
     (plugins / "nan_defense.py").write_text(textwrap.dedent('''
         import torch
-        from workbench.components import Defense, LossOutput
-        from workbench.hookspecs import hookimpl
+        from workbench.components.protocols import Defense, LossOutput
+        from workbench.components.hookspecs import hookimpl
         from workbench.api import cross_entropy
 
         class NaNAfterOneEpoch(Defense):

@@ -1,4 +1,4 @@
-"""Run directories without training: the lifecycle rules of `workbench.runs` on hand-made folders."""
+"""Run directories without training: the lifecycle rules of `workbench.storage.runs` on hand-made folders."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from workbench.errors import RunError
-from workbench.runs import (
+from workbench.storage.runs import (
     live_pid,
     prepare_run_dir,
     process_start,

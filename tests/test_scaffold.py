@@ -15,8 +15,8 @@ import pytest
 import tomllib
 
 from workbench.cli import main
+from workbench.components.registry import KIND_HOOKS, KINDS
 from workbench.errors import WorkbenchError
-from workbench.registry import KIND_HOOKS, KINDS
 from workbench.scaffold import KINDS as TEMPLATE_KINDS
 from workbench.scaffold import write_plugin_package
 

@@ -14,11 +14,11 @@ from urllib.parse import urlparse
 import pytest
 
 from workbench.api import NoParams, hookimpl
-from workbench.events import read_events
-from workbench.recipe import load_recipe, recipe_hash, resolve
-from workbench.registry import load_registry
-from workbench.runner import RunOptions, run_recipe
-from workbench.sinks import EventSinks, export_run, replay, sink_tables
+from workbench.components.registry import load_registry
+from workbench.recipe.schema import load_recipe, recipe_hash, resolve
+from workbench.running.runner import RunOptions, run_recipe
+from workbench.storage.events import read_events
+from workbench.storage.sinks import EventSinks, export_run, replay, sink_tables
 from workbench.testing import TINY_RECIPE
 
 pytest.importorskip("tbparse")
@@ -544,7 +544,7 @@ def test_a_sink_that_hangs_never_holds_the_run(run_tiny_recipe, register_plugin,
 
 
 def test_event_sinks_keep_order_and_report_on_the_writer(tmp_path):
-    from workbench.events import EventWriter
+    from workbench.storage.events import EventWriter
 
     Recorder.seen_by_all.clear()
     writer = EventWriter(tmp_path)
@@ -637,7 +637,7 @@ def test_cli_user_errors_are_one_line(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_sweep_sink_reaches_every_run_with_its_grid_point(tmp_path, monkeypatch, capsys):
-    from workbench.sinks import SINKS_ENV
+    from workbench.storage.sinks import SINKS_ENV
 
     monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv(SINKS_ENV, "")  # restored after the test: the CLI sets it for the sweep's runs
@@ -675,7 +675,7 @@ def test_core_and_builtin_sinks_import_without_tensorboard_or_mlflow():
     import subprocess
 
     code = (
-        "import sys, workbench.runner, workbench.sinks, workbench.cli.main\n"
+        "import sys, workbench.running.runner, workbench.storage.sinks, workbench.cli.main\n"
         "from workbench import load_registry\n"
         "registry = load_registry()\n"
         "registry.create('event_sink', 'tensorboard'); registry.create('event_sink', 'mlflow')\n"
@@ -688,7 +688,7 @@ def test_core_and_builtin_sinks_import_without_tensorboard_or_mlflow():
 
 def test_replay_reports_a_failing_sink_as_an_error(tmp_path):
     from workbench.errors import WorkbenchError
-    from workbench.events import EventWriter
+    from workbench.storage.events import EventWriter
 
     (tmp_path / "recipe.toml").write_text(TWO_EPOCHS)
     with EventWriter(tmp_path) as writer:

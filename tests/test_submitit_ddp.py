@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from workbench import load_registry
-from workbench.components import Job, Outcome
+from workbench.components.protocols import Job, Outcome
 from workbench.errors import WorkbenchError
 from workbench.testing import TINY_RECIPE
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from workbench.errors import RecipeError
-from workbench.events import read_events
+from workbench.storage.events import read_events
 from workbench.sweeps import SweepOptions, load_sweep, parse_seeds, run_sweep
 from workbench.sweeps.aggregate import aggregate, pareto_front, pareto_plot, render_report, verdict
 from workbench.sweeps.spec import expand_points, point_labels
@@ -238,7 +238,7 @@ def test_tiny_sweep_end_to_end_then_resume_skips_everything(tmp_path, isolated_c
 def test_a_failed_run_does_not_stop_the_others_and_is_retried(tmp_path, isolated_cache, monkeypatch):
     """Seed 0's run fails at its end (inline executor: in this process); seed 1 still finishes; the
     rerun resumes seed 0 from its checkpoints and completes it."""
-    from workbench import runner
+    from workbench.running import runner
 
     path = write(tmp_path, 'recipe = "recipe.toml"\nseeds = [0, 1]\n[executor]\nuse = "inline"\n')
     sweep_dir = tmp_path / "sweep"

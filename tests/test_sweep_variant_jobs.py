@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from workbench.events import read_events
-from workbench.registry import load_registry
-from workbench.runner import RunOptions, run_recipe
+from workbench.components.registry import load_registry
+from workbench.running.runner import RunOptions, run_recipe
+from workbench.storage.events import read_events
 from workbench.sweeps import SweepOptions, load_sweep, run_sweep
 from workbench.sweeps.run import SweepRunner
 from workbench.testing import TINY_RECIPE

@@ -9,15 +9,15 @@ import torch
 from torch import nn
 
 from workbench.api import AttackContext, StageCache
-from workbench.jobs import threads_for, threads_per_job
+from workbench.running.jobs import threads_for, threads_per_job
 from workbench_attacks.common import load_or_train
 
 
 def _runner(tmp_path, extra: str = ""):
     """A runner of the tiny recipe (one variant, `none`) plus `extra` TOML, its data not loaded."""
-    from workbench.recipe import load_recipe, resolve
-    from workbench.registry import load_registry
-    from workbench.runner import Runner
+    from workbench.components.registry import load_registry
+    from workbench.recipe.schema import load_recipe, resolve
+    from workbench.running.runner import Runner
     from workbench.testing import TINY_RECIPE
 
     source = tmp_path / "r.toml"
@@ -55,7 +55,7 @@ def test_a_prior_trained_at_another_thread_count_is_not_taken_from_the_cache(tmp
 def test_every_stage_of_a_run_uses_the_runs_thread_count(monkeypatch, tmp_path):
     """E and a prior trained as shared stages, and the variants, all at `cpu_threads()`, whatever
     count the process had when the stage started (a sweep's shared-stage job has its own)."""
-    import workbench.runner as runner_module
+    import workbench.running.runner as runner_module
     from workbench_attacks.gmi import GMI
 
     runner = _runner(tmp_path, """

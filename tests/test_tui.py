@@ -15,12 +15,12 @@ import tomllib
 from pydantic import Field
 from rich.console import Console
 
+from workbench.components.hookspecs import hookimpl
+from workbench.components.manager import get_plugin_manager
+from workbench.components.params import StrictModel
+from workbench.components.registry import Registry
 from workbench.errors import WorkbenchError
-from workbench.hookspecs import hookimpl
-from workbench.params import StrictModel
-from workbench.plugins import get_plugin_manager
-from workbench.recipe import validate_raw
-from workbench.registry import Registry
+from workbench.recipe.schema import validate_raw
 from workbench.tui import model as form
 from workbench.tui.charts import BrailleCanvas, half_block_image, line_chart, scatter_chart
 from workbench.tui.demo import T0, event_line, write_run

@@ -19,7 +19,7 @@ from test_tui import (  # noqa: F401  (fixtures)
     toy_registry,
     wait_for,
 )
-from workbench.recipe import validate_raw
+from workbench.recipe.schema import validate_raw
 from workbench.tui.compose import EditorScreen
 from workbench.tui.demo import append_events, write_run
 from workbench.tui.runs import ResultsScreen, RunScreen
@@ -122,7 +122,7 @@ async def test_results_across_runs(runs_dir, tmp_path, registry):
         table = app.screen.query_one(DataTable)
         assert table.row_count == 4
         header = [str(c.label) for c in table.columns.values()]
-        # The same columns as report.md and the terminal table (workbench.columns).
+        # The same columns as report.md and the terminal table (workbench.reporting.columns).
         assert header[:3] == ["run", "variant", "test acc ↑"]
         assert "gmi top-1 ↓" in header and "OOD AUROC ↑" in header
         first = table.get_row_at(0)

@@ -9,6 +9,6 @@ __all__ = ["__version__", "load_registry"]
 
 def load_registry(*, plugins_dir: str | None = None):
     """The component registry: built-in plugins plus installed `workbench` entry points."""
-    from workbench.registry import load_registry as _load
+    from workbench.components.registry import load_registry as _load
 
     return _load(plugins_dir=plugins_dir)

@@ -4,7 +4,7 @@ Built-in plugins import only this module, exactly as a third-party package would
 import-linter contract (pyproject.toml, run in CI) keeps it so. What is not named here is
 internal and may change without notice.
 
-- Hooks: `hookimpl` marks an implementation of a hook in `workbench.hookspecs`.
+- Hooks: `hookimpl` marks an implementation of a hook in `workbench.components.hookspecs`.
 - Params: `StrictModel` (every component's params model), `NoParams`, `ComponentTable` and
   `NestedComponent` for components that hold other components.
 - Contracts: one Protocol or base class per component kind (`Backbone`, `DependencyMeasure`,
@@ -24,11 +24,9 @@ internal and may change without notice.
 
 from __future__ import annotations
 
-from workbench import seeds
-from workbench.batches import iterate_batches
-from workbench.cache import StageCache
-from workbench.checkpoint import model_state, state_to_tensors, tensors_with_prefix, weights_fingerprint
-from workbench.components import (
+from workbench.components.hookspecs import hookimpl
+from workbench.components.params import ComponentTable, NestedComponent, NoParams, StrictModel
+from workbench.components.protocols import (
     Attack,
     AttackContext,
     AttackResult,
@@ -52,8 +50,11 @@ from workbench.components import (
     Outcome,
     TrainingSetup,
 )
-from workbench.device import autocast
-from workbench.distributed import (
+from workbench.errors import WorkbenchError, did_you_mean
+from workbench.running import seeds
+from workbench.running.batches import iterate_batches
+from workbench.running.device import autocast
+from workbench.running.distributed import (
     agree_on_hit,
     average_gradients,
     broadcast_module,
@@ -65,12 +66,16 @@ from workbench.distributed import (
     training_together,
     world_size,
 )
-from workbench.errors import WorkbenchError, did_you_mean
-from workbench.hookspecs import hookimpl
-from workbench.jobs import die_with_parent, execute_outcome
-from workbench.losses import accuracy, cross_entropy, upcast
-from workbench.params import ComponentTable, NestedComponent, NoParams, StrictModel
-from workbench.trainer import train_classifier
+from workbench.running.jobs import die_with_parent, execute_outcome
+from workbench.running.losses import accuracy, cross_entropy, upcast
+from workbench.running.trainer import train_classifier
+from workbench.storage.cache import StageCache
+from workbench.storage.checkpoint import (
+    model_state,
+    state_to_tensors,
+    tensors_with_prefix,
+    weights_fingerprint,
+)
 
 __all__ = [
     "Attack",

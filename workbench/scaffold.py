@@ -15,11 +15,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from workbench.components.manager import DEFAULT_PLUGINS
 from workbench.errors import WorkbenchError, did_you_mean
-from workbench.plugins import DEFAULT_PLUGINS
 
 # One (component module, test module) per kind, in the registry's kind order
-# (workbench.registry.KINDS; tests/test_scaffold.py checks they match).
+# (workbench.components.registry.KINDS; tests/test_scaffold.py checks they match).
 _TEMPLATES: dict[str, tuple[str, str]] = {}
 
 # ---------------------------------------------------------------- backbone

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from workbench.plugins import PluginManager, get_plugin_manager
-from workbench.registry import Registry
+from workbench.components.manager import PluginManager, get_plugin_manager
+from workbench.components.registry import Registry
 
 # A recipe small enough to train in a second or two on a CPU: a tiny tuning of the defaults.
 TINY_RECIPE = """\
@@ -83,8 +83,8 @@ def isolated_cache(tmp_path, monkeypatch) -> Path:
 @pytest.fixture
 def run_tiny_recipe(tmp_path, isolated_cache, plugin_manager, monkeypatch):
     """Run a recipe given as TOML text (default: TINY_RECIPE); returns (run_dir, results)."""
-    from workbench import runner
-    from workbench.runner import RunOptions, run_recipe
+    from workbench.running import runner
+    from workbench.running.runner import RunOptions, run_recipe
 
     counter = iter(range(1000))
 

@@ -100,8 +100,8 @@ def run(
 ) -> None:
     """Run a whole experiment from a recipe: train every variant, evaluate, report."""
     from workbench.cli.progress import ConsoleReporter
-    from workbench.distributed import launched_world_size
-    from workbench.runner import Runner, RunOptions
+    from workbench.running.distributed import launched_world_size
+    from workbench.running.runner import Runner, RunOptions
 
     if (nproc or 1) > 1 or launched_world_size() > 1:
         if seeds is not None:
@@ -112,7 +112,7 @@ def run(
             return
 
     if cache_dir is not None:
-        from workbench.cache import StageCache
+        from workbench.storage.cache import StageCache
 
         StageCache(cache_dir)  # a --cache-dir that is a file: one line before any run directory is made
     if seeds is not None:
@@ -120,7 +120,7 @@ def run(
         _run_seeds(recipe, seeds, run_dir, set_ or [], resume, force, cache_dir, quiet)
         return
     if launched_world_size() > 1:  # started by torchrun: join the process group; rank 0 leads
-        from workbench import distributed
+        from workbench.running import distributed
 
         distributed.setup()
         if not distributed.is_main_process():
@@ -136,7 +136,7 @@ def run(
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         if launched_world_size() > 1:  # rank 0 under torchrun: the run, which brings the others in
-            from workbench.leader import lead_run
+            from workbench.running.leader import lead_run
 
             runner, results = lead_run(options, [reporter], reg, live=reporter)
         else:
@@ -153,7 +153,7 @@ def run(
 
 def _follow_rank_zero() -> None:
     """A rank other than 0 under torchrun: train each target's slices with rank 0; write nothing."""
-    from workbench.leader import follow_run
+    from workbench.running.leader import follow_run
 
     previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
@@ -178,7 +178,7 @@ def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: 
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
 
-    from workbench.runs import default_run_dir
+    from workbench.storage.runs import default_run_dir
 
     if run_dir is None:  # chosen here, so that the line after a failure can name it
         run_dir = recipe if recipe.is_dir() else default_run_dir(recipe)
@@ -259,7 +259,7 @@ def sweep(
 def _sinks_for_every_run(reg, names: list[str] | None) -> None:
     """`--sink` of a sweep: every run of it, in whatever process or host its executor runs it, gets
     these sinks (through $WORKBENCH_SINKS, as --plugins-dir reaches them through its variable)."""
-    from workbench.sinks import SINKS_ENV
+    from workbench.storage.sinks import SINKS_ENV
 
     for name in names or []:
         reg.get("event_sink", name)  # a misspelt --sink is an error before anything is written
@@ -364,7 +364,7 @@ def export(
                      "for mlflow also a tracking URI.")] = None,
 ) -> None:
     """Replay a run's events.jsonl into an event sink: the same result as the sink attached live."""
-    from workbench.sinks import export_run
+    from workbench.storage.sinks import export_run
 
     target, count = export_run(registry(), run_dir, sink, to)
     where = f" -> {target}" if target is not None else (f" -> {to}" if to else "")
@@ -378,7 +378,7 @@ def export(
 def recipes_validate(files: Annotated[list[Path], typer.Argument(help="Recipe files to check.")]) -> None:
     """Check recipes: structure, every component name and every param. Lists all problems."""
     from workbench.errors import RecipeError
-    from workbench.recipe import load_recipe
+    from workbench.recipe.schema import load_recipe
 
     reg = registry()
     failed = False
@@ -401,7 +401,7 @@ def recipes_show(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value.")] = None,
 ) -> None:
     """Print the recipe as it will run: every default filled in, overrides applied."""
-    from workbench.recipe import load_recipe, recipe_hash, resolve, to_toml
+    from workbench.recipe.schema import load_recipe, recipe_hash, resolve, to_toml
 
     reg = registry()
     recipe = load_recipe(file, set_ or [], reg)
@@ -414,7 +414,7 @@ def recipes_new(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of stdout.")] = None,
 ) -> None:
     """A commented starter recipe to copy and edit."""
-    from workbench.recipe_template import STARTER_RECIPE
+    from workbench.recipe.template import STARTER_RECIPE
 
     if output is None:
         sys.stdout.write(STARTER_RECIPE)
@@ -435,7 +435,7 @@ def recipes_new(
 @recipes_app.command("schema")
 def recipes_schema() -> None:
     """JSON Schema of recipes (component tables narrowed to registered names) for editors."""
-    from workbench.recipe import json_schema
+    from workbench.recipe.schema import json_schema
 
     sys.stdout.write(json.dumps(json_schema(registry()), indent=2) + "\n")
 
@@ -449,7 +449,7 @@ def plugins_list(
     kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
 ) -> None:
     """Every registered component by kind, with the plugin that provides it and its params."""
-    from workbench.registry import KINDS
+    from workbench.components.registry import KINDS
 
     reg = registry()
     kinds = [kind] if kind else list(KINDS)
@@ -517,7 +517,7 @@ def runs_list(
     as_json: Annotated[bool, typer.Option("--json", help="JSON rows.")] = False,
 ) -> None:
     """Every run under the runs folder: status, recipe, start, duration, headline figures."""
-    from workbench.runs import list_runs
+    from workbench.storage.runs import list_runs
 
     runs = list_runs(runs_dir)
     if as_json:
@@ -536,7 +536,7 @@ def runs_list(
 def runs_show(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
     """One run: status, stages, and its results table."""
     from workbench.cli.tables import results_table
-    from workbench.runs import summarize
+    from workbench.storage.runs import summarize
 
     info = summarize(run)
     procs = f"  {info.world_size} processes (DDP)" if info.world_size > 1 else ""
@@ -563,7 +563,7 @@ def runs_show(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
 @cache_app.command("list")
 def cache_list(cache_dir: Annotated[Path | None, typer.Option(help="Cache folder.")] = None) -> None:
     """Cached stages (evaluation models, GAN priors) with their size."""
-    from workbench.cache import StageCache, default_cache_dir
+    from workbench.storage.cache import StageCache, default_cache_dir
 
     cache = StageCache(cache_dir or default_cache_dir())
     table = Table(title=f"stage cache {cache.root}", title_justify="left")
@@ -581,7 +581,7 @@ def cache_clear(
     stage: Annotated[str | None, typer.Option(help="Only this stage.")] = None,
 ) -> None:
     """Remove cached stages; they are rebuilt when next needed."""
-    from workbench.cache import StageCache, default_cache_dir
+    from workbench.storage.cache import StageCache, default_cache_dir
 
     removed = StageCache(cache_dir or default_cache_dir()).clear(stage)
     out.print(f"removed {removed} cache entr{'y' if removed == 1 else 'ies'}")

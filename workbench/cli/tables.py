@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-from workbench.columns import best_per_column, figure, results_columns
+from workbench.reporting.columns import best_per_column, figure, results_columns
 
 
 def results_table(results: dict[str, Any]) -> Table:

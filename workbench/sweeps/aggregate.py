@@ -228,7 +228,7 @@ def default_privacy_figure(data: dict[str, Any]) -> str | None:
 def pareto_plot(data: dict[str, Any], x_figure: str = "utility.test_accuracy", y_figure: str | None = None):
     """Privacy (y, lower is better) against utility (x): one marker per variant and grid point with
     95 % CI error bars both ways, coloured by variant, and the Pareto front as a dashed line."""
-    from workbench.plots import (
+    from workbench.reporting.plots import (
         BLACK,
         DEFAULT_SIZE,
         PALETTE,
@@ -298,6 +298,6 @@ def pareto_plot(data: dict[str, Any], x_figure: str = "utility.test_accuracy", y
 
 
 def write_pareto(sweep_dir: Path, data: dict[str, Any], x: str, y: str | None) -> Path:
-    from workbench.plots import save_png
+    from workbench.reporting.plots import save_png
 
     return save_png(pareto_plot(data, x, y), Path(sweep_dir) / PARETO_FILE)

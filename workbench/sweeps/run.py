@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench import __version__
-from workbench.checkpoint import atomic_write_text
-from workbench.components import Job
+from workbench.components.protocols import Job
 from workbench.errors import RunError, WorkbenchError
-from workbench.events import EVENTS_FILE, EventWriter, read_events, relay_events
-from workbench.recipe import to_toml
-from workbench.runs import (
+from workbench.recipe.schema import to_toml
+from workbench.storage.checkpoint import atomic_write_text
+from workbench.storage.events import EVENTS_FILE, EventWriter, read_events, relay_events
+from workbench.storage.runs import (
     RESULTS_FILE,
     RUN_FILE,
     SWEEP_INFO_FILE,
@@ -44,7 +44,7 @@ from workbench.sweeps.aggregate import aggregate, write_aggregate, write_pareto,
 from workbench.sweeps.spec import SWEEP_FILE, PlannedRun, Sweep, load_sweep
 
 if TYPE_CHECKING:
-    from workbench.runner import Runner
+    from workbench.running.runner import Runner
 
 RUNS_FOLDER = "runs"
 SHARED_FOLDER = "shared"
@@ -199,7 +199,7 @@ class SweepRunner:
 
     @classmethod
     def start(cls, options: SweepOptions, listeners: list | None = None, sweep: Sweep | None = None) -> SweepRunner:
-        from workbench.registry import load_registry
+        from workbench.components.registry import load_registry
 
         registry = load_registry(plugins_dir=str(options.plugins_dir) if options.plugins_dir else None)
         source = Path(options.sweep)
@@ -311,7 +311,7 @@ class SweepRunner:
         """A job of the sweep; `threads` the executor's share of the cores unless given."""
         cache = self.options.cache_dir
         if cache is None:
-            from workbench.cache import default_cache_dir
+            from workbench.storage.cache import default_cache_dir
 
             cache = default_cache_dir()
         return Job(kind=kind, run_dir=str(run_dir), cache_dir=str(Path(cache).resolve()),
@@ -549,7 +549,7 @@ class _ParentRun:
 
     @classmethod
     def open(cls, sweep: SweepRunner, run: PlannedRun, resume: bool) -> _ParentRun:
-        from workbench.runner import Runner, RunOptions
+        from workbench.running.runner import Runner, RunOptions
 
         options = sweep.options
         runner = Runner.start(RunOptions(recipe=sweep.sweep.recipe_path, run_dir=sweep.run_dir(run),
@@ -583,7 +583,7 @@ class _ParentRun:
 
     def finish(self) -> str | None:
         """results.json, report.md and run_finished, as `Runner.run` ends; the error when that fails."""
-        from workbench.report import write_report as write_run_report
+        from workbench.reporting.report import write_report as write_run_report
 
         runner = self.runner
         try:

@@ -29,9 +29,9 @@ from typing import Any
 import tomlkit
 from pydantic import ValidationError, field_validator
 
+from workbench.components.params import ComponentTable, StrictModel
 from workbench.errors import RecipeError, did_you_mean
-from workbench.params import ComponentTable, StrictModel
-from workbench.recipe import (
+from workbench.recipe.schema import (
     Recipe,
     apply_overrides,
     parse_toml,

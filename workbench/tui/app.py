@@ -10,7 +10,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
-from workbench.registry import Registry, load_registry
+from workbench.components.registry import Registry, load_registry
 from workbench.tui.compose import RecipesScreen, launch_recipe
 from workbench.tui.launch import Launched
 from workbench.tui.runs import RunsScreen, cancel, resume

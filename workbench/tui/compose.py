@@ -15,8 +15,8 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, OptionList,
 from textual.widgets.option_list import Option
 
 from workbench.errors import RecipeError, WorkbenchError
-from workbench.recipe import to_toml, update_toml_text, validate_raw
-from workbench.recipe_template import STARTER_RECIPE
+from workbench.recipe.schema import to_toml, update_toml_text, validate_raw
+from workbench.recipe.template import STARTER_RECIPE
 from workbench.tui import model as form
 from workbench.tui.launch import find_recipes, launch_run, new_run_dir
 

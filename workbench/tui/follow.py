@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.events import EVENTS_FILE, TERMINAL_EVENTS
-from workbench.runs import live_pid, pid_alive, status_of  # noqa: F401  (pid_alive re-exported for the TUI)
+from workbench.storage.events import EVENTS_FILE, TERMINAL_EVENTS
+from workbench.storage.runs import live_pid, pid_alive, status_of  # noqa: F401  (pid_alive re-exported for the TUI)
 
 # Reading is bounded per poll so a huge backlog is consumed over several ticks, never in one freeze.
 DEFAULT_MAX_BYTES = 8 * 1024 * 1024

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
-from workbench.runs import read_run_file
+from workbench.storage.runs import read_run_file
 from workbench.tui.follow import pid_alive, read_pid
 
 WORKBENCH_PACKAGE = Path(__file__).parents[1]
@@ -165,7 +165,7 @@ def process_command_line(pid: int) -> list[str] | None:
 
 def _not_this_run(pid: int, info: dict) -> str | None:
     """Why process `pid` is not the run that run.json describes, or None when it is."""
-    from workbench.runs import process_start
+    from workbench.storage.runs import process_start
 
     recorded_start = info.get("pid_started")
     now = process_start(pid)

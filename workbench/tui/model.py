@@ -19,9 +19,9 @@ import tomllib
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from workbench.params import ComponentTable, nested_fields
-from workbench.recipe import Recipe
-from workbench.registry import Registry, UnknownComponentError
+from workbench.components.params import ComponentTable, nested_fields
+from workbench.components.registry import Registry, UnknownComponentError
+from workbench.recipe.schema import Recipe
 
 Path_ = tuple  # a key path into the raw recipe: str keys and int list indices
 

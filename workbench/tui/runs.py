@@ -16,9 +16,9 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, RichLog, Static
 
-from workbench.columns import figure, results_columns
 from workbench.errors import WorkbenchError
-from workbench.runs import RunInfo, clean_results, is_run_dir, summarize
+from workbench.reporting.columns import figure, results_columns
+from workbench.storage.runs import RunInfo, clean_results, is_run_dir, summarize
 from workbench.tui.charts import half_block_image, line_chart, load_picture, scatter_chart
 from workbench.tui.follow import EventFollower, RunState, format_seconds
 from workbench.tui.launch import cancel_run, resume_run
@@ -543,7 +543,7 @@ class SweepScreen(Screen):
             self.action_reload()
 
     def action_reload(self) -> None:
-        from workbench.runs import summarize_sweep
+        from workbench.storage.runs import summarize_sweep
         from workbench.sweeps.aggregate import cell, figure_title, headline_figures, verdict
 
         self._stamp = RunScanner._stamp(self.sweep_dir) + (_mtime(self.sweep_dir / "aggregate.json"),)

@@ -8,7 +8,7 @@ import torch
 from workbench_dcor import DistanceCorrelation
 from workbench_dcor.measure import DCorParams
 
-from workbench.registry import Registry
+from workbench.components.registry import Registry
 
 
 def dcor_squared_reference(a: np.ndarray, b: np.ndarray) -> float:

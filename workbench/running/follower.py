@@ -23,14 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from workbench import distributed
-from workbench.cache import StageCache
-from workbench.components import AttackContext, AttackResult, AttackShard
+from workbench.components.protocols import AttackContext, AttackResult, AttackShard
 from workbench.errors import RunError
-from workbench.evaluation import evaluation_model
-from workbench.jobs import threads_for
-from workbench.recipe import validate_raw
-from workbench.trainer import train_classifier
+from workbench.recipe.schema import validate_raw
+from workbench.running import distributed
+from workbench.running.evaluation import evaluation_model
+from workbench.running.jobs import threads_for
+from workbench.running.trainer import train_classifier
+from workbench.storage.cache import StageCache
 
 
 class NoEvents:
@@ -58,8 +58,8 @@ def follow() -> None:
     """A rank other than 0: wait for rank 0's recipe, then join each training rank 0 announces
     (a target, E) until told to stop. With no cache, E's stage always trains here: it is only
     reached when rank 0 announced it."""
-    from workbench.registry import load_registry
-    from workbench.runner import Runner
+    from workbench.components.registry import load_registry
+    from workbench.running.runner import Runner
 
     start = distributed.receive_task()
     if start["kind"] != "start":  # rank 0 could not start the run (it says why)

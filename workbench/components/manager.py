@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pluggy
 
-from workbench import hookspecs
+from workbench.components import hookspecs
 from workbench.errors import did_you_mean
 
 ENTRY_POINT_GROUP = "workbench"

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from workbench.errors import WorkbenchError
-from workbench.files import atomic_path
+from workbench.storage.files import atomic_path
 
 # Okabe–Ito colours: distinguishable with the common colour-vision deficiencies.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -471,7 +471,7 @@ def line_chart(
 
 
 def save_png(image: Image.Image, path: str | os.PathLike) -> Path:
-    """Write `image` as PNG atomically (`workbench.files.atomic_path`).
+    """Write `image` as PNG atomically (`workbench.storage.files.atomic_path`).
 
     A reader (the TUI, a browser on report.md) never sees a half-written file.
     """

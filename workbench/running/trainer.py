@@ -6,7 +6,7 @@ a step, epoch figures as an event, and a checkpoint that makes the run resumable
 
 Data parallel (`data_parallel=True` under torchrun): every rank draws the same global batch and
 takes its slice; the model runs wrapped in DistributedDataParallel; losses over the whole batch
-(BiDO's kernels, the OOD term) see the global batch through `workbench.distributed` gathers, so
+(BiDO's kernels, the OOD term) see the global batch through `workbench.running.distributed` gathers, so
 N ranks train the model one process would with the same global batch (see docs/distributed.md).
 """
 
@@ -23,14 +23,20 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from workbench import distributed, seeds
-from workbench.batches import balanced_batches, dataset_labels, iterate_batches, shuffled_index_batches, take
-from workbench.checkpoint import load_checkpoint, save_checkpoint, tensors_with_prefix
-from workbench.components import Defense, OODLoss, TrainingSetup
-from workbench.device import autocast
+from workbench.components.protocols import Defense, OODLoss, TrainingSetup
 from workbench.errors import RunError
-from workbench.losses import accuracy, upcast
-from workbench.recipe import OODTrainingConfig, TrainConfig
+from workbench.recipe.schema import OODTrainingConfig, TrainConfig
+from workbench.running import distributed, seeds
+from workbench.running.batches import (
+    balanced_batches,
+    dataset_labels,
+    iterate_batches,
+    shuffled_index_batches,
+    take,
+)
+from workbench.running.device import autocast
+from workbench.running.losses import accuracy, upcast
+from workbench.storage.checkpoint import load_checkpoint, save_checkpoint, tensors_with_prefix
 
 CHECKPOINT_NAME = "last.safetensors"
 
@@ -127,7 +133,7 @@ def train_classifier(
 
     A checkpoint after every epoch (model, optimizer, RNG, epoch, history, the OOD loss's state)
     makes an interrupted run resume to the same figures as an uninterrupted one on CPU. Random
-    streams come from `seed` through `workbench.seeds`: the batch order of an epoch depends only
+    streams come from `seed` through `workbench.running.seeds`: the batch order of an epoch depends only
     on (seed, epoch), so a resumed run sees exactly the batches an uninterrupted one would.
 
     `data_parallel`: train with every rank of the torchrun process group (each calls this with the

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from workbench.batches import iterate_batches
-from workbench.device import autocast
+from workbench.running.batches import iterate_batches
+from workbench.running.device import autocast
 
 
 def cross_entropy(logits: Tensor, y: Tensor) -> Tensor:

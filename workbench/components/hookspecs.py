@@ -39,7 +39,7 @@ def register_dependency_measures(register):
 def register_datasets(register):
     """Register private/public datasets (kind `dataset`).
 
-    A dataset component has `load(seed)` returning `workbench.components.DataSplits`.
+    A dataset component has `load(seed)` returning `workbench.components.protocols.DataSplits`.
     """
 
 

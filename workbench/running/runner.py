@@ -7,9 +7,9 @@ The stage graph, top to bottom (`Runner.run`):
    attack; each writes its outcome into the variant's folder before the next begins, so
    `--resume` skips what is done and continues training from the last epoch;
 3. `results.json` and `report.md`.
-Independent pieces (the trained shared stages, the variants) run as jobs (`workbench.jobs`) on
+Independent pieces (the trained shared stages, the variants) run as jobs (`workbench.running.jobs`) on
 the `processes` executor when there are several workers, else in this process. The run
-directory's layout and lifecycle live in `workbench.runs`. Everything a user or the TUI sees
+directory's layout and lifecycle live in `workbench.storage.runs`. Everything a user or the TUI sees
 comes from `events.jsonl`.
 """
 
@@ -23,26 +23,34 @@ from typing import Any
 
 import torch
 
-from workbench import __version__, distributed, seeds
-from workbench.attack_shards import sharded
-from workbench.cache import StageCache, default_cache_dir
-from workbench.checkpoint import (
+from workbench import __version__
+from workbench.components.protocols import AttackContext, DataSplits, DefenseContext, EvalContext, Job
+from workbench.components.registry import Registry, load_registry
+from workbench.errors import RunError, WorkbenchError
+from workbench.recipe.schema import Recipe, VariantConfig, load_recipe, recipe_hash, resolve, to_toml
+from workbench.running import distributed, seeds
+from workbench.running.attack_shards import sharded
+from workbench.running.device import describe_machine, resolve_device
+from workbench.running.evaluation import (
+    OODEvaluator,
+    attack_figures,
+    check_disjoint,
+    evaluation_model,
+    run_attack,
+)
+from workbench.running.follower import attack_together, prepare_together
+from workbench.running.jobs import resolve_workers, threads_for, threads_per_job
+from workbench.running.trainer import OODFeed, train_classifier
+from workbench.storage.cache import StageCache, default_cache_dir
+from workbench.storage.checkpoint import (
     CheckpointError,
     atomic_write_text,
     load_checkpoint,
     save_checkpoint,
     tensors_with_prefix,
 )
-from workbench.components import AttackContext, DataSplits, DefenseContext, EvalContext, Job
-from workbench.device import describe_machine, resolve_device
-from workbench.errors import RunError, WorkbenchError
-from workbench.evaluation import OODEvaluator, attack_figures, check_disjoint, evaluation_model, run_attack
-from workbench.events import EventWriter, json_safe, relay_events
-from workbench.follower import attack_together, prepare_together
-from workbench.jobs import resolve_workers, threads_for, threads_per_job
-from workbench.recipe import Recipe, VariantConfig, load_recipe, recipe_hash, resolve, to_toml
-from workbench.registry import Registry, load_registry
-from workbench.runs import (
+from workbench.storage.events import EventWriter, json_safe, relay_events
+from workbench.storage.runs import (
     RECIPE_FILE,
     RESULTS_FILE,
     TARGET_FILE,
@@ -51,7 +59,6 @@ from workbench.runs import (
     read_variant_results,
     write_run_file,
 )
-from workbench.trainer import OODFeed, train_classifier
 
 
 class RunInterrupted(WorkbenchError):
@@ -130,7 +137,7 @@ class Runner:
         write_run_file(run_dir, digest, source, __version__, world_size=distributed.world_size())
         events = EventWriter(run_dir)
         events.listeners.extend(listeners or [])
-        from workbench.sinks import attach_sinks  # TensorBoard, MLflow...: each on its own thread
+        from workbench.storage.sinks import attach_sinks  # TensorBoard, MLflow...: each on its own thread
         attach_sinks(events, registry, recipe.sinks, options.sinks, run_dir, resolved)
         cache = StageCache(options.cache_dir or default_cache_dir(), registry=registry)
         runner = cls(recipe, registry, run_dir, digest, resolved, events, cache, resumed, source)
@@ -373,7 +380,7 @@ class Runner:
     def train_target(self, variant: VariantConfig):
         """Train (or load, when a finished target is on disk) one variant's target model."""
         folder = self.variant_dir(variant)
-        # Under torchrun the other ranks build it with this one (workbench.follower): what a defense
+        # Under torchrun the other ranks build it with this one (workbench.running.follower): what a defense
         # trains while preparing the model (TL-DMI's pretraining) trains on every rank together.
         distributed.send_task("build-target", variant=variant.name)
         with distributed.lockstep():
@@ -420,7 +427,7 @@ class Runner:
     def _train(self, variant: VariantConfig, model, defense) -> list[dict[str, float]]:
         folder = self.variant_dir(variant)
         ood_feed = self._ood_feed(variant) if variant.ood_training else None
-        distributed.send_task("target", variant=variant.name)  # the other ranks join (workbench.follower)
+        distributed.send_task("target", variant=variant.name)  # the other ranks join (workbench.running.follower)
         result = train_classifier(
             model, defense, self.data.train, self.recipe.target.train,
             device=self.device, seed=self.recipe.seed, checkpoint_dir=folder, resume=self.resumed,
@@ -501,7 +508,7 @@ class Runner:
         return results
 
     def _write_report(self, results: dict[str, Any]) -> None:
-        from workbench.report import write_report
+        from workbench.reporting.report import write_report
 
         write_report(self.run_dir, results, self.recipe)
 

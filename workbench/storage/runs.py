@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from workbench.errors import RunError
-from workbench.events import EVENTS_FILE, TERMINAL_EVENTS, read_events
-from workbench.files import atomic_write_text
+from workbench.storage.events import EVENTS_FILE, TERMINAL_EVENTS, read_events
+from workbench.storage.files import atomic_write_text
 
 RECIPE_FILE = "recipe.toml"
 """The recipe as it ran, every default filled in."""

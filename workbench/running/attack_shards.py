@@ -32,21 +32,21 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from workbench.checkpoint import (
+from workbench.components.protocols import AttackContext, AttackResult, AttackShard
+from workbench.errors import RunError, WorkbenchError
+from workbench.running.evaluation import RECONSTRUCTIONS
+from workbench.storage.checkpoint import (
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
     tensors_with_prefix,
     weights_fingerprint,
 )
-from workbench.components import AttackContext, AttackResult, AttackShard
-from workbench.errors import RunError, WorkbenchError
-from workbench.evaluation import RECONSTRUCTIONS
-from workbench.runs import TARGET_FILE
+from workbench.storage.runs import TARGET_FILE
 
 if TYPE_CHECKING:
-    from workbench.recipe import VariantConfig
-    from workbench.runner import Runner
+    from workbench.recipe.schema import VariantConfig
+    from workbench.running.runner import Runner
 
 JOB_KIND = "attack-shard"
 
@@ -114,7 +114,7 @@ def run_shard(runner: Runner, variant_name: str, name: str, index: int, count: i
     """Run shard `index` (0-based) of `count` of attack `name` on variant `variant_name`'s trained
     target and write its rows; the path back. The priors come from the stage cache (the pass
     before the shards put them there). Idempotent: a finished shard returns at once."""
-    from workbench.runner import _quiet
+    from workbench.running.runner import _quiet
 
     recipe = runner.recipe
     variant = recipe.variant(variant_name)

@@ -27,9 +27,9 @@ from typing import Any
 
 import tomllib
 
+from workbench.components.params import ComponentTable
 from workbench.errors import WorkbenchError
-from workbench.events import TERMINAL_EVENTS, read_events
-from workbench.params import ComponentTable
+from workbench.storage.events import TERMINAL_EVENTS, read_events
 
 SINKS_ENV = "WORKBENCH_SINKS"
 """Comma-separated sink names added to every run this process and the processes it starts run: how

@@ -13,9 +13,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from workbench.components import CONTRACTS
-from workbench.errors import WorkbenchError, did_you_mean
-from workbench.params import (
+from workbench.components.manager import PluginManager, get_plugin_manager
+from workbench.components.params import (
     ComponentTable,
     KeyPath,
     NoParams,
@@ -24,7 +23,8 @@ from workbench.params import (
     nested_fields,
     validation_problems,
 )
-from workbench.plugins import PluginManager, get_plugin_manager
+from workbench.components.protocols import CONTRACTS
+from workbench.errors import WorkbenchError, did_you_mean
 
 # kind -> registration hook. The kind names are a contract (docs/hooks.md), so is their order in listings.
 KIND_HOOKS: dict[str, str] = {

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from workbench.errors import RunError
-from workbench.files import atomic_path, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
+from workbench.storage.files import atomic_path, atomic_write_bytes, atomic_write_text  # noqa: F401 (re-exported)
 
 # `__metadata__` keys; FORMAT marks a file this tool wrote (and so may verify or delete).
 FORMAT = "workbench-checkpoint/1"

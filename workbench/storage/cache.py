@@ -2,7 +2,7 @@
 
 The evaluation model and the GMI generator depend only on the data and their own config, so
 a comparison of six defenses trains them once, and a second run trains them not at all. Each
-entry is one checkpoint file (tensors, metadata and a checksum; see `workbench.checkpoint`)
+entry is one checkpoint file (tensors, metadata and a checksum; see `workbench.storage.checkpoint`)
 keyed by a hash of everything that determines it: config, data identity, and code —
 workbench's version and a hash of its source and the built-in plugins' source, plus the
 version and source of every other plugin whose component took part. A corrupt entry is named
@@ -28,7 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from workbench.checkpoint import (
+from workbench.errors import WorkbenchError
+from workbench.storage.checkpoint import (
     CheckpointError,
     checkpoint_meta,
     is_workbench_checkpoint,
@@ -36,18 +37,17 @@ from workbench.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from workbench.errors import WorkbenchError
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from workbench.registry import Registry
+    from workbench.components.registry import Registry
 
 CACHE_ENV = "WORKBENCH_CACHE_DIR"
 
 # Bump when a cached stage's code changes in a way that changes its result.
 # 2: one-file entries with a checksum; keys cover third-party plugins.
-# 3: every random stream from `workbench.seeds` (new seeds: new targets, E, priors, attacks).
+# 3: every random stream from `workbench.running.seeds` (new seeds: new targets, E, priors, attacks).
 CACHE_FORMAT = 3
 
 # A stage is one folder level inside the cache: a plain name, never a path.
@@ -55,7 +55,7 @@ STAGE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 ENTRY_NAME = re.compile(r"[0-9a-f]{16}\.safetensors")
 TEMP_NAME = re.compile(r"\.[0-9a-f]{16}\.safetensors\..*\.tmp")
 
-log = logging.getLogger("workbench.cache")
+log = logging.getLogger("workbench.storage.cache")
 
 
 class CacheError(WorkbenchError):
@@ -112,7 +112,7 @@ def code_fingerprint() -> str:
     """workbench's and the built-in plugins' source, hashed once per process: in a development
     install an edit to a trainer, defense or attack keys new cache entries instead of reusing
     what the old code made (the version number alone does not change)."""
-    from workbench.plugins import DEFAULT_PLUGINS
+    from workbench.components.manager import DEFAULT_PLUGINS
 
     packages = [Path(__file__).parent]
     for name in DEFAULT_PLUGINS:
@@ -253,7 +253,7 @@ class StageCache:
                      ) -> dict[str, Any] | None:
         """Load each `prefix -> module` strictly from an entry; its metadata, or None when the
         entry is missing, bad or does not fit the modules (then removed and recomputed)."""
-        from workbench.checkpoint import tensors_with_prefix
+        from workbench.storage.checkpoint import tensors_with_prefix
 
         found = self.load_state(stage, key)
         if found is None:
@@ -292,13 +292,13 @@ class StageCache:
         cache: a diverged stage is one error naming `what`."""
         import torch
 
-        from workbench.checkpoint import model_state
+        from workbench.storage.checkpoint import model_state
 
         def finite() -> bool:
             return all(torch.isfinite(v).all() for m in modules.values() for v in m.state_dict().values()
                        if v.is_floating_point())
 
-        from workbench import distributed
+        from workbench.running import distributed
 
         meta = self.load_modules(stage, key, modules)  # None for an entry that is bad, misfit or not finite
         # Under torchrun, with every rank in lockstep (an attack's priors): rank 0 decides, and on

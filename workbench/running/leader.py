@@ -1,5 +1,5 @@
 """A data-parallel run's two roles, whoever started its ranks: `workbench run` under torchrun
-(`workbench.cli.main`) or the tasks of one submitit job (`workbench.jobs`).
+(`workbench.cli.main`) or the tasks of one submitit job (`workbench.running.jobs`).
 
 Rank 0 leads (`lead_run`): the ordinary run, which writes the run directory and brings the
 other ranks in for each target. Every other rank follows (`follow_run`): it trains its slice of
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from workbench import distributed
 from workbench.errors import WorkbenchError
+from workbench.running import distributed
 
 
 def lead_run(options, listeners: Sequence[Any] = (), registry=None,
@@ -29,9 +29,9 @@ def lead_run(options, listeners: Sequence[Any] = (), registry=None,
     another rank went away becomes one line that says how to resume."""
     from torch.distributed import DistError
 
-    from workbench.follower import announce
-    from workbench.runner import Runner
-    from workbench.trainer import global_batch_problem
+    from workbench.running.follower import announce
+    from workbench.running.runner import Runner
+    from workbench.running.trainer import global_batch_problem
 
     try:
         runner = Runner.start(options, listeners=list(listeners), registry=registry)
@@ -67,7 +67,7 @@ def follow_run() -> None:
     says the same); leaves the process group, also on error."""
     from torch.distributed import DistError
 
-    from workbench.follower import follow
+    from workbench.running.follower import follow
 
     try:
         follow()

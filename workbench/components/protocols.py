@@ -264,7 +264,7 @@ class AttackContext:
     device: torch.device
     seed: int
     cache: Any = None
-    """A `workbench.cache.StageCache`: `load_state(stage, key)` / `save_state(stage, key, tensors, meta)`
+    """A `workbench.storage.cache.StageCache`: `load_state(stage, key)` / `save_state(stage, key, tensors, meta)`
     so target-independent stages (the GMI GAN) train once across variants and runs."""
     emit: Callable[..., None] = lambda *args, **kwargs: None
     """`emit(type, **fields)` streams progress events (per-class loss, target confidence)."""
@@ -275,7 +275,7 @@ class AttackContext:
 
 @dataclass(frozen=True)
 class AttackShard:
-    """Which part of its per-class search an attack runs (`workbench.attack_shards`).
+    """Which part of its per-class search an attack runs (`workbench.running.attack_shards`).
 
     The search's forward batches (whole `(class, restart)` groups, in order) are split into
     `count` contiguous runs; shard `index` runs one of them. Because every batch is computed
@@ -337,7 +337,7 @@ class AttackResult:
 
 @dataclass(frozen=True)
 class Job:
-    """A picklable piece of work: `workbench.jobs.execute(job)` runs it in any process.
+    """A picklable piece of work: `workbench.running.jobs.execute(job)` runs it in any process.
 
     Jobs are descriptions, never closures; their output lands in files (the run directory, the
     stage cache), so any engine that can call a Python function can run them.

@@ -8,11 +8,11 @@ from typing import Any
 
 import tomllib
 
-from workbench.checkpoint import atomic_write_text
-from workbench.columns import best_per_column, figure, results_columns
-from workbench.events import EVENTS_FILE, read_events
-from workbench.plots import line_chart, save_png, scatter
-from workbench.recipe import Recipe
+from workbench.recipe.schema import Recipe
+from workbench.reporting.columns import best_per_column, figure, results_columns
+from workbench.reporting.plots import line_chart, save_png, scatter
+from workbench.storage.checkpoint import atomic_write_text
+from workbench.storage.events import EVENTS_FILE, read_events
 
 
 def markdown_table(results: dict[str, Any]) -> str:

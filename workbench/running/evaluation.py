@@ -17,24 +17,24 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from workbench import distributed, seeds
-from workbench.batches import iterate_batches
-from workbench.cache import StageCache
-from workbench.checkpoint import (
+from workbench.components.protocols import AttackContext, AttackResult, DataSplits, EvalContext
+from workbench.components.registry import Registry
+from workbench.errors import WorkbenchError
+from workbench.recipe.schema import Recipe
+from workbench.reporting.plots import histogram, image_grid, save_png
+from workbench.running import distributed, seeds
+from workbench.running.batches import iterate_batches
+from workbench.running.device import autocast
+from workbench.running.losses import accuracy
+from workbench.running.ood_metrics import CONVENTION, mean_over_sets, ood_metrics
+from workbench.running.trainer import train_classifier
+from workbench.storage.cache import StageCache
+from workbench.storage.checkpoint import (
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
     weights_fingerprint,
 )
-from workbench.components import AttackContext, AttackResult, DataSplits, EvalContext
-from workbench.device import autocast
-from workbench.errors import WorkbenchError
-from workbench.losses import accuracy
-from workbench.ood_metrics import CONVENTION, mean_over_sets, ood_metrics
-from workbench.plots import histogram, image_grid, save_png
-from workbench.recipe import Recipe
-from workbench.registry import Registry
-from workbench.trainer import train_classifier
 
 
 class ResizedInput(nn.Module):
@@ -160,7 +160,7 @@ def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registr
             key["world_size"] = distributed.world_size()
 
         def train() -> dict[str, Any]:
-            distributed.send_task("evaluation-model")  # under torchrun the other ranks join (workbench.follower)
+            distributed.send_task("evaluation-model")  # under torchrun the other ranks join (workbench.running.follower)
             train_classifier(model, registry.create("defense", "none"), train_set, config.train, device=device,
                              seed=seeds.derive(recipe.seed, "evaluation-model"), emit=emit, stage="train",
                              variant="evaluation-model", data_parallel=distributed.is_distributed())
@@ -241,7 +241,7 @@ def run_attack(name: str, attack: Any, target: nn.Module, data: DataSplits, eval
                compute: Callable[[AttackContext], AttackResult] | None = None) -> AttackResult:
     """One attack on one target; reconstructions saved (tensors + grid), reused on resume.
     `compute(ctx)` makes the result when neither is there (default `attack.run`; a sharded
-    attack's jobs and merge, `workbench.attack_shards`)."""
+    attack's jobs and merge, `workbench.running.attack_shards`)."""
     out = folder / RECONSTRUCTIONS / f"{name}.safetensors"
     if out.exists():
         try:

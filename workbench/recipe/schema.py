@@ -27,15 +27,15 @@ from pydantic import (
     model_validator,
 )
 
-from workbench.errors import RecipeError
-from workbench.params import (
+from workbench.components.params import (
     ComponentTable,
     KeyPath,
     StrictModel,
     table_types,
     validation_problems,
 )
-from workbench.registry import KINDS
+from workbench.components.registry import KINDS
+from workbench.errors import RecipeError
 
 DatasetTable = ComponentTable.of("dataset")
 OODDatasetTable = ComponentTable.of("ood_dataset")

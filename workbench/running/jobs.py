@@ -17,13 +17,13 @@ from typing import Any
 
 import torch
 
-from workbench.components import Job, Outcome
+from workbench.components.protocols import Job, Outcome
 from workbench.errors import WorkbenchError
 
 JOB_KINDS = ("run", "variant", "shared-stage", "attack-shard")
 """`run`: a whole run directory (a sweep's point); `variant`: train and evaluate one variant;
 `shared-stage`: train E or an attack's prior into the stage cache; `attack-shard`: one shard of an
-attack's per-class search on a trained target (`workbench.attack_shards`), options `variant`,
+attack's per-class search on a trained target (`workbench.running.attack_shards`), options `variant`,
 `attack`, `shard` (0-based) and `shards`."""
 
 
@@ -33,8 +33,8 @@ def execute(job: Job) -> Any:
     A `run` job started as one of several ranks (torch.distributed's WORLD_SIZE > 1, with RANK,
     LOCAL_RANK, MASTER_ADDR and MASTER_PORT: an executor's multi-task job sets them) trains
     data-parallel, as under torchrun: see `_execute_rank`."""
-    from workbench.distributed import launched_world_size
-    from workbench.runner import Runner, RunOptions, run_recipe
+    from workbench.running.distributed import launched_world_size
+    from workbench.running.runner import Runner, RunOptions, run_recipe
 
     if job.threads:
         torch.set_num_threads(job.threads)
@@ -58,7 +58,7 @@ def execute(job: Job) -> Any:
             runner.run_variant(runner.recipe.variant(job.item))
             return None
         if job.kind == "attack-shard":
-            from workbench.attack_shards import run_shard
+            from workbench.running.attack_shards import run_shard
 
             options = job.options
             return str(run_shard(runner, options["variant"], options["attack"], options["shard"], options["shards"]))
@@ -69,10 +69,10 @@ def execute(job: Job) -> Any:
 
 def _execute_rank(options) -> str | None:
     """One rank of a data-parallel `run` job: join the process group; rank 0 leads the run
-    (`workbench.leader.lead_run`, as `workbench run` under torchrun) and returns the run directory,
+    (`workbench.running.leader.lead_run`, as `workbench run` under torchrun) and returns the run directory,
     every other rank follows it, writes nothing and returns None."""
-    from workbench import distributed
-    from workbench.leader import follow_run, lead_run
+    from workbench.running import distributed
+    from workbench.running.leader import follow_run, lead_run
 
     distributed.setup()
     if not distributed.is_main_process():

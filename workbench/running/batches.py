@@ -42,7 +42,7 @@ def shuffled_index_batches(
     n: int, batch_size: int, generator: torch.Generator, *, drop_last: bool = False
 ) -> Iterator[Tensor]:
     """The index batches `iterate_batches(..., shuffle=True)` draws from the same generator state:
-    data-parallel ranks each take their slice of these (`workbench.distributed.shard`), so the
+    data-parallel ranks each take their slice of these (`workbench.running.distributed.shard`), so the
     global batches and their order do not depend on the number of ranks."""
     order = torch.randperm(n, generator=generator)
     stop = n - n % batch_size if drop_last and n >= batch_size else n

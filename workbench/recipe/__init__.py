@@ -1,0 +1,1 @@
+"""Recipes: the TOML schema, loading with file/key errors, writing with comments kept, and the starter template."""

@@ -1,0 +1,1 @@
+"""Reporting: results tables, plots and the run report, written from a run's figures."""
