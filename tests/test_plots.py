@@ -11,11 +11,13 @@ from PIL import Image
 
 from workbench.errors import WorkbenchError
 from workbench.reporting.plots import (
+    GROUP_GAP,
     PALETTE,
     histogram,
     image_grid,
     line_chart,
     nice_ticks,
+    reconstruction_grid,
     save_png,
     scatter,
 )
@@ -85,6 +87,72 @@ def test_grid_row_labels_sit_in_a_left_column():
     # The image cells are unchanged, shifted right by the label column, which holds dark text.
     np.testing.assert_array_equal(_pixels(labelled)[:, label_width:], _pixels(plain))
     assert (_pixels(labelled)[:, :label_width] < 100).any()
+
+
+def test_grid_column_labels_and_groups_add_a_header_and_a_gap():
+    levels = torch.randint(0, 256, (6, 3, 4, 4), generator=torch.Generator().manual_seed(2))
+    plain = image_grid(levels / 255, nrow=3, scale=2, pad=1)
+    headed = image_grid(levels / 255, nrow=3, scale=2, pad=1, column_labels=["a", "b", "c"],
+                        groups=[("left", 1), ("right", 2)])
+    header = headed.height - plain.height
+    assert header > 20 and headed.width == plain.width + GROUP_GAP
+    pixels, reference = _pixels(headed), _pixels(plain)
+    # Column 0 as before, shifted down by the header; columns 1-2 also right by the gap.
+    cell = 4 * 2 + 1
+    np.testing.assert_array_equal(pixels[header:, : 1 + cell], reference[:, : 1 + cell])
+    np.testing.assert_array_equal(pixels[header:, 1 + cell + GROUP_GAP :], reference[:, 1 + cell :])
+    assert (pixels[:header] < 100).any()  # the header holds text
+    with pytest.raises(WorkbenchError, match="2 column labels for 3 columns"):
+        image_grid(levels / 255, nrow=3, column_labels=["a", "b"])
+    with pytest.raises(WorkbenchError, match="span 2 columns, the grid has 3"):
+        image_grid(levels / 255, nrow=3, groups=[("x", 2)])
+
+
+def test_reconstruction_grid_rows_by_class_columns_by_restart_private_first():
+    # Two classes, 3 restarts x 2 draws each, each image a flat grey level naming (class, restart, draw).
+    size = 8
+    private_x = torch.stack([torch.full((1, size, size), 0.1 * c + 0.01 * k) for c in (0, 1) for k in range(3)])
+    private_y = torch.tensor([0, 0, 0, 1, 1, 1])
+    targets, restarts, levels = [], [], []
+    for draw in range(2):
+        for restart in range(3):
+            for cls in (1, 0):  # out of order on purpose
+                targets.append(cls)
+                restarts.append(restart)
+                levels.append((100 + 40 * cls + 10 * restart + 3 * draw) / 255)
+    images = torch.tensor(levels).view(-1, 1, 1, 1).expand(-1, 1, size, size).contiguous()
+    grid = reconstruction_grid(private_x, private_y, images, torch.tensor(targets), torch.tensor(restarts),
+                               ["zero", "one"], per_class=4, private=2)
+    scale, pad = 64 // size, 2
+    cell = size * scale
+    pixels = _pixels(grid)
+    # Header, then a row per class; columns: 2 private, gap, then r0.1 r0.2 r1.1 r2.1 (first draws first).
+    rows_top = grid.height - 2 * (cell + pad)
+    label_width = grid.width - (pad + 6 * (cell + pad) + GROUP_GAP)
+
+    def tile(row: int, col: int) -> int:
+        x = label_width + pad + col * (cell + pad) + (GROUP_GAP if col >= 2 else 0)
+        y = rows_top + row * (cell + pad)
+        block = pixels[y : y + cell, x : x + cell, 0]
+        assert (block == block[0, 0]).all()
+        return int(block[0, 0])
+
+    for row, cls in enumerate((0, 1)):
+        assert [tile(row, c) for c in range(2)] == [round(255 * (0.1 * cls + 0.01 * k)) for k in range(2)]
+        expected = [(0, 0), (0, 1), (1, 0), (2, 0)]
+        assert [tile(row, 2 + i) for i in range(4)] == [100 + 40 * cls + 10 * r + 3 * d for r, d in expected]
+
+
+def test_reconstruction_grid_pads_missing_cells_white():
+    images = torch.zeros(3, 1, 4, 4)
+    grid = reconstruction_grid(torch.zeros(1, 1, 4, 4), torch.tensor([0]), images, torch.tensor([0, 0, 1]),
+                               None, [], per_class=2, private=2)
+    pixels = _pixels(grid)
+    cell, pad = 4 * 16, 2
+    rows_top = grid.height - 2 * (cell + pad)
+    right = grid.width - pad - cell  # the last reconstruction column
+    assert (pixels[rows_top : rows_top + cell, right : right + cell] == 0).all()  # class 0 has two
+    assert (pixels[rows_top + cell + pad :, right : right + cell] == 255).all()  # class 1 only one: white
 
 
 def test_grid_rejects_bad_input_and_handles_no_images():

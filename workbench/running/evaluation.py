@@ -21,7 +21,8 @@ from workbench.components.protocols import AttackContext, AttackResult, DataSpli
 from workbench.components.registry import Registry
 from workbench.errors import WorkbenchError
 from workbench.recipe.schema import Recipe
-from workbench.reporting.plots import histogram, image_grid, save_png
+from workbench.reporting.plots import histogram, save_png
+from workbench.reporting.plots import reconstruction_grid as labelled_grid
 from workbench.running import distributed, seeds
 from workbench.running.batches import iterate_batches
 from workbench.running.device import autocast
@@ -282,18 +283,11 @@ def run_attack(name: str, attack: Any, target: nn.Module, data: DataSplits, eval
 
 
 def reconstruction_grid(result: AttackResult, data: DataSplits, per_class: int = 8, private: int = 4):
-    """One row per attacked class: private training examples, then reconstructions."""
+    """One row per attacked class: private training examples, then reconstructions by restart
+    (`workbench.reporting.plots.reconstruction_grid` lays it out and labels it)."""
     train_x, train_y = _collect_labelled(data.train)
-    rows, labels = [], []
-    for cls in sorted(set(result.targets.tolist())):
-        real = train_x[train_y == cls][:private]
-        fake = result.images[result.targets == cls][:per_class]
-        blank = torch.ones((private - len(real), *fake.shape[1:]))
-        pad = torch.ones((per_class - len(fake), *fake.shape[1:]))
-        rows.append(torch.cat([real, blank, fake, pad]))
-        labels.append(data.class_names[cls] if cls < len(data.class_names) else str(cls))
-    images = torch.cat(rows)
-    return image_grid(images, nrow=private + per_class, scale=max(1, 64 // images.shape[-1]), labels=labels)
+    return labelled_grid(train_x, train_y, result.images, result.targets, result.restarts, data.class_names,
+                         per_class=per_class, private=private)
 
 
 def _collect_labelled(dataset: Dataset, limit: int = 4096) -> tuple[Tensor, Tensor]:
