@@ -237,6 +237,18 @@ def test_fixed_gaussian_noise_shifts_the_logits_by_w_times_n(registry):
     assert set(model.state_dict()) == set(plain.state_dict()) | {"head.noise", "head.fresh_std"}
 
 
+def test_gaussian_noise_refuses_a_model_without_a_linear_head(registry):
+    class Conv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.out = nn.Conv2d(1, 5, 16)
+
+    with pytest.raises(WorkbenchError) as info:
+        registry.create("defense", "gaussian-noise").prepare_model(Conv(), 5)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("gaussian-noise: backbone Conv has no linear head")
+
+
 def test_fresh_relative_noise_is_hcr_scaled_and_redrawn(registry, digits):
     model = _mcnn(registry)
     defense = registry.create("defense", "gaussian-noise", mode="fresh", relative=True, sigma=2.0)

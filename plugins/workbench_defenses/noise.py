@@ -79,7 +79,13 @@ class GaussianNoise(Defense):
         self.emit = lambda *args, **kwargs: None
 
     def prepare_model(self, model, num_classes, ctx=None):
-        parent, attr, head = find_head(model, num_classes)
+        try:
+            parent, attr, head = find_head(model, num_classes)
+        except WorkbenchError:
+            raise WorkbenchError(f"gaussian-noise: backbone {type(getattr(model, 'model', model)).__name__} has no "
+                                 f"linear head with {num_classes} outputs on its penultimate feature to add the noise "
+                                 "before; use a backbone whose logits come from one nn.Linear (mcnn, scnn, vgg16-bn, "
+                                 "facenet, timm models with a linear classifier)") from None
         self.head = NoisyLinear(head)
         setattr(parent, attr, self.head)
         if ctx is not None:
