@@ -38,7 +38,7 @@ def one_clear_line(err: str) -> str:
         (lambda t: t + "\n[evalution]\n", "unknown key 'evalution' (did you mean \"evaluation\"?)"),
         (lambda t: t.replace("batch_size = 64", "batch_size = \"big\""), "target.train.batch_size"),
         (lambda t: t.replace('use = "mcnn"', 'use = "mcn"'), "did you mean \"mcnn\""),
-        (lambda t: t.replace("epochs = 5", "epochs = 0"), "target.train.epochs: Input should be greater than 0"),
+        (lambda t: t.replace("epochs = 5", "epochs = 0"), "target.train.epochs: must be a number of epochs from 1"),
         (lambda t: t.replace("batch_size = 64", "batch_size = -1"), "target.train.batch_size"),
     ],
     ids=["malformed", "unknown-table", "wrong-type", "unknown-component", "zero-epochs", "negative-batch"],
@@ -93,6 +93,37 @@ def test_plugins_list_json_rows(monkeypatch, capsys):
     assert code == 0 and "bido" in out and "ood_score" in out
     code, _, err = invoke(monkeypatch, capsys, "plugins", "list", "--kind", "defence")
     assert code == 2 and 'did you mean "defense"' in one_clear_line(err)
+
+
+LOCAL_PLUGIN = (
+    "from workbench.api import hookimpl\n\n\nclass Local:\n    '''A local set.'''\n\n\n"
+    "@hookimpl\ndef register_metrics(register):\n    register('local-metric', Local)\n\n\n"
+    "@hookimpl\ndef register_datasets(register):\n    register('local-set', Local)\n"
+)
+
+
+def test_plugins_dir_reaches_every_command_group_without_leaking_into_the_environment(tmp_path, monkeypatch,
+                                                                                     capsys):
+    """--plugins-dir is handed to the commands (plugins, data) explicitly; the documented variable
+    is read as its default, and the option is not left behind in os.environ for later code."""
+    import os
+
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "local.py").write_text(LOCAL_PLUGIN)
+    monkeypatch.delenv("WORKBENCH_PLUGINS_DIR", raising=False)
+
+    code, out, _ = invoke(monkeypatch, capsys, "--plugins-dir", str(folder), "plugins", "list", "--json")
+    assert code == 0 and {"local-metric", "local-set"} <= {r["name"] for r in json.loads(out)}
+    assert "WORKBENCH_PLUGINS_DIR" not in os.environ
+    code, out, _ = invoke(monkeypatch, capsys, "--plugins-dir", str(folder), "data", "list", "--json")
+    assert code == 0 and "local-set" in {r["name"] for r in json.loads(out)}
+    code, out, _ = invoke(monkeypatch, capsys, "plugins", "list", "--json")
+    assert code == 0 and "local-metric" not in {r["name"] for r in json.loads(out)}
+
+    monkeypatch.setenv("WORKBENCH_PLUGINS_DIR", str(folder))
+    code, out, _ = invoke(monkeypatch, capsys, "plugins", "list", "--kind", "metric", "--json")
+    assert code == 0 and "local-metric" in {r["name"] for r in json.loads(out)}
 
 
 @pytest.mark.slow

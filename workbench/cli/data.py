@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import types
 import typing
@@ -15,11 +14,10 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from workbench.cli.common import cli_state
 from workbench.errors import WorkbenchError
 
 DATA_KINDS = ("dataset", "ood_dataset")
-PLUGINS_DIR_ENV = "WORKBENCH_PLUGINS_DIR"
-"""Set by the main CLI's --plugins-dir; read here so local plugin folders show up too."""
 
 app = typer.Typer(
     help="Datasets and OOD sets: list them, and show what files one expects and whether they are present.",
@@ -31,6 +29,14 @@ def _fail(exc: WorkbenchError) -> typer.Exit:
     """One line on stderr and the error's exit code (2 for user errors), never a traceback."""
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {exc}", markup=False)
     return typer.Exit(code=getattr(exc, "exit_code", 2))
+
+
+def _registry(ctx: typer.Context):
+    """The registry with the main options' plugin folder (local plugins show up too)."""
+    from workbench import load_registry
+
+    plugins_dir = cli_state(ctx).plugins_dir
+    return load_registry(plugins_dir=str(plugins_dir) if plugins_dir is not None else None)
 
 
 def _takes_root(component: Any) -> bool:
@@ -68,6 +74,7 @@ def _is_embedded(component: Any) -> bool:
 
 @app.command("list")
 def list_datasets(
+    ctx: typer.Context,
     json_output: Annotated[
         bool,
         typer.Option(
@@ -76,10 +83,8 @@ def list_datasets(
     ] = False,
 ) -> None:
     """List every dataset and OOD set: kind, name, summary, and whether it is embedded or read from files."""
-    from workbench import load_registry
-
     try:
-        registry = load_registry(plugins_dir=os.environ.get(PLUGINS_DIR_ENV))
+        registry = _registry(ctx)
     except WorkbenchError as exc:
         raise _fail(exc) from None
     rows = [
@@ -108,16 +113,15 @@ def list_datasets(
 
 @app.command("show")
 def show_dataset(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="A dataset or OOD set name from `workbench data list`.")],
     root: Annotated[
         Path | None, typer.Option("--root", help="Folder to check for the expected files.")
     ] = None,
 ) -> None:
     """Describe one dataset or OOD set: source, expected files (present or missing at --root), params."""
-    from workbench import load_registry
-
     try:
-        registry = load_registry(plugins_dir=os.environ.get(PLUGINS_DIR_ENV))
+        registry = _registry(ctx)
         found = []
         for kind in DATA_KINDS:
             if name in registry.names(kind):

@@ -1,4 +1,5 @@
-"""The results table on the terminal: the same columns as report.md, best per column marked."""
+"""Tables on the terminal: a run's results (the same columns as report.md, best per column marked)
+and a sweep's aggregate."""
 
 from __future__ import annotations
 
@@ -30,4 +31,18 @@ def results_table(results: dict[str, Any]) -> Table:
             else:
                 cells.append(f"{value:.4f}")
         table.add_row(variant["name"], *cells)
+    return table
+
+
+def aggregate_table(data: dict[str, Any]) -> Table:
+    """A sweep's aggregate: mean ± std (n) per point and variant, the headline figures."""
+    from workbench.sweeps.aggregate import cell, figure_title, headline_figures
+
+    columns = headline_figures(data)
+    table = Table(title="mean ± std (n) over seeds", title_justify="left")
+    for column in ("point", "variant", *(figure_title(c) for c in columns)):
+        table.add_column(column)
+    for point in data["points"]:
+        for variant in point["variants"]:
+            table.add_row(point["id"], variant["name"], *(cell(variant["figures"].get(c)) for c in columns))
     return table

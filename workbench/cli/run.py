@@ -1,0 +1,200 @@
+"""`workbench run`: one recipe, one run directory; `--seeds` hands over to a sweep, `--nproc` to torchrun."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workbench.cli.common import cli_state, err, out, raise_keyboard_interrupt, registry
+from workbench.errors import WorkbenchError
+
+
+def run(
+    ctx: typer.Context,
+    recipe: Annotated[Path, typer.Argument(help="Recipe TOML file, or a run directory to resume.")],
+    run_dir: Annotated[Path | None, typer.Option(help="Where the run is written (default runs/<recipe>-<time>).")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a recipe value: key.path=value (TOML value), repeatable.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in --run-dir from its last checkpoint.")] = False,
+    force: Annotated[bool, typer.Option(help="Move an existing run in --run-dir aside and start over.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option(
+        help="Stage cache folder (default $WORKBENCH_CACHE_DIR or the user cache dir).")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="Variants trained in parallel processes (default: up to the CPU count; 1 on CUDA).")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress output; results table only.")] = False,
+    sink: Annotated[list[str] | None, typer.Option(
+        "--sink", help="Also send the run's events to this event sink (tensorboard, mlflow, or a plugin's), "
+                       "besides the recipe's [[sinks]]; repeatable.")] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="Run the recipe over these seeds as a sweep (\"0-4\", \"0,3,7\"); --run-dir is then the sweep "
+             "directory. Same as `workbench sweep` with a seeds-only sweep file.")] = None,
+    nproc: Annotated[int | None, typer.Option(
+        min=1, help="Train each target data-parallel (DDP) in N processes on this machine: starts torch's own "
+                    "launcher, as `torchrun --standalone --nproc-per-node N -m workbench run ...` does. "
+                    "target.train.batch_size stays the global batch.")] = None,
+) -> None:
+    """Run a whole experiment from a recipe: train every variant, evaluate, report."""
+    from workbench.cli.progress import ConsoleReporter
+    from workbench.running.distributed import launched_world_size
+    from workbench.running.runner import Runner, RunOptions
+
+    plugins_dir = cli_state(ctx).plugins_dir
+    if (nproc or 1) > 1 or launched_world_size() > 1:
+        if seeds is not None:
+            raise WorkbenchError("--seeds with --nproc or torchrun: run the seeds one after another, or as a sweep "
+                                 "on an executor; data-parallel runs take one seed")
+        _data_parallel_run(ctx, nproc, recipe, run_dir, set_ or [], resume, force, cache_dir, workers, quiet,
+                           sink or [], plugins_dir)
+        return
+
+    if cache_dir is not None:
+        from workbench.storage.cache import StageCache
+
+        StageCache(cache_dir)  # a --cache-dir that is a file: one line before any run directory is made
+    if seeds is not None:
+        from workbench.cli.sweep import run_seeds, sinks_for_every_run
+
+        sinks_for_every_run(registry(ctx), sink)
+        run_seeds(ctx, recipe, seeds, run_dir, set_ or [], resume, force, cache_dir, quiet)
+        return
+    reg = registry(ctx)  # surfaces plugin warnings before the run starts
+    for name in sink or []:
+        reg.get("event_sink", name)  # a misspelt --sink is an error before anything is written
+    options = RunOptions(recipe=recipe, run_dir=run_dir, overrides=set_ or [], resume=resume, force=force,
+                         cache_dir=cache_dir, workers=workers, sinks=sink or [], plugins_dir=plugins_dir)
+    reporter = ConsoleReporter(err, quiet=quiet)
+    previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    try:
+        runner = Runner.start(options, listeners=[reporter], registry=reg)
+        with reporter:
+            results = runner.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _print_results(runner, results)
+
+
+def _print_results(runner, results) -> None:
+    from workbench.cli.tables import results_table
+
+    out.print(results_table(results))
+    out.print(f"run directory: {runner.run_dir}  (report: {runner.run_dir / 'report.md'})", highlight=False)
+
+
+# ------------------------------------------------------------------ data-parallel (torchrun)
+
+
+def _data_parallel_run(ctx: typer.Context, nproc: int | None, recipe: Path, run_dir: Path | None,
+                       overrides: list[str], resume: bool, force: bool, cache_dir: Path | None,
+                       workers: int | None, quiet: bool, sinks: list[str], plugins_dir: Path | None) -> None:
+    """`--nproc N` or a rank started by torchrun: the whole data-parallel branch of `run`, in one place.
+
+    Without torchrun, start it (N copies of this command); under it, join the process group, where
+    rank 0 leads the run and the other ranks follow it.
+    """
+    from workbench.cli.progress import ConsoleReporter
+    from workbench.running import distributed
+    from workbench.running.distributed import launched_world_size
+    from workbench.running.runner import RunOptions
+
+    if launched_world_size() == 1:  # `--nproc N`: torch's launcher starts N copies of this command
+        _launch_torchrun(nproc, recipe, run_dir, overrides, resume, force, cache_dir, quiet, sinks, plugins_dir)
+        return
+    if cache_dir is not None:
+        from workbench.storage.cache import StageCache
+
+        StageCache(cache_dir)  # a --cache-dir that is a file: one line before any run directory is made
+    distributed.setup()  # started by torchrun: join the process group; rank 0 leads
+    if not distributed.is_main_process():
+        _follow_rank_zero()
+        return
+    reg = registry(ctx)  # surfaces plugin warnings before the run starts
+    for name in sinks:
+        reg.get("event_sink", name)  # a misspelt --sink is an error before anything is written
+    options = RunOptions(recipe=recipe, run_dir=run_dir, overrides=overrides, resume=resume, force=force,
+                         cache_dir=cache_dir, workers=workers, sinks=sinks, plugins_dir=plugins_dir)
+    reporter = ConsoleReporter(err, quiet=quiet)
+    previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    try:  # rank 0 under torchrun: the run, which brings the others in
+        from workbench.running.leader import lead_run
+
+        runner, results = lead_run(options, [reporter], reg, live=reporter)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _print_results(runner, results)
+
+
+def _follow_rank_zero() -> None:
+    """A rank other than 0 under torchrun: train each target's slices with rank 0; write nothing."""
+    from workbench.running.leader import follow_run
+
+    previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    try:
+        follow_run()
+    except KeyboardInterrupt:
+        sys.exit(130)  # rank 0 says so (it writes the run); one line, not N
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: list[str], resume: bool,
+                     force: bool, cache_dir: Path | None, quiet: bool, sinks: list[str],
+                     plugins_dir: Path | None) -> None:
+    """`workbench run --nproc N`: torch.distributed.run (torchrun) starts N ranks of `-m workbench run`
+    on this machine; a rank that fails ends them all, and this says which in one line."""
+    import logging
+
+    # torchrun's own warnings and failure report (its loggers read LOGLEVEL when first imported):
+    # ours is one line.
+    os.environ.setdefault("LOGLEVEL", "ERROR")
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args
+    from torch.distributed.run import run as torchrun
+
+    from workbench.storage.runs import default_run_dir
+
+    if run_dir is None:  # chosen here, so that the line after a failure can name it
+        run_dir = recipe if recipe.is_dir() else default_run_dir(recipe)
+    argv = ["--plugins-dir", str(plugins_dir)] if plugins_dir is not None else []
+    argv += ["run", str(recipe), "--run-dir", str(run_dir)]
+    for value in overrides:
+        argv += ["--set", value]
+    argv += ["--resume"] * resume + ["--force"] * force + ["--quiet"] * quiet
+    argv += ["--cache-dir", str(cache_dir)] if cache_dir is not None else []
+    for name in sinks:
+        argv += ["--sink", name]
+    # torchrun would set 1 thread per rank with a warning; share the cores out instead.
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    try:
+        torchrun(parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "workbench", *argv]))
+    except ChildFailedError as exc:
+        # The root cause: a rank killed by a signal (out of memory, kill -9) rather than one that
+        # stopped because it was gone, or that torchrun itself stopped (SIGTERM); torchrun does not
+        # always list the first rank to die, so when it lists only stopped ones, say no more.
+        listed = sorted((rank, f) for rank, f in exc.failures.items() if f.exitcode != -signal.SIGTERM)
+        killed = [(rank, f) for rank, f in listed if f.exitcode < 0]
+        resume = f"The run directory is resumable: workbench run {run_dir} --resume --nproc {nproc}"
+        if not listed:
+            raise _LaunchFailed(f"a rank failed and torchrun stopped all {nproc}. {resume}", 1) from None
+        rank, failure = killed[0] if killed else listed[0]
+        code = failure.exitcode
+        if code == 2:  # a user error: the rank said it in one line already; nothing to resume
+            raise typer.Exit(code=2) from None
+        how = f"was killed by signal {failure.signal_name()}" if code < 0 else f"exited with code {code}"
+        raise _LaunchFailed(f"rank {rank} of {nproc} {how}; the others were stopped. {resume}",
+                            130 if code == 130 else 1) from None
+    except SignalException:  # Ctrl-C or SIGTERM: torchrun stopped the ranks; rank 0 recorded where
+        raise _LaunchFailed(f"interrupted; continue with: workbench run {run_dir} --resume --nproc {nproc}",
+                            130) from None
+
+
+class _LaunchFailed(WorkbenchError):
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
