@@ -152,7 +152,7 @@ def test_gmi_result_does_not_depend_on_max_batch():
 def mbd_reference(x: torch.Tensor, T: torch.Tensor, kernels: int, dim: int) -> torch.Tensor:
     """o_b(i) = Σ_j exp(−Σ_c |M_ibc − M_jbc|) − 1, M = x·T (KEDMI discri.py:7-32), with loops."""
     n = len(x)
-    M = (x @ T).view(n, kernels, dim)
+    M = (x @ T.reshape(T.shape[0], -1)).view(n, kernels, dim)
     out = torch.zeros(n, kernels, dtype=x.dtype)
     for i in range(n):
         for b in range(kernels):
@@ -166,7 +166,7 @@ def mbd_reference(x: torch.Tensor, T: torch.Tensor, kernels: int, dim: int) -> t
 def test_minibatch_discrimination_on_a_hand_made_batch():
     layer = MinibatchDiscrimination(2, kernels=2, kernel_dim=1).double()
     with torch.no_grad():
-        layer.T.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # M_i = x_i, one dim per kernel
+        layer.T.copy_(torch.tensor([[[1.0], [0.0]], [[0.0], [1.0]]]))  # M_i = x_i, one dim per kernel
     x = torch.tensor([[0.0, 0.0], [1.0, 2.0], [3.0, 2.0]], dtype=torch.float64)
     out = layer(x)
     # Kernel 0 sees 0, 1, 3: o(0) = e^-1 + e^-3; kernel 1 sees 0, 2, 2: o(1) = e^-2 + e^0.
@@ -179,7 +179,7 @@ def test_minibatch_discrimination_on_a_hand_made_batch():
     T = torch.randn(2, 6, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     with torch.no_grad():
         layer3 = MinibatchDiscrimination(2, kernels=3, kernel_dim=2).double()
-        layer3.T.copy_(T)
+        layer3.T.copy_(T.view(2, 3, 2))  # the reference T [in, kernels, dims], flattened row-major
     assert torch.allclose(layer3(x), mbd_reference(x, T, 3, 2), atol=1e-12)
 
 
@@ -306,5 +306,37 @@ def test_kedmi_with_one_latent_per_class_blocks_is_deterministic_and_batching_fr
         assert torch.allclose(other[0], runs[2][0], atol=1e-12)
     images, targets, restarts, _ = runs[2]
     assert len(images) == 2 * K * 3
-    assert restarts.tolist() == [0, 1, 2] * (2 * K)  # the draw index
+    # One index per (fit, draw): fit * samples_per_class + draw.
+    assert restarts.tolist() == [f * 3 + d for f in range(2) for _ in range(K) for d in range(3)]
     assert targets.tolist() == [c for _ in range(2) for c in range(K) for _ in range(3)]
+
+
+# ---------------------------------------------------------------- the spread across fits
+
+
+def test_kedmi_spread_is_the_mean_over_fits_of_the_std_over_draws():
+    """DefendMI `DMI/recovery.py:166-185`: per fit, `dist_inversion` returns the mean and
+    `statistics.stdev` over its draws of the per-draw accuracy (`recover_vib.py:146-149`);
+    `np.array(res_all).mean(0)` averages both over the fits."""
+    import statistics
+
+    from workbench_attacks.privacy import accuracy_over_restarts
+
+    fits, draws, classes = 4, 6, 5
+    gen = torch.Generator().manual_seed(0)
+    # Fits of different quality, so pooling the fits under a draw index would shrink the std.
+    quality = torch.tensor([0.2, 0.5, 0.7, 0.9])
+    hits = torch.rand(fits, classes, draws, generator=gen) < quality[:, None, None]
+    restarts = torch.tensor([f * draws + d for f in range(fits) for _ in range(classes) for d in range(draws)])
+    flat = hits.reshape(-1)
+    means, stds = [], []
+    for f in range(fits):
+        per_draw = [sum(bool(hits[f, c, d]) for c in range(classes)) / classes for d in range(draws)]
+        means.append(statistics.mean(per_draw))
+        stds.append(statistics.stdev(per_draw))
+    mean, std = accuracy_over_restarts(flat, restarts, draws_per_fit=draws)
+    assert abs(mean - sum(means) / fits) < 1e-12
+    assert abs(std - sum(stds) / fits) < 1e-12
+    # Pooling the fits under each draw index, as before, is a different (smaller) figure here.
+    pooled = accuracy_over_restarts(flat, restarts % draws)[1]
+    assert abs(pooled - std) > 0.05

@@ -168,9 +168,14 @@ GAN_FIELDS = ("z_dim", "gan_width", "gan_steps", "gan_batch_size", "gan_lr", "cr
 """The params every GAN prior shares (`core.GANBudget`); each attack adds its own to its key."""
 
 
+NETWORKS_REVISION = 2
+"""Bumped whenever `networks` changes a prior's layers, so no cache entry of the old layers is
+ever loaded into the new ones (2: the references' own networks, 5x5 kernels and their widths)."""
+
+
 def gan_config(params: Any, *extra: str) -> dict[str, Any]:
     """The GAN part of an attack's cache key: the shared GAN params plus the attack's `extra`."""
-    return {k: getattr(params, k) for k in (*GAN_FIELDS, *extra)}
+    return {"networks": NETWORKS_REVISION, **{k: getattr(params, k) for k in (*GAN_FIELDS, *extra)}}
 
 
 def freeze(*modules: nn.Module) -> None:
@@ -191,14 +196,12 @@ def load_or_train(
     """Fill `networks` from the stage cache, or run `train()` and store them; frozen either
     way; True on a cache hit. `StageCache.load_or_compute` does the work (bad or non-finite
     entries never loaded, a NaN prior never cached, rank 0's decision under torchrun); this adds
-    the attack's log lines and the thread count to the key.
+    the attack's log lines.
 
     `train()` trains `networks` in place and returns figures kept in the entry's metadata.
     """
     cache = stage_cache(ctx)
-    # The thread count changes CPU float reductions, so a prior trained at another one is another
-    # prior (the runner trains each stage at a fixed count, whoever runs it: `Runner.cpu_threads`).
-    key = {**key, "threads": torch.get_num_threads()}
+    # The cache adds the device, thread count and world size to the key (`StageCache.environment`).
     together = False
 
     def compute() -> dict[str, Any]:

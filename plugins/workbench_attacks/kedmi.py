@@ -12,8 +12,11 @@
    batch, so the prior always sees the same fixed batch: one latent per attacked class, in
    blocks of `class_block` classes (the reference's 60 identities of a block, one sample each).
 3. Evaluation: `fits` independent fits per class; from each, `samples_per_class` draws. A
-   result's `restarts` is the draw index, so attack accuracy is mean ± std over draws (BiDO:
-   DefendMI `DMI/recover_vib.py:106-155`).
+   result's `restarts` numbers the (fit, draw) pairs, `fit * samples_per_class + draw`, and its
+   figure `draws_per_fit` tells `attack-accuracy` how to split them: per fit, the accuracy of each
+   draw over the attacked classes, their mean and sample std over draws; then the mean over fits
+   of both (DefendMI `DMI/recovery.py:166-185` on MNIST; with one fit, CelebA's
+   `DMI/recover_vib.py:106-155`).
 """
 
 from __future__ import annotations
@@ -83,8 +86,8 @@ class KEDMIParams(GANBudget, SearchBudget):
     (DefendMI `DMI/recover_vib.py:106-155`), 5 on MNIST (`DMI/recovery.py:166-189`).
     Digits: 5."""
     samples_per_class: int = Field(8, ge=1)
-    """Draws from each fitted Gaussian; the draw index is the result's `restarts`, so attack
-    accuracy is mean ± sample std over draws. Reference: 5 on CelebA (`num_seeds`, DefendMI
+    """Draws from each fitted Gaussian; attack accuracy is the mean over fits of each fit's mean
+    ± sample std over its draws (the spread of one fit's draws, not of the fits). Reference: 5 on CelebA (`num_seeds`, DefendMI
     `DMI/recover_vib.py:106-155`), 100 on MNIST (`DMI/recovery.py:166-189`). Digits: 8."""
     class_block: int = Field(60, ge=1)
     """Classes whose latents form one fixed batch for the prior D (minibatch discrimination
@@ -221,7 +224,8 @@ class KEDMISearch(SearchProblem):
         eps = torch.cat([torch.randn(draws, self.p.z_dim, generator=s) for s in chunk.streams]).to(mu)
         z = self.latents(mu.repeat_interleave(draws, 0), log_var.repeat_interleave(draws, 0), eps)
         targets = torch.tensor([g.target_class for g in chunk.groups for _ in range(draws)])
-        restarts = torch.arange(draws).repeat(len(chunk.groups))
+        # One index per (fit, draw): the metric groups them by fit (`draws_per_fit`).
+        restarts = torch.tensor([g.restart * draws + d for g in chunk.groups for d in range(draws)])
         return self.generator(z), targets, restarts
 
 
@@ -296,4 +300,5 @@ class KEDMI(ShardableSearch):
             iterations=p.iterations,
             max_batch=p.max_batch,
         )
-        return result(images, targets, restarts, confidence, gan_cached=float(hit))
+        return result(images, targets, restarts, confidence, gan_cached=float(hit),
+                      draws_per_fit=float(p.samples_per_class))

@@ -314,7 +314,6 @@ class LOMMAMixin:
             "distill": {k: getattr(p, k) for k in DISTILL_FIELDS},
             "num_classes": ctx.data.num_classes,
             "seed": ctx.seed,
-            "threads": torch.get_num_threads(),
         }
 
         def compute() -> dict:
@@ -462,4 +461,5 @@ class LOMMAKEDMI(LOMMAMixin, KEDMI):
             confidence,
             gan_cached=float(gan_hit),
             surrogates_cached=float(surrogates_hit),
+            draws_per_fit=float(p.samples_per_class),
         )

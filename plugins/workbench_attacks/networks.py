@@ -1,9 +1,26 @@
-"""DCGAN-style generator and discriminators sized to the data's image size.
+"""The GAN priors' networks: the references' own at their settings, generalised to other sizes.
 
-Every network works at the smallest `4 * 2**k >= image_size` (k >= 1) and resizes at the
-boundary, so 16, 32 and 64 px run natively and odd sizes such as 28 px still work.
-Widths double per halving of resolution, capped at 8x, as in GMI's generator (64 px:
-512-256-128-64 channels for width 64).
+At 64 px RGB with `width` 64 they are, layer for layer, DefendMI's (BiDO's copies of the
+authors' code): `Generator` is GMI's `Generator` (`GMI/generator.py:5-31`, 5,142,083 parameters
+at `z_dim` 100), `Critic` is `DGWGAN` (`GMI/discri.py:32-54`, 4,316,545) and
+`ClassDiscriminator` is KED-MI's `MinibatchDiscriminator` (`DMI/discri.py:36-66`, 18,888,936 at
+1000 classes). At 32 px grey they are the MNIST variants `GeneratorMNIST`
+(`GMI/generator.py:34-59`), `DGWGAN32` (`GMI/discri.py:6-29`) and
+`MinibatchDiscriminator_MNIST` (`DMI/discri.py:69-95`). `tests/test_attack_reference_networks.py`
+checks both against independent transcriptions, weight for weight.
+
+Other sizes (the 16 px digits tier, 28 px, 128 px) follow the same rule, which is the
+generalisation the references' two sizes share: the networks compute at the smallest
+`4 * 2**L >= image_size` (L >= 1) and resize at the boundary (bilinear), with L up/down-sampling
+steps between 4x4 and that size. Where they depart from the references (documented in
+docs/attacks.md, "Deviations"):
+
+- 16 px: L = 2, so the generator starts at `2 * width` channels (the references start at 8x
+  for 64 px, 4x for 32 px: always `2**(L-1)`), the critic has two strided convolutions and KED-MI's
+  discriminator two (features `2 * width * 16`); the references have no 16 px network.
+- Sizes that are not a power of two (28 px) are computed at the next one and resized.
+- Widths are capped at 8x (generator, critic) and 4x (KED-MI's discriminator), as at 64 px;
+  beyond 64 px the extra levels keep the cap.
 """
 
 from __future__ import annotations
@@ -29,65 +46,69 @@ def _levels(image_size: int) -> int:
     return int(math.log2(working_size(image_size) // 4))
 
 
-def _width_at(level: int, levels: int, width: int) -> int:
-    """Channels at `level` steps above 4x4: `width` at full resolution, doubling per halving."""
-    return width * min(8, 2 ** (levels - level))
+def _resize(x: Tensor, size: int) -> Tensor:
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
 
 
 class Generator(nn.Module):
-    """z `[n, z_dim]` -> images `[n, C, H, W]` in [0, 1] (sigmoid output, like GMI's)."""
+    """z `[n, z_dim]` -> images `[n, C, H, W]` in [0, 1]: GMI's generator.
+
+    Linear(z_dim -> w0·4·4, no bias) + BatchNorm1d + ReLU; then L - 1 blocks of
+    ConvTranspose(5x5, stride 2, padding 2, output_padding 1, no bias) + BatchNorm2d + ReLU, each
+    halving the channels down to `width`; then ConvTranspose(width -> C, same geometry, with bias)
+    and a sigmoid (DefendMI `GMI/generator.py:5-31`). w0 = `width * 2**(L-1)` (capped at 8x):
+    512 at 64 px, 256 at 32 px (`GeneratorMNIST`), for width 64.
+    """
 
     def __init__(self, z_dim: int, in_channels: int, image_size: int, width: int):
         super().__init__()
         self.z_dim = z_dim
         self.image_size = image_size
         levels = _levels(image_size)
-        first = _width_at(0, levels, width)
+        widths = [width * min(8, 2 ** (levels - 1 - i)) for i in range(levels)]
+        self.first = widths[0]
         self.project = nn.Sequential(
-            nn.Linear(z_dim, first * 16, bias=False), nn.BatchNorm1d(first * 16), nn.ReLU(inplace=True)
+            nn.Linear(z_dim, widths[0] * 16, bias=False), nn.BatchNorm1d(widths[0] * 16), nn.ReLU(inplace=True)
         )
-        self.first = first
         blocks: list[nn.Module] = []
-        for level in range(levels):
-            c_in, c_out = _width_at(level, levels, width), _width_at(level + 1, levels, width)
+        for c_in, c_out in zip(widths, widths[1:], strict=False):
             blocks += [
-                nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
+                nn.ConvTranspose2d(c_in, c_out, 5, stride=2, padding=2, output_padding=1, bias=False),
                 nn.BatchNorm2d(c_out),
                 nn.ReLU(inplace=True),
             ]
         self.blocks = nn.Sequential(*blocks)
-        self.to_image = nn.Conv2d(_width_at(levels, levels, width), in_channels, 3, padding=1)
+        self.to_image = nn.ConvTranspose2d(widths[-1], in_channels, 5, stride=2, padding=2, output_padding=1)
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.project(z).view(z.shape[0], self.first, 4, 4)
-        x = self.to_image(self.blocks(h))
-        if x.shape[-1] != self.image_size:
-            x = F.interpolate(
-                x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
-            )
-        return x.sigmoid()
+        return _resize(self.to_image(self.blocks(h)), self.image_size).sigmoid()
 
 
 class DownTrunk(nn.Module):
     """Strided convolutions from the working size down to 4x4; flattened features out.
 
-    Instance norm, not batch norm: WGAN-GP's gradient penalty is defined per sample, and the
-    latent searches score each image on its own. `norm_first`: instance norm on the first
-    convolution too (KED-MI's discriminator, KEDMI `discri.py:34-60`); GMI's critic has none
-    there (DefendMI `GMI/discri.py:32-54`). Kernels are 4x4 (stride 2, padding 1) where the
-    references use 5x5 (padding 2): the same halving per layer, sized for any working size.
+    Layer s (s = 0 .. L-1) has `width * min(cap, 2**s)` channels, 5x5 kernels (stride 2,
+    padding 2) while the width grows and 3x3 (stride 2, padding 1) once it is capped, instance
+    norm (affine) and LeakyReLU(0.2). `norm_first`: instance norm on the first convolution too.
+    GMI's critic: cap 8, no norm first (DefendMI `GMI/discri.py:32-54`); KED-MI's discriminator:
+    cap 4, norm first, so its fourth 64 px layer is Conv(256 -> 256, 3, 2, 1)
+    (`DMI/discri.py:36-52`). Instance norm, not batch norm: WGAN-GP's gradient penalty is
+    defined per sample (the references' comment: "InstanceNorm2d instead of LayerNorm").
     """
 
-    def __init__(self, in_channels: int, image_size: int, width: int, norm_first: bool = False):
+    def __init__(self, in_channels: int, image_size: int, width: int, *, cap: int = 8, norm_first: bool = False):
         super().__init__()
-        self.image_size = image_size
         self.size = working_size(image_size)
-        levels = _levels(image_size)
         layers: list[nn.Module] = []
         c_in = in_channels
-        for step in range(levels):
-            c_out = _width_at(levels - step - 1, levels, width)
-            layers.append(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1))
+        for step in range(_levels(image_size)):
+            c_out = width * min(cap, 2**step)
+            widening = step == 0 or c_out != c_in
+            kernel, padding = (5, 2) if widening else (3, 1)
+            layers.append(nn.Conv2d(c_in, c_out, kernel, stride=2, padding=padding))
             if step > 0 or norm_first:
                 layers.append(nn.InstanceNorm2d(c_out, affine=True))
             layers.append(nn.LeakyReLU(0.2, inplace=True))
@@ -96,22 +117,27 @@ class DownTrunk(nn.Module):
         self.out_channels = c_in
         self.feature_dim = c_in * 16
 
+    def maps(self, x: Tensor) -> Tensor:
+        """The last 4x4 feature maps `[n, out_channels, 4, 4]`."""
+        return self.layers(_resize(x, self.size))
+
     def forward(self, x: Tensor) -> Tensor:
-        if x.shape[-1] != self.size:
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return self.layers(x).flatten(1)
+        return self.maps(x).flatten(1)
 
 
 class Critic(nn.Module):
-    """WGAN-GP critic: one unbounded realness score per image (higher = more real)."""
+    """WGAN-GP critic `DGWGAN`: one unbounded realness score per image (higher = more real).
+
+    The trunk, then Conv(4x4, no padding) from the 4x4 maps to one score (`GMI/discri.py:50`).
+    """
 
     def __init__(self, in_channels: int, image_size: int, width: int):
         super().__init__()
         self.trunk = DownTrunk(in_channels, image_size, width)
-        self.score = nn.Linear(self.trunk.feature_dim, 1)
+        self.score = nn.Conv2d(self.trunk.out_channels, 1, 4)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.score(self.trunk(x))[:, 0]
+        return self.score(self.trunk.maps(x)).view(-1)
 
 
 class MinibatchDiscrimination(nn.Module):
@@ -129,10 +155,10 @@ class MinibatchDiscrimination(nn.Module):
         super().__init__()
         self.kernels = kernels
         self.kernel_dim = kernel_dim
-        self.T = nn.Parameter(torch.randn(in_features, kernels * kernel_dim))
+        self.T = nn.Parameter(torch.randn(in_features, kernels, kernel_dim))
 
     def forward(self, x: Tensor) -> Tensor:
-        m = (x @ self.T).view(-1, self.kernels, self.kernel_dim)
+        m = (x @ self.T.flatten(1)).view(-1, self.kernels, self.kernel_dim)
         # Trained data-parallel, x is this rank's slice of the batch: its images are compared with
         # every rank's (gathered with autograd), as one process compares the whole batch.
         batch = gather_with_grad(m) if in_data_parallel() else m
@@ -145,8 +171,9 @@ class ClassDiscriminator(nn.Module):
     """KED-MI's discriminator: K class logits; realness is logsumexp over them (the "+1" class).
 
     Trunk: strided convolutions with instance norm on every one (the first included) and
-    LeakyReLU(0.2); then minibatch discrimination with `(kernels, kernel_dim)` (reference
-    (64, 50); 0 kernels switches it off); then one linear layer to the K classes. No dropout
+    LeakyReLU(0.2), widths capped at 4x (`DownTrunk`); then minibatch discrimination with
+    `(kernels, kernel_dim)` (reference (64, 50); 0 kernels switches it off); then one linear
+    layer to the K classes. No dropout
     (the reference has none: KEDMI `discri.py:34-70`, DefendMI `DMI/discri.py:8-95`).
 
     `forward(x, blocks=None)` returns `(features, logits)`; the features (before minibatch
@@ -166,7 +193,7 @@ class ClassDiscriminator(nn.Module):
         mbd_kernel_dim: int = 50,
     ):
         super().__init__()
-        self.trunk = DownTrunk(in_channels, image_size, width, norm_first=True)
+        self.trunk = DownTrunk(in_channels, image_size, width, cap=4, norm_first=True)
         features = self.trunk.feature_dim
         self.mbd = MinibatchDiscrimination(features, mbd_kernels, mbd_kernel_dim) if mbd_kernels > 0 else None
         self.head = nn.Linear(features + (mbd_kernels if self.mbd is not None else 0), num_classes)

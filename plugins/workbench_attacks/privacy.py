@@ -28,14 +28,25 @@ def topk_hits(logits: Tensor, targets: Tensor, k: int) -> Tensor:
     return (logits.topk(k, dim=1).indices == targets[:, None]).any(dim=1)
 
 
-def accuracy_over_restarts(hits: Tensor, restarts: Tensor | None) -> tuple[float, float]:
+def accuracy_over_restarts(
+    hits: Tensor, restarts: Tensor | None, draws_per_fit: int | None = None
+) -> tuple[float, float]:
     """Mean and standard deviation of the per-restart accuracy.
 
     The std is the sample std (n - 1), as the GMI/KED-MI scripts report it; 0 for one restart.
+    With `draws_per_fit` (KED-MI's several fits: `restarts` = fit · draws_per_fit + draw), each
+    fit's mean and std over its draws, then the mean over fits of both, as DefendMI reports
+    `fits > 1` (`DMI/recovery.py:166-185`: `np.array(res_all).mean(0)`): the std is the spread
+    of one fit's draws, not of the fits, and pooling the fits under each draw index (which
+    averages out the fit-to-fit differences) would understate it.
     """
     hits = hits.double()
     if restarts is None:
         return float(hits.mean()), 0.0
+    if draws_per_fit:
+        fits = torch.div(restarts, draws_per_fit, rounding_mode="floor")
+        per_fit = [accuracy_over_restarts(hits[fits == f], restarts[fits == f]) for f in torch.unique(fits)]
+        return sum(m for m, _ in per_fit) / len(per_fit), sum(s for _, s in per_fit) / len(per_fit)
     per_restart = torch.stack([hits[restarts == r].mean() for r in torch.unique(restarts)])
     std = float(per_restart.std(unbiased=True)) if len(per_restart) > 1 else 0.0
     return float(per_restart.mean()), std
@@ -176,7 +187,12 @@ def private_images(
 
 
 class AttackAccuracy(Metric):
-    """Top-1/top-5 of E on the reconstructions w.r.t. their target class, mean ± std over restarts."""
+    """Top-1/top-5 of E on the reconstructions w.r.t. their target class, mean ± std over restarts.
+
+    What the std is over, per attack: GMI, LOMMA, PLG-MI, MI-Face: independent restarts (each a
+    search of every attacked class); KED-MI (and LOMMA on KED-MI): the draws of one fit, averaged
+    over fits; VMI: the draws from each class's fitted q; PPA: none (0, its selection keeps the
+    best candidates)."""
 
     section = "attacks"
 
@@ -194,8 +210,10 @@ class AttackAccuracy(Metric):
             model, _image_batches(attack.images, ctx.batch_size), ctx.device, features=False
         )
         targets = attack.targets.cpu()
-        top1, top1_std = accuracy_over_restarts(topk_hits(logits, targets, 1), attack.restarts)
-        top5, top5_std = accuracy_over_restarts(topk_hits(logits, targets, 5), attack.restarts)
+        # KED-MI's fits: per fit over its draws, then the mean over fits (`accuracy_over_restarts`).
+        draws = int(attack.figures.get("draws_per_fit", 0)) or None
+        top1, top1_std = accuracy_over_restarts(topk_hits(logits, targets, 1), attack.restarts, draws)
+        top5, top5_std = accuracy_over_restarts(topk_hits(logits, targets, 5), attack.restarts, draws)
         return {"top1": top1, "top5": top5, "top1_std": top1_std, "top5_std": top5_std}
 
 
