@@ -98,11 +98,11 @@ class GaussianNoise(Defense):
 
     def finish_training(self, model: nn.Module) -> None:
         p = self.params
-        scale = p.sigma
-        rms = None
-        if p.relative:
-            rms = feature_rms(model, self.data.train if self.data is not None else None)
-            scale = p.sigma * rms
+        # The features' RMS, HCR's unit for σ; measured whenever the data is at hand, so an absolute
+        # σ can be judged against it in the log.
+        train = self.data.train if self.data is not None else None
+        rms = feature_rms(model, train) if train is not None or p.relative else None
+        scale = p.sigma * rms if p.relative else p.sigma
         device = self.head.weight.device
         if p.mode == "fixed":
             g = seeds.generator(self.seed, "gaussian-noise")
@@ -110,7 +110,8 @@ class GaussianNoise(Defense):
                                   .to(device, self.head.noise.dtype))
         else:
             self.head.fresh_std.fill_(scale)
-        shown = f"σ = {p.sigma:g}" + (f" × feature RMS {rms:.4g} = {scale:.4g}" if rms is not None else "")
+        shown = f"σ = {p.sigma:g}" + (f" × feature RMS {rms:.4g} = {scale:.4g}" if p.relative
+                                      else f", feature RMS {rms:.4g}" if rms is not None else "")
         self.emit("log", level="info", message=(
             f"gaussian-noise: post-hoc, {'one fixed noise vector' if p.mode == 'fixed' else 'fresh noise per forward'}"
             f" ({shown}) added to the penultimate feature of the trained target for evaluation and attacks"))
@@ -118,7 +119,7 @@ class GaussianNoise(Defense):
 
 @torch.no_grad()
 def feature_rms(model: nn.Module, data) -> float:
-    """sqrt(mean z²) of the penultimate feature over `data` (eval mode), HCR's reference scale."""
+    """sqrt(mean z²) of the penultimate feature over the data's training split (eval mode), HCR's scale."""
     if data is None:
         raise WorkbenchError("gaussian-noise: relative = true needs the training data to measure the features' RMS")
     was_training = model.training
