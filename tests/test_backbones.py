@@ -351,8 +351,9 @@ def test_unreadable_pretrained_files(registry, tmp_path: Path):
 @pytest.mark.parametrize(
     ("name", "params", "message"),
     [
-        ("mcnn", {"width": -3}, r"backbone 'mcnn': width: Input should be greater than 0 \(got -3\)"),
-        ("scnn", {"width": 0}, r"backbone 'scnn': width: Input should be greater than 0"),
+        ("mcnn", {"width": -3}, r"backbone 'mcnn': width: must be a width from 1 to 65,536 \(got -3\)"),
+        ("scnn", {"width": 0}, r"backbone 'scnn': width: must be a width from 1 to 65,536"),
+        ("mcnn", {"width": 10**9}, r"backbone 'mcnn': width: must be a width from 1 to 65,536 \(got 1000000000\)"),
         ("mcnn", {"dropout": 1.0}, r"dropout: Input should be less than 1"),
         ("mcnn", {"widht": 32}, r"unknown key 'widht'"),
         ("mcnn", {"padding": "full"}, r"padding: Input should be 'auto', 'valid' or 'same'"),

@@ -93,8 +93,8 @@ def test_wrong_type_and_nonpositive_counts_all_reported_at_once(tmp_path, regist
     text = text.replace("seed = 1", 'seed = "one"')
     problems = problems_of(tmp_path, text, registry)
     joined = "\n".join(problems)
-    assert "target.train.epochs: Input should be greater than 0 (got 0)" in joined
-    assert "target.train.batch_size: Input should be greater than 0 (got -4)" in joined
+    assert "target.train.epochs: must be a number of epochs from 1 to 100,000 (got 0)" in joined
+    assert "target.train.batch_size: must be a batch size from 1 to 65,536 (got -4)" in joined
     assert "seed:" in joined
     assert len(problems) == 3
 

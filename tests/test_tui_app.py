@@ -151,7 +151,7 @@ async def test_editor_round_trip_keeps_comments(tmp_path, registry):
         epochs = screen.query_one("#f-epochs", Input)
         epochs.value = "0"  # invalid: shown inline
         await pilot.pause(0.1)
-        assert "greater than 0" in plain_text(screen.query_one("#e-epochs", Static))
+        assert "from 1 to 100,000" in plain_text(screen.query_one("#e-epochs", Static))
         epochs.value = "7"
         await pilot.pause(0.1)
         assert plain_text(screen.query_one("#e-epochs", Static)) == ""

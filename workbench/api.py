@@ -6,7 +6,8 @@ internal and may change without notice.
 
 - Hooks: `hookimpl` marks an implementation of a hook in `workbench.components.hookspecs`.
 - Params: `StrictModel` (every component's params model), `NoParams`, `ComponentTable` and
-  `NestedComponent` for components that hold other components.
+  `NestedComponent` for components that hold other components; bounded ints for what a run loops
+  over or allocates (`Epochs`, `Steps`, `Count`, `Width`, `BatchSize`, `ImageSize`, `bounded_int`).
 - Contracts: one Protocol or base class per component kind (`Backbone`, `DependencyMeasure`,
   `DatasetComponent`, `OODDatasetComponent`, `Defense`, `Attack`, `Metric`, `OODScore`,
   `OODLoss`, `Executor`, `EventSink`) and the dataclasses they exchange (`Job`, `Outcome`, `DefenseContext`,
@@ -25,7 +26,19 @@ internal and may change without notice.
 from __future__ import annotations
 
 from workbench.components.hookspecs import hookimpl
-from workbench.components.params import ComponentTable, NestedComponent, NoParams, StrictModel
+from workbench.components.params import (
+    BatchSize,
+    ComponentTable,
+    Count,
+    Epochs,
+    ImageSize,
+    NestedComponent,
+    NoParams,
+    Steps,
+    StrictModel,
+    Width,
+    bounded_int,
+)
 from workbench.components.protocols import (
     Attack,
     AttackContext,
@@ -83,16 +96,20 @@ __all__ = [
     "AttackResult",
     "AttackShard",
     "Backbone",
+    "BatchSize",
     "ComponentTable",
+    "Count",
     "DataSplits",
     "DatasetComponent",
     "Defense",
     "DefenseContext",
     "DependencyMeasure",
+    "Epochs",
     "EvalContext",
     "EventSink",
     "Executor",
     "HiddenModule",
+    "ImageSize",
     "Job",
     "LossOutput",
     "Metric",
@@ -103,13 +120,16 @@ __all__ = [
     "OODScore",
     "Outcome",
     "StageCache",
+    "Steps",
     "StrictModel",
     "TrainingSetup",
+    "Width",
     "WorkbenchError",
     "accuracy",
     "agree_on_hit",
     "autocast",
     "average_gradients",
+    "bounded_int",
     "broadcast_module",
     "cross_entropy",
     "did_you_mean",

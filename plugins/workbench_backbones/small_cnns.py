@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, PositiveInt
+from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.api import StrictModel, WorkbenchError
+from workbench.api import StrictModel, Width, WorkbenchError
 
 from ._common import HiddenClassifier, check_build_args
 
@@ -26,7 +26,7 @@ Padding = Literal["auto", "valid", "same"]
 class MCNNParams(StrictModel):
     """MCNN: three conv blocks, the BiDO authors' MNIST target."""
 
-    width: PositiveInt = 64
+    width: Width = 64
     """Channels of the first block; the next blocks have 2× and 4× (authors: 64 → 64/128/256)."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout on the penultimate feature before the linear head (authors: none)."""
@@ -38,7 +38,7 @@ class MCNNParams(StrictModel):
 class SCNNParams(StrictModel):
     """SCNN: five conv layers, the BiDO authors' MNIST evaluation classifier."""
 
-    width: PositiveInt = 32
+    width: Width = 32
     """Channels of the first conv; later convs have 2×, 4×, 8×, 16× (authors: 32 → feature 512)."""
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout on the penultimate feature before the linear head (authors: none)."""

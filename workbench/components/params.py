@@ -7,9 +7,19 @@ tooltips and JSON Schema descriptions, so write them for a researcher reading a 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
+import annotated_types
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from workbench.errors import did_you_mean
 
@@ -25,6 +35,67 @@ class StrictModel(BaseModel):
         protected_namespaces=(),
         allow_inf_nan=False,
     )
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _int_within_reach(cls, value: Any, info: ValidationInfo) -> Any:
+        """The safety net under every int param that sets no upper bound of its own (see `bounded_int`):
+        beyond `MAX_INT` a loop or a tensor shape overflows or never ends, so no run could honour it."""
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None or any(isinstance(m, (annotated_types.Le, annotated_types.Lt)) for m in field.metadata):
+            return value
+        for number in _ints_in(value):
+            if not -MAX_INT <= number <= MAX_INT:
+                raise ValueError(f"must be from {-MAX_INT:,} to {MAX_INT:,}; no run can honour a larger magnitude")
+        return value
+
+
+MAX_INT = 2**31 - 1
+"""The largest magnitude an int param without its own bound may take (what int32 indices and shapes hold)."""
+
+
+def _ints_in(value: Any) -> Iterable[int]:
+    """The ints in a param value (in lists, tuples and dicts too, one level at a time; bools are not ints)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, int) and not isinstance(item, bool):
+            yield item
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+
+
+def bounded_int(low: int, high: int, what: str = "") -> Any:
+    """An int param in [low, high], checked when the recipe is validated, the message naming the range.
+
+    Use the named ones below (`Epochs`, `Steps`, `Count`, `Width`, `BatchSize`, `ImageSize`) for the
+    quantities a run loops over or allocates, so that every component refuses a value no run could
+    honour (an `epochs` of 2⁶³ that hangs, a width of 10⁹ that ends in an allocator traceback) the same
+    way; the JSON Schema and `plugins list` show the range."""
+
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"must be {what or 'an integer'} from {low:,} to {high:,}")
+        return value
+
+    return Annotated[int, AfterValidator(check), Field(json_schema_extra={"minimum": low, "maximum": high})]
+
+
+Epochs = bounded_int(1, 100_000, "a number of epochs")
+"""Training epochs (1 to 100,000)."""
+Steps = bounded_int(1, 10_000_000, "a number of steps")
+"""Optimisation steps or iterations (1 to 10⁷)."""
+Count = bounded_int(1, 1_000_000)
+"""How many of something a run makes or keeps: restarts, samples, candidates, classes (1 to 10⁶)."""
+Width = bounded_int(1, 65_536, "a width")
+"""Channels, hidden units or latent dimensions of a network (1 to 65,536); whether the network then fits
+in memory is checked, with an estimate, before it is built."""
+BatchSize = bounded_int(1, 65_536, "a batch size")
+"""Rows in a batch (1 to 65,536); whether a batch fits in memory is checked before training."""
+ImageSize = bounded_int(4, 4096, "an image side in pixels")
+"""An image side in pixels (4 to 4,096)."""
 
 
 class NoParams(StrictModel):

@@ -194,6 +194,10 @@ class Registry:
         builtin = getattr(self.manager.info.get(component.plugin), "source", None) == "builtin"
         if kind == "dependency" and not builtin:
             return CheckedMeasure(created, component.name, component.plugin)
+        if kind == "backbone":  # a network that cannot fit is refused before it is allocated
+            from workbench.running.memory import CheckedBackbone
+
+            return CheckedBackbone(created, component.name, table.params)
         return created
 
 

@@ -21,16 +21,20 @@ from pydantic import (
     BaseModel,
     Field,
     PositiveFloat,
-    PositiveInt,
     ValidationError,
     field_validator,
     model_validator,
 )
 
 from workbench.components.params import (
+    BatchSize,
     ComponentTable,
+    Count,
+    Epochs,
     KeyPath,
     StrictModel,
+    bounded_int,
+    format_path,
     table_types,
     validation_problems,
 )
@@ -87,7 +91,7 @@ class ScheduleConfig(StrictModel):
 
     name: Literal["constant", "multistep"] = "constant"
     """`constant`, or `multistep` (multiply by `gamma` at each milestone epoch)."""
-    milestones: list[PositiveInt] = []
+    milestones: list[Epochs] = []
     """Epochs after which the learning rate is multiplied by `gamma`."""
     gamma: PositiveFloat = 0.1
     """Decay factor at each milestone."""
@@ -96,18 +100,18 @@ class ScheduleConfig(StrictModel):
 class BalancedBatches(StrictModel):
     """Identity-balanced batches: `classes` classes × `per_class` images each (BiDO: 16 × 4)."""
 
-    classes: PositiveInt = 16
+    classes: Count = 16
     """Classes per batch."""
-    per_class: PositiveInt = 4
+    per_class: Count = 4
     """Images per class in a batch."""
 
 
 class TrainConfig(StrictModel):
     """How a classifier is trained. Every defense uses this same trainer."""
 
-    epochs: PositiveInt = 30
+    epochs: Epochs = 30
     """Training epochs."""
-    batch_size: PositiveInt = 64
+    batch_size: BatchSize = 64
     """Mini-batch size (ignored when `balanced_batches` is set)."""
     optimizer: OptimizerConfig = OptimizerConfig()
     """Optimizer settings."""
@@ -132,6 +136,9 @@ class TargetConfig(StrictModel):
     """Training settings shared by every variant."""
 
 
+WarmupEpochs = bounded_int(0, 100_000, "a number of epochs")
+
+
 class OODTrainingConfig(StrictModel):
     """Unknown-aware training: auxiliary OOD data joins after a warm-up (BiDO+ with `bido`)."""
 
@@ -142,7 +149,7 @@ class OODTrainingConfig(StrictModel):
     margins), `oe` (cross-entropy to uniform), or a plugin's. A bare name is shorthand for `{ use = NAME }`."""
     batch_factor: PositiveFloat = 0.5
     """OOD batch size as a fraction of the ID batch size."""
-    warmup_epochs: int = Field(0, ge=0)
+    warmup_epochs: WarmupEpochs = 0
     """Epochs of plain training before the OOD term joins."""
     warmup_ood_forward: bool = True
     """During warm-up, pass each OOD batch through the model in training mode without gradients, as
@@ -356,6 +363,36 @@ def _not_a_recipe_file(path: Path) -> str | None:
     return None
 
 
+MAX_DEPTH = 32
+"""How deeply tables and arrays may nest in a recipe (the shipped ones nest 5 deep); deeper is not a
+recipe, and reading or checking it would exhaust Python's recursion limit (a traceback, not a line)."""
+
+
+def nesting_problem(raw: Any, limit: int = MAX_DEPTH) -> str | None:
+    """Where `raw` nests tables or arrays more than `limit` deep, as one line; None when it does not.
+    Walks with an explicit stack, so no depth of input can overflow it."""
+    stack: list[tuple[Any, KeyPath]] = [(raw, ())]
+    while stack:
+        node, path = stack.pop()
+        if len(path) > limit:
+            shown = format_path(path[:4])
+            return f"{shown}...: tables or arrays nested more than {limit} levels deep; a recipe nests a few levels"
+        if isinstance(node, dict):
+            stack.extend((value, (*path, str(key))) for key, value in node.items())
+        elif isinstance(node, list):
+            stack.extend((value, (*path, i)) for i, value in enumerate(node))
+    return None
+
+
+def _loads(text: str) -> Any:
+    """`tomllib.loads`, with nesting deep enough to exhaust the recursion limit as a TOMLDecodeError."""
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise tomllib.TOMLDecodeError(f"tables or arrays nested too deeply (a recipe nests at most {MAX_DEPTH} "
+                                      "levels)") from None
+
+
 def parse_toml(path: Path) -> dict[str, Any]:
     """The raw TOML of a recipe file, or a RecipeError naming the file and the line."""
     path = Path(path)
@@ -369,9 +406,13 @@ def parse_toml(path: Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(str(path), [f"cannot read: {exc}"]) from None
     try:
-        return tomllib.loads(text)
+        raw = _loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(str(path), [f"malformed TOML: {exc}"]) from None
+    too_deep = nesting_problem(raw)
+    if too_deep:
+        raise RecipeError(str(path), [too_deep])
+    return raw
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--set") -> dict[str, Any]:
@@ -379,6 +420,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--
 
     List items are addressed by index or, for variants, by name: `variants.bido-hsic.defense.lambda_x`.
     """
+    too_deep = nesting_problem(raw)  # deepcopy below recurses
+    if too_deep:
+        raise RecipeError(source, [too_deep])
     raw = copy.deepcopy(raw)
     problems = []
     for item in overrides:
@@ -387,10 +431,14 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], source: str = "--
             problems.append(f"{item!r}: expected key.path=value")
             continue
         try:
-            value = tomllib.loads(f"v = {text}")["v"]
+            value = _loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
             value = text
         parts = key.strip().split(".")
+        if len(parts) > MAX_DEPTH or nesting_problem(value, MAX_DEPTH - len(parts)):
+            shown = key if len(key) <= 60 else key[:60] + "..."
+            problems.append(f"{shown}: nested more than {MAX_DEPTH} levels deep; a recipe nests a few levels")
+            continue
         node: Any = raw
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
@@ -433,6 +481,9 @@ def validate_raw(raw: dict[str, Any], source: str, registry=None) -> Recipe:
         from workbench import load_registry
 
         registry = load_registry()
+    too_deep = nesting_problem(raw)
+    if too_deep:
+        raise RecipeError(source, [too_deep])
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:

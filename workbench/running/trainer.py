@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from workbench.components.protocols import Defense, OODLoss, TrainingSetup
 from workbench.errors import RunError
 from workbench.recipe.schema import OODTrainingConfig, TrainConfig
-from workbench.running import distributed, seeds
+from workbench.running import distributed, memory, seeds
 from workbench.running.batches import (
     balanced_batches,
     dataset_labels,
@@ -148,11 +148,13 @@ def train_classifier(
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
+    batch_size = (config.balanced_batches.classes * config.balanced_batches.per_class if config.balanced_batches
+                  else config.batch_size)
+    memory.check_batch_fits(f"{stage} {variant}" if variant else stage, memory.footprint_of(model), batch_size, device)
     optimizer = make_optimizer(model, config, defense)
     optimizer = defense.start_training(model, optimizer, TrainingSetup(
         dataset_size=len(train_data),
-        batch_size=(config.balanced_batches.classes * config.balanced_batches.per_class if config.balanced_batches
-                    else config.batch_size), epochs=config.epochs, device=device, seed=seed))
+        batch_size=batch_size, epochs=config.epochs, device=device, seed=seed))
     history: list[dict[str, float]] = []
     ood_state: dict[str, float] = {}
     first_epoch = 0
