@@ -437,3 +437,16 @@ def test_vmi_recovers_the_private_digits(run_tiny_recipe):
     _, results = run_tiny_recipe(DIGITS_RECIPE, workers=1)
     vmi = results["variants"][0]["attacks"]["vmi"]
     assert vmi["top1"] >= 0.4, vmi  # chance is 0.2
+
+
+def test_epochs_count_the_references_epoch_lengths():
+    from workbench_attacks.vmi import VMIParams
+
+    assert VMIParams(iterations=123).steps == 123
+    # BiDO's copy: range(0, 320, batchSize) per epoch (DefendMI VMI/attack_stylegan.py:335).
+    assert VMIParams(epochs=3, epoch_length="bido", batch_size=32).steps == 3 * 10
+    assert VMIParams(epochs=1, epoch_length="bido", batch_size=64).steps == 5
+    # The VMI repository: range(0, 10000, batchSize) (VMI attack_stylegan.py:322): 157 at batch 64.
+    assert VMIParams(epochs=2, epoch_length="vmi", batch_size=64).steps == 2 * 157
+    assert "10000" in VMIParams.model_fields["epoch_length"].description
+    assert "VMI/attack_stylegan.py:335" in VMIParams.model_fields["epoch_length"].description

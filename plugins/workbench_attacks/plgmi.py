@@ -10,13 +10,19 @@
    `margin(T(aug₁(G(z, y))), y) + margin(T(aug₂(G(z, y))), y)` with two independent
    augmentations, no prior term, no clipping.
 
-Augmentation: RandomResizedCrop (ratio 1) and a small rotation as one `affine_grid` warp per
-image; no flips and no colour jitter (digits are not mirror-symmetric; the spec's digits tier).
+Augmentation (`augment`): `digits` (default): RandomResizedCrop (ratio 1) and a small rotation
+as one `affine_grid` warp per image; no flips and no colour jitter (digits are not
+mirror-symmetric; the spec's digits tier). `reference`: the reference's set (PLG
+`reconstruct.py:66-71`, `train_cgan.py:250-255`): also ColorJitter(brightness 0.2, contrast 0.2)
+(always in the inversion, with p 0.5 in the GAN), a horizontal flip with p 0.5 and the rotation
+with p 0.5 (kornia's defaults). The inversion loss (`inv_loss`): `margin` (reference default),
+`ce` or `poincare` (PLG `losses.py:7-40`, `--inv_loss_type`), in the GAN and the inversion alike.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -91,8 +97,16 @@ class PLGMIParams(GANBudget, SearchBudget):
     """RandomResizedCrop scale range, ratio 1 (reference (0.8, 1.0): PLG `train_cgan.py:250-255`,
     `reconstruct.py:66-71`)."""
     rotation: float = Field(5.0, ge=0)
-    """Largest rotation in degrees (reference 5: `RandomRotation(5)`, PLG `train_cgan.py:250-255`).
-    Flips and colour jitter of the reference are left out (digits are not mirror-symmetric)."""
+    """Largest rotation in degrees (reference 5: `RandomRotation(5)`, PLG `train_cgan.py:250-255`)."""
+    augment: Literal["digits", "reference"] = "digits"
+    """The augmentation of the fakes, in G's loss and in the inversion. `reference`: the
+    reference's set (crop, ColorJitter(0.2, 0.2), horizontal flip, rotation; PLG
+    `reconstruct.py:66-71`, `train_cgan.py:250-255`). `digits`: crop and rotation only, the
+    rotation always applied (digits are not mirror-symmetric; a deviation for the digits tier)."""
+    inv_loss: Literal["margin", "ce", "poincare"] = "margin"
+    """The identity loss on T's logits, in G's loss and in the inversion (reference default
+    `margin`: `--inv_loss_type`, PLG `train_cgan.py:126`, `reconstruct.py:100-105`; the
+    functions in PLG `losses.py:7-40`)."""
 
 
 # ---------------------------------------------------------------- objective pieces
@@ -105,6 +119,25 @@ def margin_loss(logits: Tensor, y: Tensor) -> Tensor:
     return -true + others.max(dim=1).values
 
 
+def cross_entropy_rows(logits: Tensor, y: Tensor) -> Tensor:
+    """Per row CE(o_b, y_b) (PLG `losses.py:16-17` is its batch mean)."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
+def poincare_rows(logits: Tensor, y: Tensor, xi: float = 1e-4) -> Tensor:
+    """Per row the Poincaré distance between the L1-normalised logits u and the one-hot target
+    shrunk by ξ, v = clip(e_y − ξ, 0, 1): arccosh(1 + 2‖u − v‖² / ((1 − ‖u‖²)(1 − ‖v‖²)))
+    (PLG `losses.py:20-37`, ξ = 1e-4; its batch mean is the reference's)."""
+    u = logits / logits.norm(p=1, dim=-1, keepdim=True)
+    v = (F.one_hot(y, logits.shape[-1]).to(u) - xi).clamp(0, 1)
+    delta = 2 * (u - v).norm(dim=1) ** 2 / ((1 - u.norm(dim=1) ** 2) * (1 - v.norm(dim=1) ** 2))
+    return torch.arccosh(1 + delta)
+
+
+IDENTITY_LOSSES = {"margin": margin_loss, "ce": cross_entropy_rows, "poincare": poincare_rows}
+"""`inv_loss` -> per-row loss on T's logits."""
+
+
 def hinge_d_loss(real_scores: Tensor, fake_scores: Tensor) -> Tensor:
     """mean relu(1 − D(x, y)) + mean relu(1 + D(G(z, ỹ), ỹ)) (PLG `losses.py`, hinge)."""
     return F.relu(1 - real_scores).mean() + F.relu(1 + fake_scores).mean()
@@ -115,19 +148,66 @@ def hinge_g_loss(fake_scores: Tensor) -> Tensor:
     return -fake_scores.mean()
 
 
-def augment(images: Tensor, rng: torch.Generator, crop_scale: tuple[float, float], rotation: float) -> Tensor:
+def generator_loss(fake_scores: Tensor, augmented_logits: Tensor, y: Tensor, alpha: float, inv_loss: str) -> Tensor:
+    """G's loss: hinge −mean D(G(z, ỹ), ỹ) + α · batch mean of `inv_loss`(T(aug(G(z, ỹ))), ỹ)
+    (PLG `train_cgan.py:270-288`: `loss_all = loss_gen + inv_loss * args.alpha`)."""
+    return hinge_g_loss(fake_scores) + alpha * IDENTITY_LOSSES[inv_loss](augmented_logits, y).mean()
+
+
+def augment(
+    images: Tensor,
+    rng: torch.Generator,
+    crop_scale: tuple[float, float],
+    rotation: float,
+    *,
+    reference: bool = False,
+    jitter_p: float = 1.0,
+) -> Tensor:
     """RandomResizedCrop (area in `crop_scale`, ratio 1) and a rotation in ±`rotation` degrees,
-    one `affine_grid` warp per image; draws from `rng` (on the CPU)."""
+    one `affine_grid` warp per image; draws from `rng` (on the CPU).
+
+    `reference`: the reference's set instead (PLG `reconstruct.py:66-71`): the rotation with p
+    0.5, a horizontal flip with p 0.5 (both folded into the warp), then with p `jitter_p`
+    ColorJitter(brightness 0.2, contrast 0.2) in a random order (torchvision's definition:
+    brightness x·b, contrast c·x + (1 − c)·mean(grey(x)), b, c ~ U[0.8, 1.2], clamped to [0, 1]).
+    """
     n = images.shape[0]
     lo, hi = crop_scale
     side = (lo + (hi - lo) * torch.rand(n, generator=rng)).sqrt()  # fraction of the side kept
     cx = (torch.rand(n, generator=rng) * 2 - 1) * (1 - side)
     cy = (torch.rand(n, generator=rng) * 2 - 1) * (1 - side)
     angle = (torch.rand(n, generator=rng) * 2 - 1) * math.radians(rotation)
+    flip = torch.ones(n)
+    if reference:
+        angle = angle * (torch.rand(n, generator=rng) < 0.5)
+        flip = torch.where(torch.rand(n, generator=rng) < 0.5, -1.0, 1.0)
     cos, sin = angle.cos() * side, angle.sin() * side
-    theta = torch.stack([torch.stack([cos, -sin, cx], 1), torch.stack([sin, cos, cy], 1)], 1)
+    # Output x' samples the input at theta · (x', y', 1); a flip mirrors x' first.
+    theta = torch.stack([torch.stack([cos * flip, -sin, cx], 1), torch.stack([sin * flip, cos, cy], 1)], 1)
     grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if reference:
+        out = color_jitter(out, rng, jitter_p)
+    return out
+
+
+def color_jitter(images: Tensor, rng: torch.Generator, p: float, strength: float = 0.2) -> Tensor:
+    """ColorJitter(brightness, contrast) per image with probability `p`, in a random order."""
+    n = images.shape[0]
+    apply = (torch.rand(n, generator=rng) < p).to(images)[:, None, None, None]
+    brightness = (1 - strength + 2 * strength * torch.rand(n, generator=rng)).to(images)[:, None, None, None]
+    contrast = (1 - strength + 2 * strength * torch.rand(n, generator=rng)).to(images)[:, None, None, None]
+    contrast_first = (torch.rand(n, generator=rng) < 0.5).to(images)[:, None, None, None]
+
+    def bright(x: Tensor) -> Tensor:
+        return (x * brightness).clamp(0, 1)
+
+    def contr(x: Tensor) -> Tensor:
+        grey = x if x.shape[1] == 1 else (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+        return (contrast * x + (1 - contrast) * grey.mean(dim=(1, 2, 3), keepdim=True)).clamp(0, 1)
+
+    jittered = contrast_first * bright(contr(images)) + (1 - contrast_first) * contr(bright(images))
+    return apply * jittered + (1 - apply) * images
 
 
 def top_n_selection(probabilities: Tensor, n: int) -> tuple[Tensor, Tensor]:
@@ -257,7 +337,8 @@ def train_cgan(
     rng: torch.Generator,
     on_progress=None,
 ) -> dict[str, float]:
-    """Hinge cGAN on the pseudo-labelled pairs; G also minimises α · margin(T(aug(G(z, ỹ))), ỹ)."""
+    """Hinge cGAN on the pseudo-labelled pairs; G also minimises α · inv_loss(T(aug(G(z, ỹ))), ỹ)
+    (the batch mean, PLG `train_cgan.py:270-288`)."""
     n = params.gan_batch_size
 
     def latents() -> tuple[Tensor, Tensor]:
@@ -284,11 +365,12 @@ def train_cgan(
         z, y = latents()
         # The fakes come back whole: the augmentation draws from the one stream for the global batch.
         fake, on_fake = split_forward(g_outputs, z, y)
-        loss = hinge_g_loss(on_fake)
-        if params.alpha > 0:
-            warped = augment(fake, rng, params.crop_scale, params.rotation)
-            loss = loss + params.alpha * margin_loss(split_forward(target, warped), y).mean()
-        return loss
+        if params.alpha == 0:
+            return hinge_g_loss(on_fake)
+        # The reference's GAN jitters colours with p 0.5 (PLG `train_cgan.py:252`).
+        warped = augment(fake, rng, params.crop_scale, params.rotation,
+                         reference=params.augment == "reference", jitter_p=0.5)
+        return generator_loss(on_fake, split_forward(target, warped), y, params.alpha, params.inv_loss)
 
     # T only passes gradients to the fakes: its own parameters collect none (flags restored after).
     flags = [q.requires_grad for q in target.parameters()]
@@ -311,7 +393,8 @@ def train_cgan(
 
 
 class PLGMISearch(SearchProblem):
-    """Adam on z ~ N(0, I) per (class, restart) group; two augmented views per step."""
+    """Adam on z ~ N(0, I) per (class, restart) group; two augmented views per step, the
+    `inv_loss` of each summed (PLG `reconstruct.py:93-105`)."""
 
     def __init__(self, params: PLGMIParams, generator: ConditionalGenerator, target: nn.Module):
         self.p, self.generator, self.target = params, generator, target
@@ -329,7 +412,7 @@ class PLGMISearch(SearchProblem):
         parts = images.split(self.samples)
         return torch.cat(
             [
-                augment(part, s, self.p.crop_scale, self.p.rotation)
+                augment(part, s, self.p.crop_scale, self.p.rotation, reference=self.p.augment == "reference")
                 for part, s in zip(parts, chunk.streams, strict=True)
             ]
         )
@@ -337,7 +420,8 @@ class PLGMISearch(SearchProblem):
     def loss(self, leaves: list[Tensor], chunk: Chunk, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         fake = self.generator(leaves[0], y)
         first, second = self.target(self.views(fake, chunk)), self.target(self.views(fake, chunk))
-        per_latent = margin_loss(first, y) + margin_loss(second, y)
+        identity = IDENTITY_LOSSES[self.p.inv_loss]
+        per_latent = identity(first, y) + identity(second, y)
         confidence = first.detach().softmax(dim=1).gather(1, y[:, None])[:, 0]
         # Adam: the scale of the summed loss does not change the step (the reference's batch mean).
         return per_latent.sum(), per_latent, confidence
@@ -360,7 +444,8 @@ class PLGMI(ShardableSearch):
 
     def gan_key(self, pool: ImagePool, ctx: AttackContext) -> dict:
         return {
-            "gan": gan_config(self.params, "top_n", "gan_betas", "alpha", "crop_scale", "rotation"),
+            "gan": gan_config(self.params, "top_n", "gan_betas", "alpha", "crop_scale", "rotation", "augment",
+                              "inv_loss"),
             "public": pool.fingerprint(),
             "target": weights_fingerprint(ctx.target),
             "num_classes": ctx.data.num_classes,

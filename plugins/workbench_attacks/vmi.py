@@ -23,6 +23,8 @@ index (like KED-MI), so attack accuracy is mean ± std over draws.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from pydantic import Field
 from torch import Tensor, nn
@@ -81,6 +83,15 @@ class VMIParams(GANBudget, SearchBudget):
     (`--save_model_epochs 10,20,30`, `generate_vmi_attack_samples.py`), i.e. 20 × 157 = 3140
     steps at batch 64. Digits: 300 (a CPU deviation; spec §D: 200 / 500 steps gave 0.79 / 0.81
     at lr 0.05)."""
+    epochs: int | None = Field(None, ge=1)
+    """When set, the search runs `epochs` epochs of the reference's length (`epoch_length`)
+    instead of `iterations` steps."""
+    epoch_length: Literal["vmi", "bido"] = "vmi"
+    """The reference's epoch, in SGD steps, for `epochs`: `vmi` = ⌈10000 / batch_size⌉ (the loop
+    `range(0, 10000, batchSize)`, VMI `attack_stylegan.py:322`, `attack_dcgan.py:293`); `bido` =
+    ⌈320 / batch_size⌉ (BiDO's copy, `range(0, 320, batchSize)`, DefendMI
+    `VMI/attack_stylegan.py:335`: 10 steps at its batch 32, with `--save_model_epochs 100,200,300`
+    in `VMI/run_scripts/celeba-stylegan-flow.sh`)."""
     lr: float = Field(0.05, gt=0)
     """SGD learning rate of (m, L). Reference 1e-4 (`lr=1e-4`, VMI
     `run_scripts/neurips2021-celeba-stylegan-flow.sh`, for the StyleGAN flow miner); the code's
@@ -93,9 +104,21 @@ class VMIParams(GANBudget, SearchBudget):
     """SGD weight decay on (m, L) (reference 0: `--wd` default, VMI `attack_stylegan.py`)."""
     samples_per_class: int = Field(40, ge=1)
     """Draws from each fitted q that are evaluated; the draw index is the result's `restarts`,
-    so attack accuracy is mean ± std over draws. Reference 50 per identity
+    so attack accuracy is mean ± std over draws (one fit per class: the std is over its draws). Reference 50 per identity
     (`generate_vmi_attack_samples.py`, spec B3.2). Digits: 40."""
 
+
+    @property
+    def steps(self) -> int:
+        """SGD steps per class: `epochs` reference epochs when set, else `iterations`."""
+        if self.epochs is None:
+            return self.iterations
+        samples = EPOCH_SAMPLES[self.epoch_length]
+        return self.epochs * -(-samples // self.batch_size)
+
+
+EPOCH_SAMPLES = {"vmi": 10000, "bido": 320}
+"""Samples per epoch of the miner's loop: VMI `attack_stylegan.py:322`; DefendMI `VMI/attack_stylegan.py:335`."""
 
 # ---------------------------------------------------------------- the objective
 
@@ -211,6 +234,6 @@ class VMI(GMI):
         units: list[list[Group]] = [[g] for g in make_groups(classes, 1)]
         problem = VMISearch(p, generator, ctx.target)
         images, targets, restarts, confidence = search(
-            ctx, problem, units, attack=self.name, iterations=p.iterations, max_batch=p.max_batch
+            ctx, problem, units, attack=self.name, iterations=p.steps, max_batch=p.max_batch
         )
         return result(images, targets, restarts, confidence, gan_cached=float(hit))

@@ -1,6 +1,7 @@
 """Random erasing as a model-inversion defense (MIDRE: *Random Erasing vs. Model Inversion: A
 Promising Defense or a False Hope?*, TMLR 2025; reference code `ngoc-nguyen-0/MIDRE_TMLR`,
-`configs/configs/training/targets/ResNet18_FaceScrub_midre.yaml`).
+`configs/training/targets/ResNet18_FaceScrub_midre_0.4.yaml:27-31`; normalisation before it:
+`utils/training_config_parser.py:138-140`).
 
 Every training image gets one square patch, at a random location, filled with a constant: the
 model never sees a whole private face, so what an inverter recovers is less identifying. A
@@ -26,15 +27,16 @@ class RandomErasingParams(StrictModel):
     """The defense that trains on the erased images and supplies the loss (`none`: MIDRE alone;
     `bido`, `mid`, `negls`, `trap-mid`... to combine)."""
     probability: float = Field(1.0, ge=0, le=1)
-    """Share of training images erased (reference: `RandomErasing.p = 1.0`)."""
+    """Share of training images erased (reference: `RandomErasing.p = 1.0`,
+    `ResNet18_FaceScrub_midre_0.4.yaml:28`)."""
     scale: tuple[float, float] = (0.1, 0.4)
     """Range of the erased area as a fraction of the image (reference: (0.1, 0.4); the paper's
-    stronger setting (0.1, 0.8) is `ResNet18_FaceScrub_midre_0.8.yaml`)."""
+    stronger setting (0.1, 0.8) is `configs/training/targets/ResNet18_FaceScrub_midre_0.8.yaml`)."""
     ratio: tuple[float, float] = (1.0, 1.0)
     """Range of the patch's aspect ratio h/w, drawn log-uniformly (reference: (1, 1), square)."""
     value: list[float] = [0.7425, 0.728, 0.703]
     """Fill value per channel in [0, 1] pixel space. Reference: `value = [0.485, 0.456, 0.406]`
-    applied *after* normalising with mean 0.5, std 0.5 (`training_config_parser.py` puts
+    applied *after* normalising with mean 0.5, std 0.5 (`utils/training_config_parser.py:138-140` puts
     `get_normalization()` before RandomErasing), i.e. 0.5 + 0.5·v in pixels. Deviation: an image
     with a different number of channels gets the mean of these values in every channel (0.7245
     for grayscale digits)."""

@@ -13,13 +13,15 @@ Loss: `(1 − β)·CE(clean) + β·CE(trapdoor)`.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.api import Defense, LossOutput, StrictModel, seeds
+from workbench.api import Defense, LossOutput, StrictModel, WorkbenchError, accuracy, seeds
 
 
 class TrapMIDParams(StrictModel):
@@ -36,6 +38,20 @@ class TrapMIDParams(StrictModel):
     (reference `trapdoor.discriminator_loss = true`). Its optimizer is the target's (same type and
     settings); deviation: its learning rate stays at the initial value (the reference schedules
     it like the target's)."""
+    discriminator_weights: Path | None = None
+    """Local weights the discriminator starts from (a `.safetensors` file or torch state dict of
+    the target's architecture; its classification head is left out and stays fresh, and every
+    other key must fit). Reference: ImageNet-pretrained, `utils.init_model(model_name, 1,
+    pretrained_path)` (Trap-MID `engine.py:99`; torchvision `pretrained=True` in `classify.py:15,76`).
+    None: a random initialisation (a deviation where the reference's backbone has pretrained
+    weights; never downloaded)."""
+    select: Literal["best", "last"] = "best"
+    """Which epoch's model and triggers training ends with. `best`: the epoch with the highest
+    accuracy on the data's **test** split, as the reference keeps (`engine.py:276-281, 308`:
+    `if test_acc > best_ACC: best_model = deepcopy(model)`); the workbench has no validation
+    split, so it selects on the test split as the reference does, and the test accuracy reported
+    for the variant is then the best over epochs (optimistic by the selection, as the paper's).
+    `last`: the last epoch's, the test split untouched by training."""
 
 
 def blend(x: Tensor, triggers: Tensor, alpha: float) -> Tensor:
@@ -55,6 +71,14 @@ class TrapMID(Defense):
 
     def __init__(self, params: TrapMIDParams):
         self.params = params
+        if params.discriminator_weights is not None and not Path(params.discriminator_weights).expanduser().is_file():
+            raise WorkbenchError(
+                f"trap-mid: discriminator_weights '{params.discriminator_weights}' does not exist; give a local "
+                ".safetensors file or torch state dict of the target's architecture (weights are never downloaded)"
+            )
+        self.selection_data = None
+        self.best: dict[str, Tensor] | None = None
+        self.best_accuracy = -1.0
         self.num_classes = 0
         self.triggers: Tensor | None = None
         self.seed = 0
@@ -66,6 +90,8 @@ class TrapMID(Defense):
 
     def prepare_model(self, model, num_classes, ctx=None):
         self.num_classes = num_classes
+        if ctx is not None and ctx.data is not None:
+            self.selection_data = ctx.data.test  # `select = "best"` selects on the test split
         return model
 
     def start_training(self, model, optimizer, setup):
@@ -88,7 +114,33 @@ class TrapMID(Defense):
                     module.reset_parameters()
             parent, attr, head = find_head(discriminator, self.num_classes)
             setattr(parent, attr, nn.Linear(head.in_features, 1))
+        if self.params.discriminator_weights is not None:
+            head_name = f"{parent_name(discriminator, parent)}{attr}."
+            load_without_head(discriminator, self.params.discriminator_weights, head_name)
         return discriminator
+
+    def _consider(self, model: nn.Module) -> None:
+        """Keep `model` and the triggers when its test accuracy beats the best so far (the
+        reference's strict `>`: the earliest of equal epochs wins)."""
+        if self.params.select != "best" or self.selection_data is None:
+            return
+        device = next(model.parameters()).device
+        value = accuracy(model, self.selection_data, device)
+        if value > self.best_accuracy:
+            self.best_accuracy = value
+            self.best = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+            if self.triggers is not None:
+                self.best["triggers"] = self.triggers.detach().clone()
+
+    def finish_training(self, model: nn.Module) -> None:
+        """`select = "best"`: the last epoch competes too, then the best epoch's model and triggers
+        are put back (reference `engine.py:276-281, 308`)."""
+        self._consider(model)
+        if self.best is None or self.params.select != "best":
+            return
+        model.load_state_dict({k.removeprefix("model."): v for k, v in self.best.items() if k.startswith("model.")})
+        if "triggers" in self.best:
+            self.triggers = self.best["triggers"].clone()
 
     def start_epoch(self, epoch: int, epochs: int) -> None:
         # Each class a trapdoor target equally often per epoch, in a shuffled order (reference).
@@ -116,6 +168,8 @@ class TrapMID(Defense):
         return out.to(device)
 
     def transform(self, x, y, *, model, epoch, step):
+        if step == 0 and epoch > 0:  # the model as the previous epoch left it
+            self._consider(model)
         if self.triggers is None:
             self._init_triggers(x)
         self.triggers = self.triggers.to(x.device)
@@ -162,6 +216,9 @@ class TrapMID(Defense):
 
     def state_dict(self):
         state = {} if self.triggers is None else {"triggers": self.triggers.detach().cpu()}
+        if self.best is not None:  # a resumed run still knows the best epoch so far
+            state.update({f"best.{k}": v.detach().cpu() for k, v in self.best.items()})
+            state["best_accuracy"] = torch.tensor(self.best_accuracy, dtype=torch.float64)
         if self.discriminator is not None:
             state.update({f"discriminator.{k}": v.detach().cpu() for k, v in self.discriminator.state_dict().items()})
             for index, values in self.discriminator_optimizer.state_dict()["state"].items():
@@ -173,6 +230,9 @@ class TrapMID(Defense):
     def load_state_dict(self, state):
         if "triggers" in state:
             self.triggers = state["triggers"].clone()
+        if "best_accuracy" in state:
+            self.best = {k.removeprefix("best."): v.clone() for k, v in state.items() if k.startswith("best.")}
+            self.best_accuracy = float(state["best_accuracy"])
         if self.discriminator is not None and any(k.startswith("discriminator.") for k in state):
             self.discriminator.load_state_dict({k.removeprefix("discriminator."): v for k, v in state.items()
                                                 if k.startswith("discriminator.")})
@@ -183,3 +243,42 @@ class TrapMID(Defense):
                     saved.setdefault(int(index), {})[name] = value
             groups = self.discriminator_optimizer.state_dict()["param_groups"]
             self.discriminator_optimizer.load_state_dict({"state": saved, "param_groups": groups})
+
+
+def parent_name(root: nn.Module, parent: nn.Module) -> str:
+    """`parent`'s dotted name inside `root` with a trailing dot ('' for the root itself)."""
+    if parent is root:
+        return ""
+    return next(name for name, module in root.named_modules() if module is parent) + "."
+
+
+def load_without_head(model: nn.Module, path: Path, head: str) -> None:
+    """Load every key of `model` but the head's (names starting `head`) from `path`, or say in one
+    line which keys or shapes do not fit (checkpoints nested under `state_dict`, with `module.`
+    prefixes as DataParallel saves them, are unwrapped)."""
+    where = f"trap-mid: discriminator_weights '{path}'"
+    local = Path(path).expanduser()
+    try:
+        if local.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(local), device="cpu")
+        else:
+            state = torch.load(local, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any reader failure is a file the user has to replace
+        raise WorkbenchError(f"{where} could not be read: {str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from None
+    while isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise WorkbenchError(f"{where} holds no state dict (a mapping of names to tensors)")
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith(head)}
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith(head)}
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {list(state[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
+             if k in state and state[k].shape != v.shape]
+    problems = [f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                for what, keys in (("shape", wrong), ("missing", missing), ("unexpected", unexpected)) if keys]
+    if problems:
+        raise WorkbenchError(f"{where} does not fit the target's architecture: " + "; ".join(problems))
+    model.load_state_dict(state, strict=False)
