@@ -18,7 +18,7 @@ from workbench.cli import main
 from workbench.components.registry import KIND_HOOKS, KINDS
 from workbench.errors import WorkbenchError
 from workbench.scaffold import KINDS as TEMPLATE_KINDS
-from workbench.scaffold import write_plugin_package
+from workbench.scaffold import TEMPLATES, write_plugin_package
 
 
 def package_name(kind: str) -> str:
@@ -41,6 +41,23 @@ def workbench_imports(path: Path) -> set[str]:
 
 def test_every_kind_has_a_template():
     assert TEMPLATE_KINDS == KINDS
+    folders = {entry.name for entry in TEMPLATES.iterdir() if entry.is_dir() and entry.name[0] not in "._"}
+    assert folders == {*KINDS, "package"}
+    for kind in KINDS:
+        assert {entry.name for entry in (TEMPLATES / kind).iterdir()} >= {"component.py", "test_component.py"}
+
+
+def test_rendered_packages_pass_ruff_as_their_authors_would_run_it(tmp_path):
+    """The templates are checked in this repository (their ruff.toml); what a user gets must pass
+    too, run from the package folder with no workbench settings (its src/ module first-party)."""
+    for kind in KINDS:
+        folder = write_plugin_package(package_name(kind), tmp_path, kind)
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", "check", "--isolated", "--no-cache", "--target-version", "py310",
+             "--line-length", "110", "--select", "E,F,W,I,B,UP,SIM", "."],
+            cwd=folder, capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 0, f"{kind}: {result.stdout}{result.stderr}"
 
 
 @pytest.mark.parametrize("kind", KINDS)
