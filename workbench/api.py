@@ -14,7 +14,8 @@ internal and may change without notice.
   `TrainingSetup`, `AttackShard`...).
 - Helpers the built-ins share: `train_classifier` (the one trainer; TL-DMI pretrains with it),
   `cross_entropy` (the trainer's reduction), `accuracy`, `iterate_batches`,
-  `StageCache` with `load_or_compute`, weight fingerprints and state-dict flattening, `seeds`.
+  `StageCache` with `load_or_compute`, weight fingerprints and state-dict flattening, `seeds`;
+  for judging reconstructions, `collect_images` and `nearest_indices` (pixel-space nearest images).
 - Executors: `execute_outcome(job)` runs a `Job` in any process; `die_with_parent()` for workers.
 - Data parallel (torchrun): `gather_with_grad` (a batch statistic over the global batch),
   `world_size`, `rank`, `is_main_process` (the one process that writes files); for a stage
@@ -79,6 +80,7 @@ from workbench.running.distributed import (
     training_together,
     world_size,
 )
+from workbench.running.evaluators import collect_images, nearest_indices
 from workbench.running.jobs import die_with_parent, execute_outcome
 from workbench.running.losses import accuracy, cross_entropy, upcast
 from workbench.running.trainer import train_classifier
@@ -131,6 +133,7 @@ __all__ = [
     "average_gradients",
     "bounded_int",
     "broadcast_module",
+    "collect_images",
     "cross_entropy",
     "did_you_mean",
     "die_with_parent",
@@ -141,6 +144,7 @@ __all__ = [
     "is_main_process",
     "iterate_batches",
     "model_state",
+    "nearest_indices",
     "rank",
     "seeds",
     "split_forward",

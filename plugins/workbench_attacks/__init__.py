@@ -1,13 +1,21 @@
 """Built-in workbench plugin: model-inversion attacks and the privacy metrics that judge them.
 
 Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`, `lomma-gmi`, `lomma-kedmi`, `plg-mi`, `vmi`, `ppa`. Privacy metrics (kind `metric`, section
-`attacks`): `attack-accuracy`, `knn-dist`, `fid` (in E's feature space), `fid-inception`.
+`attacks`): `attack-accuracy`, `knn-dist`, `fid` (in E's feature space), `fid-inception`; judged by every
+evaluator of the run: `agreed-accuracy`, `nearest-neighbour`, `prdc` (`evaluators_metrics`).
 The metric math is in `workbench_attacks.privacy` as pure functions.
 """
 
 from __future__ import annotations
 
 from workbench.api import NoParams, hookimpl
+from workbench_attacks.evaluators_metrics import (
+    PRDC,
+    AgreedAccuracy,
+    NearestNeighbour,
+    NearestNeighbourParams,
+    PRDCParams,
+)
 from workbench_attacks.gmi import GMI, GMIParams
 from workbench_attacks.kedmi import KEDMI, KEDMIParams
 from workbench_attacks.lomma import LOMMAGMI, LOMMAKEDMI, LOMMAGMIParams, LOMMAKEDMIParams
@@ -102,4 +110,22 @@ def register_metrics(register):
         InceptionFID,
         params=InceptionFIDParams,
         summary="Fréchet distance in Inception-v3 space (LOMMA / PLG-MI / PPA conventions), local weights only.",
+    )
+    register(
+        "agreed-accuracy",
+        AgreedAccuracy,
+        params=NoParams,
+        summary="Top-1/top-5 of every evaluator (top1@NAME) and agreed_top1: all evaluators say the target.",
+    )
+    register(
+        "nearest-neighbour",
+        NearestNeighbour,
+        params=NearestNeighbourParams,
+        summary="Nearest private/public image in pixel and each evaluator's feature space; false positives, PSNR, SSIM.",
+    )
+    register(
+        "prdc",
+        PRDC,
+        params=PRDCParams,
+        summary="Precision/recall/density/coverage (Naeem et al. 2020) against the private images, in an evaluator's features.",
     )

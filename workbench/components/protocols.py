@@ -219,6 +219,9 @@ class EvalContext:
     batch_size: int = 256
     evaluation_model: nn.Module | None = None
     """The separately trained evaluation classifier E (for privacy metrics)."""
+    evaluators: dict[str, nn.Module] = field(default_factory=dict)
+    """Every evaluation model by name, E first as `E` then the recipe's `evaluators` (empty when the
+    runner has none: metrics then judge by `evaluation_model` alone)."""
     attack: AttackResult | None = None
     """Set for metrics of section `attacks`: the reconstructions to judge."""
 

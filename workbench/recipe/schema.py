@@ -245,6 +245,11 @@ class Recipe(StrictModel):
     """Metrics (kind `metric`): utility metrics judge each target, attack metrics each attack."""
     evaluation: EvaluationConfig | None = None
     """Evaluation model for attack metrics; required when `attacks` is set."""
+    evaluators: dict[Name, EvaluationConfig] = {}
+    """More evaluation models beside E, by the name their figures get (`top1@<name>`): other
+    backbones, seeds or training, each trained once and cached like E. The attack metrics judge
+    every reconstruction by all of them; `agreed_top1` counts a reconstruction only when E and every
+    one of these assign it to its target (docs/attacks.md, "Several evaluators"). `E` is E's name."""
     attacks: dict[Name, AttackTable] = {}
     """Model-inversion attacks by the name they get in results (kind `attack`)."""
     ood: OODEvaluationConfig | None = None
@@ -261,6 +266,12 @@ class Recipe(StrictModel):
             raise ValueError(f"variant names must be unique; repeated: {', '.join(duplicates)}")
         if self.attacks and self.evaluation is None:
             raise ValueError("`attacks` needs an `[evaluation]` table (the model that judges reconstructions)")
+        if self.evaluators and self.evaluation is None:
+            raise ValueError("`evaluators` needs an `[evaluation]` table: E is always the first evaluator")
+        for name in self.evaluators:
+            if name.lower() in ("e", "pixel"):  # `top1@E` is E's figure, `nn_top1@pixel` pixel space's
+                raise ValueError(f"`evaluators.{name}`: `E` and `pixel` name E and pixel space in the figures; "
+                                 "choose another name")
         return self
 
     def component_tables(self) -> Iterator[tuple[KeyPath, ComponentTable]]:
@@ -304,6 +315,9 @@ def component_tables_in(recipe: Recipe | dict[str, Any]) -> Iterator[tuple[KeyPa
         yield ("metrics", i), metric
     if isinstance(evaluation, (dict, EvaluationConfig)):
         yield ("evaluation", "backbone"), get(evaluation, "backbone")
+    for name, table in mapping(recipe, "evaluators").items():
+        if isinstance(table, (dict, EvaluationConfig)):
+            yield ("evaluators", name, "backbone"), get(table, "backbone")
     for name, attack in mapping(recipe, "attacks").items():
         yield ("attacks", name), attack
     if isinstance(ood, (dict, OODEvaluationConfig)):
@@ -317,7 +331,8 @@ def component_tables_in(recipe: Recipe | dict[str, Any]) -> Iterator[tuple[KeyPa
 COMPONENT_KINDS: dict[tuple[str | None, ...], str] = {
     ("data",): "dataset", ("target", "backbone"): "backbone", ("variants", None, "defense"): "defense",
     ("variants", None, "ood_training", "dataset"): "ood_dataset", ("variants", None, "ood_training", "loss"): "ood_loss",
-    ("metrics", None): "metric", ("evaluation", "backbone"): "backbone", ("attacks", None): "attack",
+    ("metrics", None): "metric", ("evaluation", "backbone"): "backbone",
+    ("evaluators", None, "backbone"): "backbone", ("attacks", None): "attack",
     ("ood", "score"): "ood_score", ("ood", "test_sets", None): "ood_dataset", ("sinks", None): "event_sink",
 }
 """The kind of the component at each key path (None: any index or name)."""
@@ -325,7 +340,7 @@ COMPONENT_KINDS: dict[tuple[str | None, ...], str] = {
 
 def kind_at(path: KeyPath) -> str:
     """The component kind at a key path of `component_tables_in` (names and indices are wildcards)."""
-    named = {("attacks",): 1, ("ood", "test_sets"): 2}  # where a user-chosen name sits in the path
+    named = {("attacks",): 1, ("evaluators",): 1, ("ood", "test_sets"): 2}  # where a user-chosen name sits in the path
     wild = {i for prefix, i in named.items() if path[: len(prefix)] == prefix}
     return COMPONENT_KINDS[tuple(None if isinstance(part, int) or i in wild else part for i, part in enumerate(path))]
 
@@ -516,6 +531,8 @@ def resolve(recipe: Recipe, registry) -> dict[str, Any]:
     data = recipe.model_dump(mode="json", exclude_none=True)
     if not data.get("sinks"):
         data.pop("sinks", None)  # recipes without sinks resolve (and hash) as before sinks existed
+    if not data.get("evaluators"):
+        data.pop("evaluators", None)  # likewise recipes with E alone
 
     def put(where: KeyPath, value: dict[str, Any]) -> None:
         node: Any = data

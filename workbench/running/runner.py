@@ -33,9 +33,7 @@ from workbench.running.attack_shards import sharded
 from workbench.running.device import describe_machine, resolve_device
 from workbench.running.evaluation import (
     OODEvaluator,
-    attack_figures,
     check_disjoint,
-    evaluation_model,
     run_attack,
 )
 from workbench.running.follower import attack_together, prepare_together
@@ -108,6 +106,7 @@ class Runner:
         self.device = resolve_device(recipe.device)
         self.data: DataSplits | None = None
         self.evaluation_model = None
+        self.evaluators: dict[str, Any] = {}  # by name, E first (issue 27; running/evaluators.py)
         self.evaluation_figures: dict[str, Any] | None = None
         self.ood_evaluator = None
         self.workers = 1
@@ -248,8 +247,12 @@ class Runner:
         recipe = self.recipe
         with threads_for(self.cpu_threads()):
             if name == "evaluation-model":
-                self.evaluation_model, self.evaluation_figures = self._stage(name, lambda: evaluation_model(
+                # Evaluators (issue 27): E and the recipe's `evaluators`, one cached stage each (running/evaluators.py).
+                from workbench.running.evaluators import build_evaluators
+                judges = self._stage(name, lambda: build_evaluators(
                     recipe, self.resolved, self.registry, self.data, self.cache, self.device, emit), emit=emit)
+                self.evaluation_model, self.evaluation_figures, self.evaluators = (judges.primary, judges.figures,
+                                                                                   judges.models)
                 return self.evaluation_figures
             table = recipe.attacks[name.removeprefix("prior:")]
             attack = self.registry.create_from("attack", table)
@@ -478,8 +481,11 @@ class Runner:
                 result = self._stage(f"attack:{name}", lambda a=attack, n=name, c=cache, s=shards: run_attack(
                     n, a, model, self.data, self.evaluation_model, self.device, self.recipe.seed, c,
                     folder, emit, compute=s), variant=variant.name)
-                figures["attacks"][name] = attack_figures(attack_metrics, model, self.data, self.evaluation_model,
-                                                          result, self.device)
+                # Evaluators (issue 27): every evaluator judges; the nearest-image grid beside the reconstructions.
+                from workbench.running.evaluators import judge_attack
+                figures["attacks"][name] = judge_attack(
+                    attack_metrics, model, self.data, self.evaluators, result, self.device,
+                    picture=folder / "reconstructions" / f"{name}.nearest.png", primary=self.evaluation_model)
                 self.emit("result", variant=variant.name, section="attacks", attack=name,
                           figures=figures["attacks"][name])
         self.emit("stage_finished", stage="evaluate", variant=variant.name,
