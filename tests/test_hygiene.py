@@ -42,8 +42,20 @@ def test_the_no_textual_contract_lists_every_core_module():
     assert core - listed == set(), f"add {sorted(core - listed)} to the contract in pyproject.toml"
 
 
-def test_every_builtin_plugin_is_held_to_the_public_api():
+def test_the_builtin_plugins_are_listed_once():
+    """DEFAULT_PLUGINS is the list of built-in plugins; the wheel ships every folder under plugins/,
+    and import-linter's lists (which TOML cannot derive) must name exactly the same packages."""
     from workbench.components.manager import DEFAULT_PLUGINS
 
-    contract = next(c for c in _contracts() if c["name"].startswith("Plugins import only"))
-    assert set(DEFAULT_PLUGINS) <= set(contract["source_modules"])
+    builtins = sorted(set(DEFAULT_PLUGINS))
+    assert len(builtins) == len(DEFAULT_PLUGINS), "DEFAULT_PLUGINS names a package twice"
+    folders = sorted(p.name for p in (ROOT / "plugins").iterdir() if (p / "__init__.py").exists())
+    assert folders == builtins, "each folder under plugins/ is a built-in: add it to DEFAULT_PLUGINS, or remove it"
+    linter = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    assert sorted(set(linter["root_packages"]) - {"workbench"}) == builtins, "importlinter root_packages"
+    public_api = next(c for c in linter["contracts"] if c["name"].startswith("Plugins import only"))
+    assert sorted(public_api["source_modules"]) == builtins, "the public-API contract's source_modules"
+    no_plugins = next(c for c in linter["contracts"] if c["name"] == "The core never imports a plugin package")
+    assert sorted(no_plugins["forbidden_modules"]) == builtins, "the no-plugin contract's forbidden_modules"
+    wheel = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["hatch"]["build"]["targets"]["wheel"]
+    assert "plugins" in wheel["only-include"] and wheel["sources"] == {"plugins": ""}, "the wheel ships plugins/*"

@@ -21,7 +21,9 @@ from workbench.errors import did_you_mean
 
 ENTRY_POINT_GROUP = "workbench"
 
-# Built-in plugins: loaded through the same hooks as any third-party package.
+# Built-in plugins, loaded through the same hooks as any third-party package, in this order. The one
+# list of them: the wheel ships every folder under plugins/, and tests/test_hygiene.py checks that the
+# folders and import-linter's lists in pyproject.toml (TOML cannot import this) name the same packages.
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "workbench_backbones",
     "workbench_dependence",
