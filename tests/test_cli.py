@@ -126,6 +126,25 @@ def test_plugins_dir_reaches_every_command_group_without_leaking_into_the_enviro
     assert code == 0 and "local-metric" in {r["name"] for r in json.loads(out)}
 
 
+def test_nproc_hands_the_main_options_and_the_run_options_to_every_rank(tmp_path, monkeypatch, capsys):
+    """`--nproc N` starts torchrun with `-m workbench` and this command's options, --plugins-dir
+    among them: the ranks get it on their command line, not through the environment."""
+    import torch.distributed.run
+
+    started = []
+    monkeypatch.setattr(torch.distributed.run, "run", started.append)
+    monkeypatch.setenv("LOGLEVEL", "ERROR")  # the launcher defaults these for torchrun; restored after the test
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    recipe, run_dir, plugins = tmp_path / "r.toml", tmp_path / "run", tmp_path / "plugins"
+    code, _, err = invoke(monkeypatch, capsys, "--plugins-dir", str(plugins), "run", str(recipe), "--nproc", "2",
+                          "--run-dir", str(run_dir), "--set", "seed=3", "--quiet", "--sink", "tensorboard")
+    assert code == 0, err
+    (args,) = started
+    assert args.nproc_per_node == "2" and args.module and args.training_script == "workbench"
+    assert args.training_script_args == ["--plugins-dir", str(plugins), "run", str(recipe), "--run-dir", str(run_dir),
+                                         "--set", "seed=3", "--quiet", "--sink", "tensorboard"]
+
+
 @pytest.mark.slow
 def test_run_then_runs_list_and_show(tmp_path, monkeypatch, capsys):
     recipe = tmp_path / "r.toml"
