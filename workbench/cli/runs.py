@@ -40,8 +40,15 @@ def runs_list(
 def runs_show(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> None:
     """One run: status, stages, and its results table."""
     from workbench.cli.tables import aggregate_table, results_table
-    from workbench.storage.runs import summarize
+    from workbench.errors import WorkbenchError
+    from workbench.storage.runs import is_run_dir, read_json_file, summarize
 
+    if not run.is_dir():
+        what = "does not exist" if not run.exists() and not run.is_symlink() else "is not a folder"
+        raise WorkbenchError(f"{run}: {what}; `runs show` takes a run or sweep directory (see `workbench runs list`)")
+    if not is_run_dir(run):
+        raise WorkbenchError(f"{run}: not a run or sweep directory (no run.json, events.jsonl, recipe.toml or "
+                             "sweep.json); see `workbench runs list`")
     info = summarize(run)
     procs = f"  {info.world_size} processes (DDP)" if info.world_size > 1 else ""
     out.print(f"[bold]{info.name}[/]  {info.status}  recipe {info.recipe}  started {info.started_text}  "
@@ -50,9 +57,9 @@ def runs_show(run: Annotated[Path, typer.Argument(help="A run directory.")]) -> 
         out.print(f"[red]error:[/] {info.error}", highlight=False)
     if info.kind == "sweep":
         out.print(info.headline, highlight=False)
-        aggregate = Path(run) / "aggregate.json"
-        if aggregate.exists():
-            out.print(aggregate_table(json.loads(aggregate.read_text())))
+        aggregate = read_json_file(Path(run) / "aggregate.json")
+        if isinstance(aggregate, dict):
+            out.print(aggregate_table(aggregate))
             out.print(f"report: {Path(run) / 'report.md'}  plot: {Path(run) / 'pareto.png'}", highlight=False)
         return
     if info.results:

@@ -37,6 +37,7 @@ from workbench.storage.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from workbench.storage.files import StorageError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -280,8 +281,14 @@ class StageCache:
         path = self.path(stage, key)
         if path is None:
             return None
-        self._ensure_root()
-        save_checkpoint(path, tensors, {"stage": stage, "key": key, **(meta or {})})
+        try:
+            self._ensure_root()
+            save_checkpoint(path, tensors, {"stage": stage, "key": key, **(meta or {})})
+        except (StorageError, PermissionError) as exc:  # a full disk, a read-only cache: documented fallback
+            message = f"stage cache: {exc}; not cached, the run goes on (the stage is computed again next time)"
+            self.problems.append(message)
+            (self.on_problem or log.warning)(message)
+            return None
         return path
 
     def load_or_compute(self, stage: str, key: dict[str, Any], modules: dict[str, nn.Module],

@@ -23,12 +23,17 @@ A sweep directory has its own `events.jsonl` with `sweep_*` events (see `workben
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+
+from workbench.storage.files import write_problem
 
 EVENTS_FILE = "events.jsonl"
 
@@ -54,16 +59,31 @@ class EventWriter:
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / EVENTS_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: TextIO = self.path.open("a", encoding="utf-8")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.is_symlink() or (self.path.exists() and not stat.S_ISREG(self.path.stat().st_mode)):
+                raise IsADirectoryError(0, "not a regular file (a folder, a link, a FIFO or a device)")
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._end_last_line()
+        except OSError as exc:
+            raise write_problem(self.path, exc) from None
         self.listeners: list = []
         self._own: dict[str, None] = {}  # recent lines this writer wrote, oldest first
+
+    def _end_last_line(self) -> None:
+        """A process killed mid-line left a line without its newline: end it, so the next event starts a
+        line of its own (readers skip the broken one) instead of being glued to it."""
+        size = os.fstat(self._fd).st_size
+        if size:
+            with self.path.open("rb") as handle:
+                handle.seek(size - 1)
+                if handle.read(1) != b"\n":
+                    os.write(self._fd, b"\n")
 
     def emit(self, type: str, **fields: Any) -> dict[str, Any]:
         event = {"t": round(time.time(), 3), "type": type, **json_safe(fields)}
         line = json.dumps(event, separators=(",", ":"))
-        self._file.write(line + "\n")
-        self._file.flush()
+        self._append((line + "\n").encode("utf-8"))
         self._own[line] = None
         if len(self._own) > self.REMEMBERED:
             del self._own[next(iter(self._own))]
@@ -76,8 +96,24 @@ class EventWriter:
         to the same file skips these, so no listener sees an event twice."""
         return line in self._own
 
+    def _append(self, data: bytes) -> None:
+        """One whole line with one `write` (O_APPEND: lines of worker processes never interleave); a
+        write that fails (the disk full) is cut back off, so no half line stays, and is one line naming
+        the file."""
+        before = os.fstat(self._fd).st_size
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):  # short write: the disk filled up in the middle of the line
+                raise OSError(28, os.strerror(28))
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, before)
+            raise write_problem(self.path, exc) from None
+
     def close(self) -> None:
-        self._file.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> EventWriter:
         return self
@@ -111,8 +147,10 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
     if path.is_dir():
         path = path / EVENTS_FILE
     try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return  # a FIFO or a device would block the reader forever; a folder is no event file
         handle = path.open(encoding="utf-8", errors="replace")
-    except FileNotFoundError:
+    except OSError:
         return
     with handle:
         for line in handle:

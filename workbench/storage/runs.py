@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,10 +39,7 @@ def default_run_dir(recipe_path: Path) -> Path:
 
 def read_run_file(run_dir: Path) -> dict[str, Any]:
     """`run.json` as a dict; empty when missing, unreadable or not a JSON object."""
-    try:
-        data = json.loads((Path(run_dir) / RUN_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
+    data = read_json_file(Path(run_dir) / RUN_FILE)
     return data if isinstance(data, dict) else {}
 
 
@@ -57,10 +55,10 @@ def write_run_file(run_dir: Path, digest: str, source: Path, version: str, world
 def process_start(pid: int) -> str | None:
     """An opaque token for when process `pid` started (Linux: /proc start time), or None."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[-1].split()[19]
+    return fields.rsplit(")", 1)[-1].split()[19]
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -109,11 +107,18 @@ def prepare_run_dir(run_dir: Path, digest: str, *, resume: bool, force: bool) ->
     if not is_run:
         raise RunError(f"{run_dir}: exists and is not a workbench run directory (no {RUN_FILE} or {EVENTS_FILE}); "
                        "choose another --run-dir")
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise RunError(f"{run_dir}: the run directory is read-only, so the run cannot continue there; make it "
+                       "writable (chmod u+w) or copy it elsewhere and resume the copy")
     if force:
         aside = run_dir.with_name(f"{run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir.rename(aside)
         run_dir.mkdir(parents=True)
         return False
+    damaged = damaged_entries(run_dir) if resume else []
+    if damaged:
+        raise RunError(f"{'; '.join(damaged)}; move {'it' if len(damaged) == 1 else 'them'} out of the run directory "
+                       "and resume again (the run recomputes what it needs), or start over with --force")
     saved = read_run_file(run_dir).get("recipe_hash")
     if not isinstance(saved, str):
         raise RunError(f"{run_dir / RUN_FILE}: missing or unreadable, so this run cannot be checked against the "
@@ -125,6 +130,66 @@ def prepare_run_dir(run_dir: Path, digest: str, *, resume: bool, force: bool) ->
         raise RunError(f"{run_dir}: already holds a {run_status(run_dir)} run of this recipe; pass --resume to "
                        "continue it or --force to start over")
     return True
+
+
+KEPT_SUFFIXES = (".json", ".jsonl", ".safetensors", ".toml", ".md", ".html", ".png", ".csv")
+"""What the files of a run directory end with: an entry so named must be a regular file."""
+
+
+def damaged_entries(run_dir: Path, depth: int = 4) -> list[str]:
+    """Every entry of a run directory that is not what a run keeps there, one line each: a file name
+    (`events.jsonl`, `target.safetensors`...) that is a folder, anything that is a device, a FIFO or a
+    socket (reading it would hang or never end), and a link that leads nowhere. Links are not
+    followed into other folders, and the walk stops `depth` levels down."""
+    problems: list[str] = []
+    folders = [(Path(run_dir), 0)]
+    while folders:
+        folder, level = folders.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as exc:
+            problems.append(f"{folder}: cannot be read ({exc.strerror or exc})")
+            continue
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                mode = os.stat(path).st_mode  # through a link: what a reader would open
+            except FileNotFoundError:
+                target = os.readlink(path) if entry.is_symlink() else "?"
+                problems.append(f"{path}: a link to {target}, which does not exist")
+                continue
+            except OSError as exc:
+                problems.append(f"{path}: cannot be read ({exc.strerror or exc})")
+                continue
+            if stat.S_ISDIR(mode):
+                if entry.name.endswith(KEPT_SUFFIXES) or entry.name == EVENTS_FILE:
+                    problems.append(f"{path}: is a folder where the run keeps a file")
+                elif not entry.is_symlink() and level + 1 < depth:
+                    folders.append((path, level + 1))
+            elif not stat.S_ISREG(mode):
+                kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                        else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+                problems.append(f"{path}: is {kind}, not a file a run writes")
+    return problems
+
+
+def regular_file(path: Path) -> bool:
+    """Whether `path` is a regular file (through links): what a reader may open without hanging on a
+    FIFO or a device, or failing on a folder."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def read_json_file(path: Path) -> Any:
+    """A JSON file's content, or None when it is missing, not a regular file, unreadable or not JSON."""
+    if not regular_file(path):
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
 
 
 def status_of(last: str | None, live: bool) -> str:
@@ -238,10 +303,7 @@ def clean_results(data: Any) -> dict[str, Any] | None:
 def read_variant_results(folder: Path) -> dict[str, Any] | None:
     """A variant's own `results.json` when it is whole (a JSON object with its str `name`), else
     None: a truncated or hand-broken file means the variant is evaluated again, not a crash."""
-    try:
-        data = json.loads((Path(folder) / RESULTS_FILE).read_text())
-    except (OSError, ValueError):
-        return None
+    data = read_json_file(Path(folder) / RESULTS_FILE)
     return data if isinstance(data, dict) and isinstance(data.get("name"), str) else None
 
 
@@ -258,10 +320,7 @@ def summarize_sweep(sweep_dir: Path) -> RunInfo:
     """A sweep directory as one RunInfo: status from its events and process, `done` of `total` runs."""
     sweep_dir = Path(sweep_dir)
     info = RunInfo(path=sweep_dir, name=sweep_dir.name, status="unknown", kind="sweep")
-    try:
-        owner = json.loads((sweep_dir / SWEEP_INFO_FILE).read_text())
-    except (OSError, ValueError):
-        owner = {}
+    owner = read_json_file(sweep_dir / SWEEP_INFO_FILE)
     owner = owner if isinstance(owner, dict) else {}
     total = owner.get("runs")
     info.total = total if isinstance(total, int) else None
@@ -331,10 +390,7 @@ def summarize(run_dir: Path) -> RunInfo:
             if kind == "run_failed":
                 error = event.get("error")
                 info.error = error if isinstance(error, str) else str(error)
-    try:
-        info.results = clean_results(json.loads((run_dir / RESULTS_FILE).read_text()))
-    except (OSError, ValueError):
-        info.results = None
+    info.results = clean_results(read_json_file(run_dir / RESULTS_FILE))
     return info
 
 
