@@ -101,7 +101,7 @@ def test_more_shards_than_forward_batches_is_refused_in_one_line():
                attack="gmi", iterations=1, max_batch=256)
 
 
-def test_an_attack_without_merge_shards_is_refused_in_one_line():
+def test_an_attack_that_declares_no_shards_capability_is_refused_in_one_line():
     class Params:
         shards = 2
 
@@ -113,8 +113,12 @@ def test_an_attack_without_merge_shards_is_refused_in_one_line():
 
     with pytest.raises(WorkbenchError) as caught:
         attack_shards.sharded(None, "none", "plain", Plain())
-    assert str(caught.value) == ("attack 'plain' (Plain) cannot be sharded exactly: it offers no merge_shards; "
-                                 "set [attacks.plain] shards = 1")
+    assert str(caught.value) == ("attack 'plain' (Plain) cannot be sharded exactly: it declares no `shards` "
+                                 "capability; set [attacks.plain] shards = 1")
+    # A method alone is not a declaration: the core never probes for `merge_shards`.
+    Plain.merge_shards = lambda self, prepared, parts: prepared
+    with pytest.raises(WorkbenchError, match="declares no `shards` capability"):
+        attack_shards.sharded(None, "none", "plain", Plain())
     Params.shards = 1
     assert attack_shards.sharded(None, "none", "plain", Plain()) is None
 

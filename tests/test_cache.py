@@ -138,7 +138,9 @@ def test_an_entry_with_a_renamed_tensor_key_does_not_block_later_runs(tmp_path):
     assert cache.load_modules("target", KEY, {"model": model}) is None
     cache.save_state("target", KEY, {f"model.{k}": torch.zeros_like(v) for k, v in model.state_dict().items()},
                      {"history": [1]})
-    assert cache.load_modules("target", KEY, {"model": model}) == {"stage": "target", "key": KEY, "history": [1]}
+    environment = {"device": "cpu", "threads": torch.get_num_threads()}
+    assert cache.load_modules("target", KEY, {"model": model}) == {"stage": "target", "key": KEY,
+                                                                   "environment": environment, "history": [1]}
     assert torch.all(model.weight == 0)
 
 
@@ -292,3 +294,28 @@ def test_an_entry_with_nan_weights_is_never_loaded_into_a_model(tmp_path):
     assert cache.load_modules("gmi-gan", KEY, {"model": model}) is None and not path.exists()
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert "NaN or infinite" in cache.problems[-1]
+
+
+def test_every_key_carries_the_device_thread_count_and_world_size_from_the_cache(monkeypatch, tmp_path):
+    """No stage adds them by hand: the cache puts its environment into every key, so an entry made on
+    another device, at another thread count or by N ranks is another entry."""
+    from workbench.running import distributed
+
+    cache = StageCache(tmp_path)
+    base = cache.key_of("target", KEY)
+    assert cache.key_of("target", KEY) == base
+    cache.device_type = "cuda"
+    assert cache.key_of("target", KEY) != base
+    assert cache.for_components(("attack", "gmi")).device_type == "cuda"  # a scoped cache keeps it
+    cache.device_type = "cpu"
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1 if previous != 1 else 2)
+    try:
+        assert cache.key_of("target", KEY) != base
+    finally:
+        torch.set_num_threads(previous)
+    assert cache.key_of("target", KEY) == base
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    assert cache.environment() == {"device": "cpu", "threads": previous, "world_size": 2}
+    assert cache.key_of("target", KEY) != base

@@ -26,6 +26,7 @@ internal and may change without notice.
 
 from __future__ import annotations
 
+from workbench.components.capabilities import AttackCapabilities, ExecutorCapabilities, OODLossCapabilities
 from workbench.components.hookspecs import hookimpl
 from workbench.components.params import (
     BatchSize,
@@ -94,6 +95,7 @@ from workbench.storage.checkpoint import (
 
 __all__ = [
     "Attack",
+    "AttackCapabilities",
     "AttackContext",
     "AttackResult",
     "AttackShard",
@@ -110,6 +112,7 @@ __all__ = [
     "EvalContext",
     "EventSink",
     "Executor",
+    "ExecutorCapabilities",
     "HiddenModule",
     "ImageSize",
     "Job",
@@ -119,6 +122,7 @@ __all__ = [
     "NoParams",
     "OODDatasetComponent",
     "OODLoss",
+    "OODLossCapabilities",
     "OODScore",
     "Outcome",
     "StageCache",

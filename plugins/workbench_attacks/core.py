@@ -26,6 +26,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from workbench.api import (
+    AttackCapabilities,
     AttackContext,
     AttackResult,
     AttackShard,
@@ -401,6 +402,8 @@ def merge_shards(prepared: AttackResult, parts: Sequence[AttackResult]) -> Attac
 class ShardableSearch:
     """Mixin for an attack whose `run` trains its priors, then calls `search` once and returns
     `result(...)`: it honours `ctx.shard`, and its shards merge exactly (`merge_shards`)."""
+
+    capabilities = AttackCapabilities(shards=True)
 
     def merge_shards(self, prepared: AttackResult, parts: Sequence[AttackResult]) -> AttackResult:
         return merge_shards(prepared, parts)

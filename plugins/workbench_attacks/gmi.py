@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.api import AttackContext, AttackResult, seeds, split_forward
+from workbench.api import AttackCapabilities, AttackContext, AttackResult, seeds, split_forward
 from workbench_attacks.common import (
     GAN_MEMORY_FORMAT,
     Group,
@@ -176,6 +176,7 @@ class GMI(ShardableSearch):
     """GMI: WGAN-GP prior on public data, then a per-class latent search against the target."""
 
     name = "gmi"
+    capabilities = AttackCapabilities(prepares=True, shards=True, seeded_prior=True)
 
     def __init__(self, params: GMIParams):
         self.params = params

@@ -37,7 +37,14 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from workbench.api import AttackContext, AttackResult, WorkbenchError, seeds, tensors_with_prefix
+from workbench.api import (
+    AttackCapabilities,
+    AttackContext,
+    AttackResult,
+    WorkbenchError,
+    seeds,
+    tensors_with_prefix,
+)
 from workbench_attacks.common import GAN_FIELDS, Group, make_groups, public_pool, resolve_classes
 from workbench_attacks.core import Chunk, GANBudget, SearchProblem, check_finite, dtype_of, search
 from workbench_attacks.gmi import GMI, GMIParams
@@ -358,6 +365,7 @@ class PPA:
     """PPA: candidates by T's confidence, Poincaré-loss optimisation, selection over transforms."""
 
     name = "ppa"
+    capabilities = AttackCapabilities(prepares=True, seeded_prior=True)
 
     def __init__(self, params: PPAParams):
         self.params = params

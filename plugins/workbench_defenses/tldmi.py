@@ -33,7 +33,6 @@ from workbench.api import (
     seeds,
     train_classifier,
     weights_fingerprint,
-    world_size,
 )
 
 
@@ -198,10 +197,7 @@ class TLDMI(Defense):
         config = ctx.train.model_copy(update={"epochs": self.params.pretrain_epochs or ctx.train.epochs,
                                               "balanced_batches": None})
         key = {"init": weights_fingerprint(model), "public": _data_fingerprint(public, labels),
-               "train": config.model_dump(mode="json"), "seed": ctx.seed, "device": ctx.device.type,
-               "threads": torch.get_num_threads()}
-        if world_size() > 1:  # pretrained by N ranks together (per-rank BatchNorm on the CPU): its own entry
-            key["world_size"] = world_size()
+               "train": config.model_dump(mode="json"), "seed": ctx.seed}
         from workbench.api import NoParams
         from workbench_defenses.none import NoDefense
 

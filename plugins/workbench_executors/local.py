@@ -9,11 +9,21 @@ from collections.abc import Callable, Sequence
 
 from pydantic import Field
 
-from workbench.api import Job, NoParams, Outcome, StrictModel, die_with_parent, execute_outcome
+from workbench.api import (
+    ExecutorCapabilities,
+    Job,
+    NoParams,
+    Outcome,
+    StrictModel,
+    die_with_parent,
+    execute_outcome,
+)
 
 
 class InlineExecutor:
     """Runs each job in this process, in order."""
+
+    capabilities = ExecutorCapabilities(shares_machine=True, workers=1)
 
     def __init__(self, params: NoParams | None = None):
         self.params = params
@@ -40,8 +50,11 @@ class ProcessesExecutor:
     """A pool of spawned worker processes, made on first use and reused until `close` (so a run's
     shared stages and its variants share the workers). Workers exit when the parent dies."""
 
+    capabilities = ExecutorCapabilities(shares_machine=True)
+
     def __init__(self, params: ProcessesParams):
         self.params = params
+        self.capabilities = ExecutorCapabilities(shares_machine=True, workers=params.workers or os.cpu_count() or 1)
         self._pool = None
 
     def _ensure_pool(self):

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import Field
 
-from workbench.api import Job, Outcome, StrictModel, WorkbenchError, execute_outcome
+from workbench.api import ExecutorCapabilities, Job, Outcome, StrictModel, WorkbenchError, execute_outcome
 
 MISSING = "executor 'ray' needs ray: pip install 'workbench-mi[ray]'"
 
@@ -35,7 +35,7 @@ class RayExecutor:
 
     def __init__(self, params: RayParams):
         self.params = params
-        self.job_threads = max(1, int(params.cpus_per_job))
+        self.capabilities = ExecutorCapabilities(job_threads=max(1, int(params.cpus_per_job)))
         self._refs: list[Any] = []
         self._started = False
         try:

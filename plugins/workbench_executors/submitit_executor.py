@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from workbench.api import Job, Outcome, StrictModel, WorkbenchError, execute_outcome
+from workbench.api import ExecutorCapabilities, Job, Outcome, StrictModel, WorkbenchError, execute_outcome
 
 MISSING = "executor 'submitit' needs submitit: pip install 'workbench-mi[slurm]'"
 
@@ -55,7 +55,7 @@ class SubmititExecutor:
 
     def __init__(self, params: SubmititParams):
         self.params = params
-        self.job_threads = params.cpus_per_task
+        self.capabilities = ExecutorCapabilities(job_threads=params.cpus_per_task)
         self._pending: list[Any] = []
         try:
             import submitit  # noqa: F401

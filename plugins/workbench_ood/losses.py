@@ -16,7 +16,7 @@ from pydantic import Field, PositiveFloat
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from workbench.api import StrictModel, WorkbenchError, autocast, iterate_batches
+from workbench.api import OODLossCapabilities, StrictModel, WorkbenchError, autocast, iterate_batches
 
 
 def free_energy(logits: Tensor) -> Tensor:
@@ -134,6 +134,8 @@ class EnergyMarginLoss:
     set. The reference's BiDO branch forwards each ID batch twice during warm-up (once for the
     hiddens, once for the energies); here once, so BatchNorm sees each ID batch once.
     """
+
+    capabilities = OODLossCapabilities(prepares=True, observes=True)
 
     def __init__(self, params: EnergyParams):
         self.params = params

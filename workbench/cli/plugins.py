@@ -42,6 +42,7 @@ def plugins_list(
     kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
 ) -> None:
     """Every registered component by kind, with the plugin that provides it and its params."""
+    from workbench.components.capabilities import as_json
     from workbench.components.registry import KINDS
 
     reg = registry(ctx)
@@ -55,6 +56,7 @@ def plugins_list(
                 "kind": component.kind, "name": component.name, "plugin": component.plugin,
                 "distribution": info.distribution if info else None, "version": info.version if info else None,
                 "summary": component.summary, "params": _params_rows(component.params),
+                "capabilities": as_json(component.capabilities()),
             })
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
@@ -70,7 +72,9 @@ def plugins_list(
             params = ", ".join(f"{p['name']}={p['default']}" if p["default"] is not None else p["name"]
                                for p in r["params"])
             plugin = r["plugin"] + (f" ({r['distribution']} {r['version']})" if r["distribution"] else "")
-            table.add_row(r["name"], plugin, r["summary"], params)
+            declared = ", ".join(k if v is True else f"{k}={v}" for k, v in r["capabilities"].items()
+                                 if v not in (False, None, (), []))
+            table.add_row(r["name"], plugin, r["summary"] + (f" [{declared}]" if declared else ""), params)
         if not kind_rows:
             table.add_row("(none registered)", "", "", "")
         out.print(table)

@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from workbench.components.capabilities import capabilities_of, missing_methods
 from workbench.components.manager import PluginManager, get_plugin_manager
 from workbench.components.params import (
     ComponentTable,
@@ -60,6 +61,11 @@ class Component:
 
     def params_schema(self) -> dict[str, Any]:
         return self.params.model_json_schema()
+
+    def capabilities(self) -> Any:
+        """What the component declares beyond its kind's contract (on its class; see
+        `workbench.components.capabilities`); an instance may refine it from its params."""
+        return capabilities_of(self.factory, self.kind)
 
 
 class Registry:
@@ -191,6 +197,14 @@ class Registry:
             raise WorkbenchError(
                 f"{kind} {component.name!r} (plugin {component.plugin!r}): the object its factory returned has no "
                 f"{', '.join(missing)}; see the {kind} contract in workbench.api")
+        try:
+            promised = missing_methods(created, kind)
+        except TypeError as exc:
+            raise WorkbenchError(f"{kind} {component.name!r} (plugin {component.plugin!r}): {exc}") from None
+        if promised:
+            raise WorkbenchError(
+                f"{kind} {component.name!r} (plugin {component.plugin!r}) declares capabilities whose methods it "
+                f"lacks: {', '.join(promised)}; see docs/plugins.md, \"Capabilities\"")
         builtin = getattr(self.manager.info.get(component.plugin), "source", None) == "builtin"
         if kind == "dependency" and not builtin:
             return CheckedMeasure(created, component.name, component.plugin)

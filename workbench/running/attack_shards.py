@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from workbench.components.capabilities import capabilities_of
 from workbench.components.protocols import AttackContext, AttackResult, AttackShard
 from workbench.errors import RunError, WorkbenchError
 from workbench.running.evaluation import RECONSTRUCTIONS
@@ -52,16 +53,16 @@ JOB_KIND = "attack-shard"
 
 
 def shard_count(attack: Any) -> int:
-    """How many shards the attack's params ask for (1: not sharded)."""
+    """How many shards the attack's `shards` param asks for (1: not sharded, or no such param)."""
     return int(getattr(getattr(attack, "params", None), "shards", 1) or 1)
 
 
 def check_shardable(name: str, attack: Any) -> None:
     """Refuse, in one line, an attack asked for shards that cannot merge them exactly."""
-    if not callable(getattr(attack, "merge_shards", None)):
+    if not capabilities_of(attack, "attack").shards:
         raise WorkbenchError(
-            f"attack {name!r} ({type(attack).__name__}) cannot be sharded exactly: it offers no "
-            f"merge_shards; set [attacks.{name}] shards = 1"
+            f"attack {name!r} ({type(attack).__name__}) cannot be sharded exactly: it declares no `shards` "
+            f"capability; set [attacks.{name}] shards = 1"
         )
 
 

@@ -153,12 +153,9 @@ def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registr
                  "the dataset's classes, in the same order?")
     else:
         key = {"backbone": resolved["evaluation"]["backbone"], "train": resolved["evaluation"]["train"],
-               "data": resolved["data"], "seed": recipe.seed, "classes": num_classes,
-               "threads": torch.get_num_threads()}  # CPU float reductions depend on it (as the target's key)
+               "data": resolved["data"], "seed": recipe.seed, "classes": num_classes}
         if config.input_size is not None:
             key["input_size"] = size
-        if distributed.is_distributed():  # trained by N ranks (per-rank BatchNorm on the CPU): its own entry
-            key["world_size"] = distributed.world_size()
 
         def train() -> dict[str, Any]:
             distributed.send_task("evaluation-model")  # under torchrun the other ranks join (workbench.running.follower)
@@ -259,8 +256,7 @@ def run_attack(name: str, attack: Any, target: nn.Module, data: DataSplits, eval
     # since the attack is handed E (a loaded E changes with its file, not with the recipe).
     key = {"attack": type(attack).__name__, "params": attack.params.model_dump(mode="json")
            if hasattr(attack, "params") else repr(attack), "target": weights_fingerprint(target), "seed": seed,
-           "evaluation": weights_fingerprint(evaluation) if evaluation is not None else None,
-           "threads": torch.get_num_threads()}
+           "evaluation": weights_fingerprint(evaluation) if evaluation is not None else None}
     cached = cache.load_state("attack", key)
     if cached is not None:
         tensors, meta = cached

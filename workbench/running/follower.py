@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from workbench.components.capabilities import capabilities_of
 from workbench.components.protocols import AttackContext, AttackResult, AttackShard
 from workbench.errors import RunError
 from workbench.recipe.schema import validate_raw
@@ -155,7 +156,7 @@ def _on_cpu(result: AttackResult) -> AttackResult:
 def trains_priors_together(attack: Any) -> bool:
     """Whether the other ranks can join `attack`: it runs a search-free pass and its searches
     split into shards that merge exactly (`merge_shards`)."""
-    return distributed.is_distributed() and callable(getattr(attack, "merge_shards", None))
+    return distributed.is_distributed() and capabilities_of(attack, "attack").shards
 
 
 def prepare_together(attack: Any, name: str, ctx: AttackContext) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from workbench import __version__
+from workbench.components.capabilities import capabilities_of
 from workbench.components.protocols import AttackContext, DataSplits, DefenseContext, EvalContext, Job
 from workbench.components.registry import Registry, load_registry
 from workbench.errors import RunError, WorkbenchError
@@ -80,6 +81,10 @@ class RunOptions:
     """Variants trained in parallel worker processes; None = as many as the CPU allows (1 on CUDA)."""
     sinks: list[str] = field(default_factory=list)
     """Event sinks by name (`--sink`), added to the recipe's `[[sinks]]`."""
+    executor: str = "processes"
+    """The executor that runs a run's parallel pieces (shared stages, variants, attack shards) when
+    it has several workers: any executor that declares `shares_machine` (its jobs see this run
+    directory and cache)."""
 
 
 def _quiet(*args: Any, **fields: Any) -> None:
@@ -104,6 +109,7 @@ class Runner:
         self.resumed = resumed
         self.source = source
         self.device = resolve_device(recipe.device)
+        cache.device_type = self.device.type  # part of every stage-cache key
         self.data: DataSplits | None = None
         self.evaluation_model = None
         self.evaluators: dict[str, Any] = {}  # by name, E first (issue 27; running/evaluators.py)
@@ -111,7 +117,8 @@ class Runner:
         self.ood_evaluator = None
         self.workers = 1
         self.plugins_dir: Path | None = None
-        self._executor = None  # the `processes` executor, made on first use by `run_jobs`
+        self.executor_name = "processes"
+        self._executor = None  # made on first use by `run_jobs`
 
     # -------------------------------------------------------------- setup
 
@@ -144,6 +151,7 @@ class Runner:
         runner.workers = 1 if distributed.is_distributed() else resolve_workers(options.workers, len(recipe.variants),
                                                                                 runner.device)
         runner.plugins_dir = options.plugins_dir
+        runner.executor_name = options.executor
         return runner
 
     @classmethod
@@ -233,7 +241,7 @@ class Runner:
             return []
         names = ["evaluation-model"]
         for name, table in self.recipe.attacks.items():
-            if hasattr(self.registry.create_from("attack", table), "prepare"):  # GMI's GAN, say
+            if capabilities_of(self.registry.create_from("attack", table), "attack").prepares:  # GMI's GAN, say
                 names.append(f"prior:{name}")
         return names
 
@@ -294,8 +302,11 @@ class Runner:
         shards), else `inline`; their events are relayed to this process's listeners as they
         arrive. Values in the order of `items`; the first failure ends the run."""
         if self._executor is None:
-            self._executor = (self.registry.create("executor", "processes", workers=self.workers) if self.workers > 1
-                              else self.registry.create("executor", "inline"))
+            self._executor = self.registry.create("executor", self.executor_name, workers=self.workers) \
+                if self.workers > 1 else self.registry.create("executor", "inline")
+            if not capabilities_of(self._executor, "executor").shares_machine:
+                raise RunError(f"executor {self.executor_name!r} cannot run a run's pieces: its jobs do not share "
+                               "this machine's run directory (it declares no `shares_machine`); use `processes`")
         self.emit("log", level="info", message=message)
         offset = self.events.path.stat().st_size
         jobs = [Job(kind=kind, run_dir=str(self.run_dir), cache_dir=str(self.cache.root) if self.cache.root else None,
@@ -424,8 +435,7 @@ class Runner:
         resolved_variant = dict(self.resolved["variants"][self._variant_index(variant)])
         resolved_variant.pop("name")
         return {"data": self.resolved["data"], "target": self.resolved["target"], "variant": resolved_variant,
-                "seed": self.recipe.seed, "device": self.device.type, "threads": torch.get_num_threads(),
-                **({"world_size": distributed.world_size()} if distributed.is_distributed() else {})}
+                "seed": self.recipe.seed}
 
     def _train(self, variant: VariantConfig, model, defense) -> list[dict[str, float]]:
         folder = self.variant_dir(variant)

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from workbench.components.capabilities import OODLossCapabilities, capabilities_of
 from workbench.components.protocols import Defense, OODLoss, TrainingSetup
 from workbench.errors import RunError
 from workbench.recipe.schema import OODTrainingConfig, TrainConfig
@@ -107,7 +108,12 @@ class OODFeed:
     dataset: Dataset
     config: OODTrainingConfig
     loss: OODLoss
-    """The `ood_loss` component: `loss(id_logits, ood_logits)`, optional `observe`, `prepare`, `restore`."""
+    """The `ood_loss` component: `loss(id_logits, ood_logits)`; `observe`, `prepare` and `restore`
+    where its capabilities say so."""
+
+    @property
+    def capabilities(self) -> OODLossCapabilities:
+        return capabilities_of(self.loss, "ood_loss")
 
 
 def train_classifier(
@@ -177,7 +183,7 @@ def train_classifier(
         history = saved.get("history", [])
         ood_state = saved.get("ood_state", {})
         defense.load_state_dict(tensors_with_prefix(tensors, "defense"))
-        if ood_state and ood is not None and hasattr(ood.loss, "restore"):
+        if ood_state and ood is not None and ood.capabilities.prepares:
             ood.loss.restore(ood_state)
 
     labels = dataset_labels(train_data) if config.balanced_batches else None
@@ -195,7 +201,7 @@ def train_classifier(
             torch.manual_seed(seeds.derive(seed, "train", epoch, distributed.rank()))
         shuffle = seeds.generator(seed, "batch-order", epoch)
         ood_phase = ood is not None and epoch >= ood.config.warmup_epochs
-        if ood_phase and not ood_state and hasattr(ood.loss, "prepare"):
+        if ood_phase and not ood_state and ood.capabilities.prepares:
             ood_state = ood.loss.prepare(model, train_data, ood.dataset, device)
             emit("log", level="info", message=f"{variant or stage}: OOD loss prepared "
                  + ", ".join(f"{k} = {v:.4g}" for k, v in ood_state.items()))
@@ -240,7 +246,7 @@ def train_classifier(
             with autocast(device):
                 forward = net if net is not None else model.forward_hidden
                 logits, hiddens = forward(_layout(inputs, device))
-            if x_ood is not None and not ood_phase and hasattr(ood.loss, "observe"):  # the global batch's
+            if x_ood is not None and not ood_phase and ood.capabilities.observes:  # the global batch's
                 ood.loss.observe(distributed.gather(logits[:m].detach().float()) if ddp else logits[:m].detach().float(),
                                  distributed.gather(warmup_ood_logits.float()) if ddp else warmup_ood_logits.float(),
                                  epoch)

@@ -115,7 +115,7 @@ def code_fingerprint() -> str:
     what the old code made (the version number alone does not change)."""
     from workbench.components.manager import DEFAULT_PLUGINS
 
-    packages = [Path(__file__).parent]
+    packages = [Path(__file__).parent.parent]  # the whole core (this module lives in workbench/storage/)
     for name in DEFAULT_PLUGINS:
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.origin:
@@ -197,13 +197,29 @@ class StageCache:
         self.components = tuple(components)
         self.on_problem = on_problem
         self.problems: list[str] = []
+        self.device_type = "cpu"
+        """The run's device type (set by the run): part of every key (see `environment`)."""
 
     def for_components(self, *components: tuple[str, str]) -> StageCache:
         """This cache, with the plugins of these (kind, name) components in every key."""
         scoped = StageCache(None, self.registry, (*self.components, *components), self.on_problem)
         scoped.root = self.root
         scoped.problems = self.problems
+        scoped.device_type = self.device_type
         return scoped
+
+    def environment(self) -> dict[str, Any]:
+        """What changes an entry's floats besides its own config, in every key: the device type, the
+        CPU thread count (float reductions; a run trains every stage at one count, `Runner.cpu_threads`)
+        and, under torchrun, the world size (N ranks train with per-rank BatchNorm on the CPU)."""
+        import torch
+
+        from workbench.running import distributed
+
+        env: dict[str, Any] = {"device": self.device_type, "threads": torch.get_num_threads()}
+        if distributed.is_distributed():
+            env["world_size"] = distributed.world_size()
+        return env
 
     # -------------------------------------------------------------- keys
 
@@ -227,7 +243,7 @@ class StageCache:
                 if getattr(info.get(name), "source", None) != "builtin"}
 
     def key_of(self, stage: str, key: dict[str, Any]) -> str:
-        return stage_key(check_stage_name(stage), key, self.plugins_for(key))
+        return stage_key(check_stage_name(stage), {**key, "environment": self.environment()}, self.plugins_for(key))
 
     def path(self, stage: str, key: dict[str, Any]) -> Path | None:
         if self.root is None:
@@ -283,7 +299,7 @@ class StageCache:
             return None
         try:
             self._ensure_root()
-            save_checkpoint(path, tensors, {"stage": stage, "key": key, **(meta or {})})
+            save_checkpoint(path, tensors, {"stage": stage, "key": key, "environment": self.environment(), **(meta or {})})
         except (StorageError, PermissionError) as exc:  # a full disk, a read-only cache: documented fallback
             message = f"stage cache: {exc}; not cached, the run goes on (the stage is computed again next time)"
             self.problems.append(message)

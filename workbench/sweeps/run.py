@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench import __version__
+from workbench.components.capabilities import capabilities_of
 from workbench.components.protocols import Job
 from workbench.errors import RunError, WorkbenchError
 from workbench.recipe.schema import to_toml
@@ -296,16 +297,12 @@ class SweepRunner:
     def _threads(self) -> int | None:
         """CPU threads per job: the executor's own figure, or the cores shared among its workers.
         Fixed per machine and executor, so a resumed sweep computes exactly what a straight one does."""
-        executor = self.executor
-        threads = getattr(executor, "job_threads", None)
-        if threads:
-            return int(threads)
-        workers = getattr(getattr(executor, "params", None), "workers", None)
-        if self.sweep.spec.executor.use == "inline":
-            workers = 1
-        if workers:
-            return max(1, (os.cpu_count() or 1) // workers)
-        return 1 if self.sweep.spec.executor.use == "processes" else None
+        declared = capabilities_of(self.executor, "executor")
+        if declared.job_threads:
+            return int(declared.job_threads)
+        if declared.shares_machine:
+            return max(1, (os.cpu_count() or 1) // (declared.workers or 1))
+        return None
 
     def _job(self, kind: str, run_dir: Path, threads: int | None | str = "executor", **fields: Any) -> Job:
         """A job of the sweep; `threads` the executor's share of the cores unless given."""
@@ -369,7 +366,7 @@ class SweepRunner:
 
     def _stage_identity(self, run: PlannedRun, name: str) -> tuple[str, str]:
         resolved = run.resolved
-        part = resolved.get("evaluation") if name == "evaluation-model" else \
+        part = [resolved.get("evaluation"), resolved.get("evaluators")] if name == "evaluation-model" else \
             resolved["attacks"][name.removeprefix("prior:")]
         return name, json.dumps([resolved["data"], part, resolved.get("device")], sort_keys=True)
 
@@ -416,18 +413,20 @@ class SweepRunner:
         return failed
 
     def _jobs_per_variant(self, pending: list[tuple[PlannedRun, bool]]) -> bool:
-        """Whether the runs' variants go to the executor as separate jobs (see `_run_variants`): on the
-        `processes` executor, when the sweep already trained every stage the runs share (E, the
-        attacks' priors), so each run only loads them. Elsewhere one job per run (a Slurm task or Ray
+        """Whether the runs' variants go to the executor as separate jobs (see `_run_variants`): on an
+        executor whose jobs share this machine several at once (`processes`), when the sweep already
+        trained every stage the runs share (E, the attacks' priors), so each run only loads them. Elsewhere one job per run (a Slurm task or Ray
         job per run; a run that trains its own E keeps it in one process)."""
-        if self.sweep.spec.executor.use != "processes" or not self.sweep.spec.share_stages:
+        declared = capabilities_of(self.executor, "executor")
+        if not (declared.shares_machine and (declared.workers or 1) > 1) or not self.sweep.spec.share_stages:
             return False
         for run, _ in pending:
             trained = set(self._seed_free_stages(run))
             if run.recipe.attacks and "evaluation-model" not in trained:
                 return False
             for name, table in run.recipe.attacks.items():
-                if hasattr(self.registry.create_from("attack", table), "prepare") and f"prior:{name}" not in trained:
+                prepares = self.registry.get("attack", table.use).capabilities().prepares
+                if prepares and f"prior:{name}" not in trained:
                     return False
         return True
 

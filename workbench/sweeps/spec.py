@@ -303,9 +303,11 @@ def shared_stage_overrides(recipe: Recipe, raw: dict[str, Any], registry) -> lis
     overrides = []
     if recipe.evaluation is not None and "seed" not in (raw.get("evaluation") or {}):
         overrides.append(f"evaluation.seed={recipe.seed}")
+    for name in recipe.evaluators:  # the other evaluators likewise (issue 27)
+        if "seed" not in ((raw.get("evaluators") or {}).get(name) or {}):
+            overrides.append(f"evaluators.{name}.seed={recipe.seed}")
     for name, table in recipe.attacks.items():
-        component = registry.get("attack", table.use)
-        if "prior_seed" in component.params.model_fields and "prior_seed" not in table.params:
+        if registry.get("attack", table.use).capabilities().seeded_prior and "prior_seed" not in table.params:
             overrides.append(f"attacks.{name}.prior_seed={recipe.seed}")
     if recipe.evaluation is not None and "seed" not in type(recipe.evaluation).model_fields:
         overrides = [o for o in overrides if not o.startswith("evaluation.seed=")]
@@ -369,7 +371,8 @@ def build_sweep(raw: dict[str, Any], path: Path, recipe_sets: list[str], registr
     except RecipeError as exc:
         raise RecipeError(source, problems + [f"recipe {raw['recipe']!r} ({recipe_path}): {p}"
                                               for p in exc.problems]) from None
-    common = [*(spec.overrides if spec else raw.get("overrides") or []), *recipe_sets]
+    listed = raw.get("overrides") if isinstance(raw.get("overrides"), list) else []  # else a structure problem
+    common = [*(spec.overrides if spec else listed), *recipe_sets]
     try:
         base_raw = apply_overrides(raw_recipe, [o for o in common if isinstance(o, str)])
         base = validate_raw(base_raw, str(recipe_path), registry)
