@@ -182,7 +182,8 @@ def test_aggregate_over_seeds_with_paired_differences():
     assert diff["values"] == pytest.approx([-0.25, -0.22, -0.29]) and diff["ci95"][1] < 0
     report = render_report(data, {"recipe": "r.toml", "seeds": [0, 1, 2, 3], "grid": {}, "executor": "inline",
                                   "finished": 3, "total": 4}, {"base-s3": "RunError: boom"})
-    assert "| none | 0.980 ± 0.010 (3) | 0.607 ± 0.090 (3) |" in report
+    # Rounded to fit the std: 0.010 keeps two significant digits (leading 1), 0.090 one.
+    assert "| none | 0.980 ± 0.010 (3) | 0.61 ± 0.09 (3) |" in report
     assert "lowers by 0.253 [" in report and "`base-s3`: RunError: boom" in report
     assert "Missing seeds (not finished): 3" in report
 

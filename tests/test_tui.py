@@ -223,7 +223,40 @@ def test_gpu_reader_without_pynvml(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import fails
     reader = GpuReader()
     assert reader.read() == []
-    assert "pynvml" in reader.why
+    assert "nvidia-ml-py is missing" in reader.why
+
+
+def _fake_nvml(init_error: type[Exception] | None = None, count: int = 0):
+    import types
+
+    module = types.ModuleType("pynvml")
+
+    def init():
+        if init_error is not None:
+            raise init_error("NVML Shared Library Not Found")
+
+    module.nvmlInit = init
+    module.nvmlDeviceGetCount = lambda: count
+    module.nvmlDeviceGetHandleByIndex = lambda i: i
+    module.nvmlDeviceGetName = lambda h: b"Fake GPU"
+    module.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=37)
+    module.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=2**30, total=8 * 2**30)
+    return module
+
+
+def test_gpu_reader_says_plainly_when_there_is_no_gpu(monkeypatch):
+    # NVML's own error class names: no driver library, or a machine with the library but no device.
+    no_library = type("NVMLError_LibraryNotFound", (Exception,), {})
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml(no_library))
+    reader = GpuReader()
+    assert reader.read() == [] and reader.why == "No GPU on this machine (no NVIDIA driver)"
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml(count=0))
+    reader = GpuReader()
+    assert reader.read() == [] and reader.why == "No GPU on this machine"
+    monkeypatch.setitem(sys.modules, "pynvml", _fake_nvml(count=1))
+    (reading,) = GpuReader().read()
+    assert (reading.name, reading.utilization, reading.memory_used, reading.memory_total) == (
+        "Fake GPU", 37.0, 2**30, 8 * 2**30)
 
 
 # ------------------------------------------------------------------ editor model

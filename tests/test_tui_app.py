@@ -122,13 +122,20 @@ async def test_results_across_runs(runs_dir, tmp_path, registry):
         table = app.screen.query_one(DataTable)
         assert table.row_count == 4
         header = [str(c.label) for c in table.columns.values()]
-        # The same columns as report.md and the terminal table (workbench.reporting.columns).
-        assert header[:3] == ["run", "variant", "test acc ↑"]
-        assert "gmi top-1 ↓" in header and "OOD AUROC ↑" in header
+        # The headline columns of report.md (workbench.reporting.columns.headline_columns), within 120.
+        assert header == ["run", "variant", "test acc ↑", "gmi top-1 ↓", "OOD FPR95 ↓", "OOD AUROC ↑"]
+        assert table.virtual_size.width <= 120
         first = table.get_row_at(0)
-        assert first[:3] == ["done", "none", "0.9"] and first[header.index("gmi top-1 ↓")] == "0.8"
+        assert first[:4] == ["done", "none", "0.900", "0.800"]
         chart = plain_text(app.screen.query_one("#tradeoff", Static))
         assert "done/bido-hsic (0.6, 0.85)" in chart
+        await pilot.press("d")  # every figure
+        await pilot.pause(0.2)
+        header = [str(c.label) for c in table.columns.values()]
+        assert {"gmi top-5 ↓", "gmi KNN ↑", "gmi FID ↑", "OOD AUPR-In ↑"} <= set(header)
+        await pilot.press("d")
+        await pilot.pause(0.2)
+        assert len(table.columns) == 6
 
 
 async def open_section(pilot, screen, key: str) -> None:

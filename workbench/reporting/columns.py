@@ -7,6 +7,7 @@ too, titled by its key, so a metric's keys are never only in results.json.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,8 @@ from typing import Any
 KNOWN: dict[str, tuple[str, bool]] = {
     "test_accuracy": ("test acc", True),
     "top1": ("top-1", False),
+    # Counted only when every evaluation model agrees on the target class (several evaluators).
+    "agreed_top1": ("agreed top-1", False),
     "top5": ("top-5", False),
     # PPA reports E's accuracy before its final selection too (top1/top5 are the selected set's).
     "top1_unselected": ("top-1 unselected", False),
@@ -37,6 +40,9 @@ class Column:
     title: str
     higher: bool | None
     """True/False: which way is better for the defender; None: unknown (a plugin's figure)."""
+    spread: str | None = None
+    """Dotted path of the figure's standard deviation in the same section (`gmi.top1_std`: over
+    the attack's restarts), shown as ± beside it; None when the figure has none."""
 
     @property
     def heading(self) -> str:
@@ -86,3 +92,60 @@ def best_per_column(variants: list[dict[str, Any]], columns: list[Column]) -> di
         if values and column.higher is not None:
             best[column] = max(values) if column.higher else min(values)
     return best
+
+
+HEADLINE_ATTACK_KEYS = ("agreed_top1", "top1")
+"""An attack's headline figure: the evaluators' agreed top-1 where the run has several evaluation
+models, else E's top-1."""
+
+
+def headline_columns(variants: list[dict[str, Any]]) -> list[Column]:
+    """The few columns a reader looks at first: test accuracy, each attack's headline top-1 (with its
+    spread over restarts where recorded), mean OOD FPR95 and AUROC, and a defense's privacy budget.
+    `results_columns` has every figure; this is its compact head (report.md, report.html, the TUI)."""
+    columns = [_column("utility", "test_accuracy")]
+    attacks = sorted({a for v in variants for a in (v.get("attacks") or {}) if isinstance(v.get("attacks"), dict)})
+    for attack in attacks:
+        key = next((k for k in HEADLINE_ATTACK_KEYS
+                    if any(figure(v, "attacks", f"{attack}.{k}") is not None for v in variants)), None)
+        if key is None:
+            continue
+        spread = f"{attack}.{key}_std"
+        has_spread = any(figure(v, "attacks", spread) is not None for v in variants)
+        column = _column("attacks", f"{attack}.{key}", f"{attack} ")
+        columns.append(Column(column.section, column.key, column.title, column.higher,
+                              spread if has_spread else None))
+    columns += [_column("ood", f"mean.{k}", "OOD ") for k in ("fpr95", "auroc")]
+    columns += [_column("defense", "epsilon")]
+    return [c for c in columns if any(figure(v, c.section, c.key) is not None for v in variants)]
+
+
+def spread_decimals(spread: float | None) -> int | None:
+    """Decimals that fit an uncertainty: its first significant digit, or two when that digit is 1 or 2
+    (0.09 -> 2 decimals, 0.023 -> 3, 0.15 -> 2); None without a usable spread."""
+    if spread is None or not math.isfinite(spread) or spread <= 0:
+        return None
+    mantissa, _, power = f"{spread:.6e}".partition("e")  # decimal digits, free of log10's float error
+    leading, exponent = float(mantissa), int(power)
+    significant = 2 if leading < 3 else 1
+    return min(6, max(0, significant - 1 - exponent))
+
+
+def rounded(value: float | None, spread: float | None = None, compact: bool = False) -> str:
+    """A figure rounded to fit its spread (`0.61 ± 0.09`); without one, three decimals for a
+    fraction and four significant digits otherwise. `compact` drops the spaces (narrow tables)."""
+    if value is None or not math.isfinite(value):
+        return "–" if value is None else str(value)
+    decimals = spread_decimals(spread)
+    joiner = "±" if compact else " ± "
+    if decimals is None:
+        text = f"{value:.3f}" if abs(value) < 10 else f"{value:.4g}"
+        return text + (f"{joiner}0" if spread == 0 else "")
+    return f"{value:.{decimals}f}{joiner}{spread:.{decimals}f}"
+
+
+def cell_text(variant: dict[str, Any], column: Column, compact: bool = False) -> str:
+    """One variant's figure in a column, with its spread when the column has one."""
+    value = figure(variant, column.section, column.key)
+    spread = figure(variant, column.section, column.spread) if column.spread else None
+    return rounded(value, spread, compact)

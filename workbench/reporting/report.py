@@ -1,21 +1,37 @@
-"""`report.md`: what a researcher reads after a run — header, results table, figures."""
+"""`report.md` and `report.html`: what a researcher reads after a run — header, a compact headline
+table, a verdict per variant, what one seed can show, figures, labelled reconstruction grids, and
+every figure in a details table (`results.json` keeps everything)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
 from workbench.recipe.schema import Recipe
-from workbench.reporting.columns import best_per_column, figure, results_columns
+from workbench.reporting.columns import best_per_column, cell_text, figure, headline_columns, results_columns
 from workbench.reporting.plots import line_chart, save_png, scatter
+from workbench.reporting.verdicts import run_verdicts, seed_note
 from workbench.storage.checkpoint import atomic_write_text
 from workbench.storage.events import EVENTS_FILE, read_events
 
+REPORT_FILE = "report.md"
+HTML_FILE = "report.html"
+
+
+@dataclass(frozen=True)
+class Picture:
+    """A PNG of the run directory shown in the reports: `path` relative to the run directory."""
+
+    title: str
+    path: Path
+
 
 def markdown_table(results: dict[str, Any]) -> str:
+    """Every figure of every variant (the details table), four decimals, best per column in bold."""
     variants = results["variants"]
     columns = results_columns(variants)
     best = best_per_column(variants, columns)
@@ -30,6 +46,40 @@ def markdown_table(results: dict[str, Any]) -> str:
                 text = f"**{text}**"
             cells.append(text)
         lines.append(f"| {variant['name']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def headline_cells(results: dict[str, Any]) -> tuple[list[str], list[list[str]], list[list[bool]]]:
+    """The compact table (`workbench.reporting.columns.headline_columns`): headings, one row of cells per
+    variant (figures rounded to their spread) and which cells are the best of their column (several
+    variants, ties after rounding all best)."""
+    variants = results["variants"]
+    columns = headline_columns(variants)
+    best = best_per_column(variants, columns)
+    rows, marks = [], []
+    for variant in variants:
+        cells = [cell_text(variant, c) for c in columns]
+        rows.append([variant["name"], *cells])
+        flags = []
+        for column, text in zip(columns, cells, strict=True):
+            value = figure(variant, column.section, column.key)
+            flags.append(len(variants) > 1 and value is not None and column in best
+                         and _same_when_rounded(best[column], value, text))
+        marks.append([False, *flags])
+    return ["variant", *(c.heading for c in columns)], rows, marks
+
+
+def _same_when_rounded(best: float, value: float, text: str) -> bool:
+    decimals = len(text.split(" ±")[0].partition(".")[2])
+    return round(best, decimals) == round(value, decimals) if text != "–" else False
+
+
+def headline_markdown_table(results: dict[str, Any]) -> str:
+    headings, rows, marks = headline_cells(results)
+    lines = ["| " + " | ".join(headings) + " |", "|---|" + "---:|" * (len(headings) - 1)]
+    for row, flags in zip(rows, marks, strict=True):
+        lines.append("| " + " | ".join(f"**{c}**" if bold else c for c, bold in zip(row, flags, strict=True))
+                     + " |")
     return "\n".join(lines)
 
 
@@ -55,22 +105,24 @@ def _epoch_series(run_dir: Path) -> dict[str, dict[str, list[tuple[float, float]
     return series
 
 
-def _figures(run_dir: Path, results: dict[str, Any]) -> list[str]:
-    """Write the report's PNG figures and return the markdown that shows them."""
+def _figures(run_dir: Path, results: dict[str, Any]) -> list[Picture]:
+    """Write the report's PNG figures (privacy against utility per attack, training curves)."""
     folder = run_dir / "figures"
-    lines: list[str] = []
+    pictures: list[Picture] = []
     variants = results["variants"]
     attacks = sorted({a for v in variants for a in v.get("attacks", {})})
+    headline = {c.key.split(".")[0]: c.key for c in headline_columns(variants) if c.section == "attacks"}
     for attack in attacks:
-        points = [(v["name"], figure(v, "utility", "test_accuracy"), figure(v, "attacks", f"{attack}.top1"))
-                  for v in variants]
+        key = headline.get(attack, f"{attack}.top1")
+        points = [(v["name"], figure(v, "utility", "test_accuracy"), figure(v, "attacks", key)) for v in variants]
         points = [p for p in points if p[1] is not None and p[2] is not None]
         if points:
             name = f"privacy_utility_{attack}.png"
+            title = key.split(".", 1)[1].replace("_", " ").replace("top1", "top-1")
             save_png(scatter(points, "test accuracy (utility, higher is better)",
-                             f"{attack} attack top-1 (lower = more private)",
+                             f"{attack} attack {title} (lower = more private)",
                              f"privacy vs utility: {attack}"), folder / name)
-            lines += [f"![privacy vs utility, {attack}](figures/{name})", ""]
+            pictures.append(Picture(f"privacy vs utility, {attack}", Path("figures") / name))
     series = _epoch_series(run_dir)
     charts = [("loss", "training loss", "curve_loss.png"),
               ("test_accuracy", "test accuracy", "curve_test_accuracy.png"),
@@ -80,8 +132,20 @@ def _figures(run_dir: Path, results: dict[str, Any]) -> list[str]:
     for key, title, name in charts:
         if key in series:
             save_png(line_chart(series[key], "epoch", key, title), folder / name)
-            lines += [f"![{title}](figures/{name})", ""]
-    return lines
+            pictures.append(Picture(title, Path("figures") / name))
+    return pictures
+
+
+def ood_pictures(run_dir: Path, results: dict[str, Any]) -> list[Picture]:
+    """Each variant's OOD score histogram (written by the evaluation)."""
+    return [Picture(f"OOD scores, {v['name']}", Path(v["name"]) / "ood_histogram.png")
+            for v in results["variants"] if "ood" in v and (run_dir / v["name"] / "ood_histogram.png").exists()]
+
+
+def reconstruction_pictures(run_dir: Path) -> list[Picture]:
+    """The labelled reconstruction grid of each variant and attack."""
+    return [Picture(f"{grid.parent.parent.name}, {grid.stem}", grid.relative_to(run_dir))
+            for grid in sorted(run_dir.glob("*/reconstructions/*.png"))]
 
 
 def fid_conventions(run_dir: Path, recipe: Recipe) -> list[str]:
@@ -115,53 +179,108 @@ def evaluation_header(evaluation: dict[str, Any] | None) -> list[str]:
     return [f"- evaluation model E: {source}{resized}"]
 
 
-def write_report(run_dir: Path, results: dict[str, Any], recipe: Recipe) -> Path:
-    run_dir = Path(run_dir)
+def header_lines(run_dir: Path, results: dict[str, Any], recipe: Recipe) -> list[str]:
+    """The report's header as markdown list items (recipe, seed, machine, E, FID convention)."""
     machine = results.get("machine", {})
-    parts = [
-        f"# {recipe.title or 'workbench run'}",
-        "",
+    return [
         f"- recipe: `{results['recipe']}` (hash `{results['recipe_hash']}`), seed {results['seed']}",
         f"- device: {results.get('device', '?')}; " + ", ".join(f"{k} {v}" for k, v in machine.items()),
         f"- variants: {', '.join(v['name'] for v in results['variants'])}",
         *fid_conventions(run_dir, recipe),
         *evaluation_header(results.get("evaluation_model")),
-        "",
-        "## Results",
-        "",
-        "Fractions in [0, 1]; ↑ higher is better for the defender, ↓ lower; best per column in bold.",
-        "",
-        markdown_table(results),
-        "",
     ]
+
+
+HEADLINE_NOTE = ("Fractions in [0, 1]; ↑ higher is better for the defender, ↓ lower; best per column in bold. "
+                 "An attack's column is its headline top-1 (the evaluators' agreed top-1 where the run has several); "
+                 "± is its standard deviation over the attack's restarts.")
+
+
+def evaluation_note(results: dict[str, Any]) -> str | None:
     evaluation = results.get("evaluation_model")
-    if evaluation:
-        parts += [f"Attack figures are judged by the evaluation model E (test accuracy "
-                  f"{evaluation.get('test_accuracy', float('nan')):.4f}); KNN distance and FID are computed "
-                  "in E's feature space.", ""]
+    if not evaluation:
+        return None
+    return (f"Attack figures are judged by the evaluation model E (test accuracy "
+            f"{evaluation.get('test_accuracy', float('nan')):.3f}); KNN distance and FID are computed "
+            "in E's feature space.")
+
+
+def ood_rows(results: dict[str, Any]) -> list[list[str]]:
+    """variant, set, FPR95, AUROC, AUPR-In, AUPR-Out for every OOD set and the mean."""
+    rows = []
+    for v in results["variants"]:
+        if "ood" not in v:
+            continue
+        for name, m in [*v["ood"]["sets"].items(), ("mean", v["ood"]["mean"])]:
+            rows.append([v["name"], name, *(f"{m[k]:.4f}" for k in ("fpr95", "auroc", "aupr_in", "aupr_out"))])
+    return rows
+
+
+def write_report(run_dir: Path, results: dict[str, Any], recipe: Recipe) -> Path:
+    """Write report.md and report.html (and the PNGs they show); returns report.md's path."""
+    from workbench.reporting.html import write_run_html
+
+    run_dir = Path(run_dir)
+    header = header_lines(run_dir, results, recipe)
+    verdicts = run_verdicts(results)
+    note = seed_note(results, run_dir)
+    parts = [f"# {recipe.title or 'workbench run'}", "", *header, "",
+             "## Results", "", HEADLINE_NOTE, "", headline_markdown_table(results), ""]
+    if evaluation_note(results):
+        parts += [evaluation_note(results), ""]
+    parts += [f"> {note}", ""]
+    if verdicts:
+        parts += ["### Verdicts", "", *(f"- **{name}**: {text}" for name, text in verdicts.items()), ""]
     ood_variants = [v for v in results["variants"] if "ood" in v]
+    histograms = ood_pictures(run_dir, results)
     if ood_variants:
         parts += ["## OOD detection", "", f"Score: `{ood_variants[0]['ood']['score']}`. "
                   f"{ood_variants[0]['ood'].get('convention', '')}", "",
                   "| variant | set | FPR95 ↓ | AUROC ↑ | AUPR-In ↑ | AUPR-Out ↑ |", "|---|---|---:|---:|---:|---:|"]
-        for v in ood_variants:
-            for name, m in [*v["ood"]["sets"].items(), ("mean", v["ood"]["mean"])]:
-                parts.append(f"| {v['name']} | {name} | {m['fpr95']:.4f} | {m['auroc']:.4f} | "
-                             f"{m['aupr_in']:.4f} | {m['aupr_out']:.4f} |")
+        parts += ["| " + " | ".join(row) + " |" for row in ood_rows(results)]
         parts.append("")
-        for v in ood_variants:
-            if (run_dir / v["name"] / "ood_histogram.png").exists():
-                parts += [f"![OOD scores, {v['name']}]({v['name']}/ood_histogram.png)", ""]
+        for picture in histograms:
+            parts += [f"![{picture.title}]({picture.path.as_posix()})", ""]
     figures = _figures(run_dir, results)
     if figures:
-        parts += ["## Figures", "", *figures]
-    grids = sorted(run_dir.glob("*/reconstructions/*.png"))
+        parts += ["## Figures", "", *(line for p in figures for line in (f"![{p.title}]({p.path.as_posix()})", ""))]
+    grids = reconstruction_pictures(run_dir)
     if grids:
-        parts += ["## Reconstructions", "", "Each row: private training images of a class (left), then the "
-                  "attack's reconstructions for that class.", ""]
-        for grid in grids:
-            variant, attack = grid.parent.parent.name, grid.stem
-            parts += [f"**{variant}, {attack}**", "", f"![{variant} {attack}]({grid.relative_to(run_dir)})", ""]
-    path = run_dir / "report.md"
+        parts += ["## Reconstructions", "", RECONSTRUCTIONS_NOTE, ""]
+        for picture in grids:
+            parts += [f"**{picture.title}**", "", f"![{picture.title}]({picture.path.as_posix()})", ""]
+    parts += ["## Details", "", "Every figure of every variant (four decimals; results.json has them unrounded).", "",
+              markdown_table(results), ""]
+    path = run_dir / REPORT_FILE
     atomic_write_text(path, "\n".join(parts))
+    write_run_html(run_dir, {
+        "title": recipe.title or "workbench run",
+        "header": header,
+        "headline": headline_cells(results),
+        "headline_note": HEADLINE_NOTE,
+        "evaluation_note": evaluation_note(results),
+        "seed_note": note,
+        "verdicts": verdicts,
+        "ood": {"score": ood_variants[0]["ood"]["score"], "convention": ood_variants[0]["ood"].get("convention", ""),
+                "rows": ood_rows(results)} if ood_variants else None,
+        "histograms": histograms,
+        "figures": figures,
+        "grids": grids,
+        "reconstructions_note": RECONSTRUCTIONS_NOTE,
+        "details": details_cells(results),
+    })
     return path
+
+
+RECONSTRUCTIONS_NOTE = ("One row per attacked class. Left of the gap: private training images of that class "
+                        "(what the attacker tries to recover); right: the attack's reconstructions, one column "
+                        "per restart (r0, r1, …; several draws of a restart side by side).")
+
+
+def details_cells(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Every column of `results_columns`, four decimals: headings and one row per variant."""
+    variants = results["variants"]
+    columns = results_columns(variants)
+    rows = [[v["name"], *("–" if (x := figure(v, c.section, c.key)) is None else f"{x:.4f}" for c in columns)]
+            for v in variants]
+    return ["variant", *(c.heading for c in columns)], rows

@@ -1,5 +1,6 @@
 """A sweep's outputs: `aggregate.json` (per point × variant × figure statistics over seeds),
-`report.md` (mean ± std, paired differences against `none`) and `pareto.png`.
+`report.md` and `report.html` (mean ± std, paired differences against `none`, per-seed figures in
+the HTML) and `pareto.png`.
 
 Everything here is a pure function of the runs' `results.json` files, so a sweep that was
 interrupted and finished later writes the same files as one that ran straight through.
@@ -18,6 +19,7 @@ from workbench.sweeps.stats import paired, summarize
 
 AGGREGATE_FILE = "aggregate.json"
 REPORT_FILE = "report.md"
+HTML_FILE = "report.html"
 PARETO_FILE = "pareto.png"
 BASELINE = "none"
 """The variant every defense is compared with (paired over seeds)."""
@@ -131,10 +133,12 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def cell(stats: dict[str, Any] | None) -> str:
+    """`mean ± std (n)`, rounded to fit the std (`workbench.reporting.columns.rounded`)."""
+    from workbench.reporting.columns import rounded
+
     if not stats or stats["mean"] is None:
         return "–"
-    std = f" ± {stats['std']:.3f}" if stats["std"] is not None else ""
-    return f"{stats['mean']:.3f}{std} ({stats['n']})"
+    return f"{rounded(stats['mean'], stats['std'])} ({stats['n']})"
 
 
 def verdict(stats: dict[str, Any]) -> str:
@@ -152,18 +156,39 @@ def verdict(stats: dict[str, Any]) -> str:
     return f"no difference ({mean:+.3f} [{lo:+.3f}, {hi:+.3f}])"
 
 
+def header_lines(header: dict[str, Any], failed: dict[str, str]) -> list[str]:
+    return [f"- recipe: `{header['recipe']}`",
+            f"- seeds: {', '.join(map(str, header['seeds']))}",
+            f"- grid: {', '.join(f'`{k}` = {v}' for k, v in header['grid'].items()) or 'none (seeds only)'}",
+            f"- executor: `{header['executor']}`",
+            f"- runs: {header['finished']} of {header['total']} finished" + (f", {len(failed)} failed" if failed else "")]
+
+
+SWEEP_NOTE = ("Figures are mean ± sample std over seeds (n runs), rounded to fit the std; differences against "
+              "`none` are paired by seed, with a 95 % confidence interval from Student's t.")
+
+
+def seeds_note(header: dict[str, Any]) -> str | None:
+    """What a sweep over fewer than two seeds cannot give (no spread, no interval), and the fix."""
+    if len(header["seeds"]) > 1:
+        return None
+    return ("One seed: the figures are one draw each, with no spread and no confidence interval. Run it over "
+            "several seeds (`seeds = [0, 1, 2, 3, 4]` in the sweep file, or `--set seeds=0-4`) to compare variants.")
+
+
+def paired_rows(point: dict[str, Any], columns: list[str]) -> list[list[str]]:
+    """variant, then a verdict per headline figure against `none` (paired over seeds)."""
+    return [[v["name"], *(verdict(v["paired"]["figures"][c]) if c in v["paired"]["figures"] else "–"
+                          for c in columns)] for v in point["variants"] if "paired" in v]
+
+
 def render_report(data: dict[str, Any], header: dict[str, Any], failed: dict[str, str]) -> str:
     """report.md: header, one mean ± std table per point, paired differences, failures, the plot."""
     columns = headline_figures(data)
-    lines = [f"# Sweep: {header.get('title') or header['recipe']}", ""]
-    lines += [f"- recipe: `{header['recipe']}`",
-              f"- seeds: {', '.join(map(str, header['seeds']))}",
-              f"- grid: {', '.join(f'`{k}` = {v}' for k, v in header['grid'].items()) or 'none (seeds only)'}",
-              f"- executor: `{header['executor']}`",
-              f"- runs: {header['finished']} of {header['total']} finished"
-              + (f", {len(failed)} failed" if failed else ""), ""]
-    lines += ["Figures are mean ± sample std over seeds (n runs); differences against `none` are paired "
-              "by seed, with a 95 % confidence interval from Student's t.", ""]
+    lines = [f"# Sweep: {header.get('title') or header['recipe']}", "", *header_lines(header, failed), ""]
+    lines += [SWEEP_NOTE, ""]
+    if seeds_note(header):
+        lines += [f"> {seeds_note(header)}", ""]
     for point in data["points"]:
         title = point["id"] if point["values"] else "all runs"
         lines += [f"## {title}", ""]
@@ -180,15 +205,12 @@ def render_report(data: dict[str, Any], header: dict[str, Any], failed: dict[str
             lines.append(f"| {variant['name']} | " + " | ".join(cell(variant["figures"].get(c)) for c in columns)
                          + " |")
         lines.append("")
-        compared = [v for v in point["variants"] if "paired" in v]
+        compared = paired_rows(point, columns)
         if compared:
             lines += [f"Against `{BASELINE}`, paired over seeds:", ""]
             lines += ["| variant | " + " | ".join(figure_title(c) for c in columns) + " |",
                       "|---|" + "---|" * len(columns)]
-            for variant in compared:
-                figures = variant["paired"]["figures"]
-                lines.append(f"| {variant['name']} | "
-                             + " | ".join(verdict(figures[c]) if c in figures else "–" for c in columns) + " |")
+            lines += ["| " + " | ".join(row) + " |" for row in compared]
             lines.append("")
     if failed:
         lines += ["## Failed runs", ""]
@@ -198,9 +220,69 @@ def render_report(data: dict[str, Any], header: dict[str, Any], failed: dict[str
     return "\n".join(lines)
 
 
+def per_seed_rows(point: dict[str, Any], columns: list[str]) -> list[list[str]]:
+    """variant, seed, then each headline figure of that seed's run (four decimals)."""
+    rows = []
+    for variant in point["variants"]:
+        for index, seed in enumerate(point["seeds"]):
+            cells = []
+            for column in columns:
+                values = (variant["figures"].get(column) or {}).get("values") or []
+                value = values[index] if index < len(values) else None
+                cells.append("–" if value is None else f"{value:.4f}")
+            rows.append([variant["name"], str(seed), *cells])
+    return rows
+
+
+def _pareto_axes(sweep_dir: Path) -> tuple[str, str | None]:
+    """The sweep file's `[pareto]` figures, as the sweep resolved them into sweep.toml."""
+    import tomllib
+
+    try:
+        pareto = tomllib.loads((Path(sweep_dir) / "sweep.toml").read_text()).get("pareto", {})
+    except (OSError, ValueError):
+        pareto = {}
+    return pareto.get("x", "utility.test_accuracy"), pareto.get("y")
+
+
+def render_html(sweep_dir: Path, data: dict[str, Any], header: dict[str, Any], failed: dict[str, str]) -> str:
+    """report.html: what report.md says, the Pareto plot embedded, and each seed's figures on demand."""
+    import io
+
+    from workbench.reporting.html import png_data_uri, render_sweep_html
+
+    columns = headline_figures(data)
+    titles = [figure_title(c) for c in columns]
+    points = []
+    for point in data["points"]:
+        points.append({
+            "title": point["id"] if point["values"] else "all runs",
+            "values": ", ".join(f"`{k}` = {v}" for k, v in point["values"].items()),
+            "missing": ", ".join(map(str, point["missing"])),
+            "rows": [[v["name"], *(cell(v["figures"].get(c)) for c in columns)] for v in point["variants"]],
+            "paired": paired_rows(point, columns),
+            "per_seed": per_seed_rows(point, columns),
+        })
+    buffer = io.BytesIO()
+    pareto_plot(data, *_pareto_axes(sweep_dir)).save(buffer, format="PNG")
+    return render_sweep_html({
+        "title": f"Sweep: {header.get('title') or header['recipe']}",
+        "header": header_lines(header, failed),
+        "note": SWEEP_NOTE,
+        "seeds_note": seeds_note(header),
+        "baseline": BASELINE,
+        "headings": ["variant", *titles],
+        "points": points,
+        "failed": sorted(failed.items()),
+        "pareto": png_data_uri(buffer.getvalue()),
+    })
+
+
 def write_report(sweep_dir: Path, data: dict[str, Any], header: dict[str, Any], failed: dict[str, str]) -> Path:
+    """Write report.md and report.html; returns report.md's path."""
     path = Path(sweep_dir) / REPORT_FILE
     atomic_write_text(path, render_report(data, header, failed))
+    atomic_write_text(Path(sweep_dir) / HTML_FILE, render_html(sweep_dir, data, header, failed))
     return path
 
 

@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, RichLog, Static
 
 from workbench.errors import WorkbenchError
-from workbench.reporting.columns import figure, results_columns
+from workbench.reporting.columns import cell_text, figure, headline_columns, results_columns
 from workbench.storage.runs import RunInfo, clean_results, is_run_dir, summarize
 from workbench.tui.charts import half_block_image, line_chart, load_picture, scatter_chart
 from workbench.tui.follow import EventFollower, RunState, format_seconds
@@ -445,18 +445,24 @@ def read_results(run_dir: Path) -> list[dict[str, Any]]:
 
 
 
-def results_rows(run_dirs: list[Path]) -> tuple[list[str], list[list[str]], list[tuple[str, float, float]]]:
-    """Columns (the same as report.md's), rows and privacy-vs-utility points (mean attack top-1, test accuracy)."""
+def results_rows(run_dirs: list[Path], details: bool = False
+                 ) -> tuple[list[str], list[list[str]], list[tuple[str, float, float]]]:
+    """Columns, rows and privacy-vs-utility points (mean headline attack top-1, test accuracy).
+
+    The headline columns of report.md (test accuracy, each attack's headline top-1 ± its spread over
+    restarts, OOD FPR95 and AUROC), or with `details` every column of its details table."""
     per_run = [(Path(d), read_results(d)) for d in run_dirs]
-    columns = results_columns([v for _, vs in per_run for v in vs])
+    every = [v for _, vs in per_run for v in vs]
+    headline = headline_columns(every)
+    columns = results_columns(every) if details else headline
     rows, points = [], []
     for run_dir, variants in per_run:
         for variant in variants:
-            rows.append([run_dir.name, str(variant["name"]),
-                         *(_fmt(figure(variant, c.section, c.key)) for c in columns)])
+            cells = [_fmt(figure(variant, c.section, c.key)) if details else cell_text(variant, c, compact=True)
+                     for c in columns]
+            rows.append([run_dir.name, str(variant["name"]), *cells])
             accuracy = figure(variant, "utility", "test_accuracy")
-            top1s = [figure(variant, "attacks", c.key) for c in columns
-                     if c.section == "attacks" and c.key.endswith(".top1")]
+            top1s = [figure(variant, c.section, c.key) for c in headline if c.section == "attacks"]
             top1s = [x for x in top1s if x is not None]
             if top1s and accuracy is not None:
                 label = variant["name"] if len(per_run) == 1 else f"{run_dir.name}/{variant['name']}"
@@ -469,13 +475,16 @@ def _fmt(value: float | None) -> str:
 
 
 class ResultsScreen(Screen):
-    """Privacy × utility × OOD across the variants of the selected runs, and their trade-off."""
+    """Privacy × utility × OOD across the variants of the selected runs, and their trade-off: the
+    headline columns (they fit 120 columns for a few attacks), every figure on `d`."""
 
-    BINDINGS = [Binding("escape", "back", "Back"), Binding("f5", "reload", "Reload")]
+    BINDINGS = [Binding("escape", "back", "Back"), Binding("d", "details", "Details"),
+                Binding("f5", "reload", "Reload")]
 
     def __init__(self, run_dirs: list[Path]) -> None:
         super().__init__()
         self.run_dirs = [Path(d) for d in run_dirs]
+        self.details = False
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -490,9 +499,10 @@ class ResultsScreen(Screen):
 
     def action_reload(self) -> None:
         names = ", ".join(d.name for d in self.run_dirs)
-        self.query_one("#results-title", Label).update(f"Results: {names}  (attack top1 ↓ more private; "
-                                                       "test acc ↑ more useful; OOD auroc ↑)")
-        columns, rows, points = results_rows(self.run_dirs)
+        shown = "every figure (d: headline)" if self.details else "headline; ± over restarts (d: every figure)"
+        self.query_one("#results-title", Label).update(f"Results: {names}  (top-1 ↓ more private; test acc ↑ "
+                                                       f"more useful; OOD AUROC ↑)  {shown}")
+        columns, rows, points = results_rows(self.run_dirs, details=self.details)
         table = self.query_one(DataTable)
         table.clear(columns=True)
         table.add_columns(*columns)
@@ -508,6 +518,10 @@ class ResultsScreen(Screen):
         else:
             chart.append("no attack figures yet: the plot needs attack top-1 and test accuracy", style="dim")
         self.query_one("#tradeoff", Static).update(chart)
+
+    def action_details(self) -> None:
+        self.details = not self.details
+        self.action_reload()
 
     def action_back(self) -> None:
         self.app.pop_screen()

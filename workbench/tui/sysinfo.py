@@ -1,7 +1,8 @@
 """CPU and memory from /proc, GPU utilisation and memory through NVML when it is there.
 
 Every reader degrades to a short explanation instead of raising: the device panel is a
-nicety and must never take the TUI down (no /proc on macOS, no pynvml, no driver).
+nicety and must never take the TUI down (no /proc on macOS, no NVIDIA driver, no GPU). NVML comes
+with `nvidia-ml-py`, a dependency, so a machine with a GPU shows it without an extra step.
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def read_memory(meminfo_path: Path = Path("/proc/meminfo")) -> tuple[int, int] |
     return fields["MemTotal"] - available, fields["MemTotal"]
 
 
+NO_GPU = "No GPU on this machine"
+NO_DRIVER = "No GPU on this machine (no NVIDIA driver)"
+
+
 class GpuReader:
     """NVML readings, or `why` saying why there are none. NVML is initialised once, lazily."""
 
@@ -78,19 +83,21 @@ class GpuReader:
     def _start(self) -> None:
         self._started = True
         try:
-            import pynvml  # optional: nvidia-ml-py
+            import pynvml  # nvidia-ml-py, a dependency
         except ImportError:
-            self.why = "GPU: pynvml not installed (pip install nvidia-ml-py)"
+            self.why = "GPU: not shown (nvidia-ml-py is missing; reinstall workbench)"
             return
         try:
             pynvml.nvmlInit()
             count = pynvml.nvmlDeviceGetCount()
             self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
         except Exception as exc:  # no driver, no GPU, permission: all mean "no readings"
-            self.why = f"GPU: none ({type(exc).__name__})"
+            name = type(exc).__name__
+            self.why = (NO_DRIVER if name in ("NVMLError_LibraryNotFound", "NVMLError_DriverNotLoaded")
+                        else f"No GPU readings (NVML: {name})")
             return
         if not self._handles:
-            self.why = "GPU: none"
+            self.why = NO_GPU
             return
         self._nvml = pynvml
 
