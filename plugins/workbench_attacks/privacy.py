@@ -280,20 +280,30 @@ def _fid(metric: str, recon: Tensor, private: Tensor) -> float:
     return frechet_distance(*feature_statistics(recon), *feature_statistics(private))
 
 
-Convention = Literal["bido", "lomma", "plgmi", "ppa"]
+Convention = Literal["bido", "pytorch-fid", "lomma", "plgmi"]
 
 CONVENTIONS: dict[str, dict] = {
-    "bido": {"features": "E", "successful_only": False},
-    "lomma": {"features": "Inception", "successful_only": True},
-    "plgmi": {"features": "Inception", "successful_only": True},
-    "ppa": {"features": "Inception", "successful_only": False},
+    "bido": {"features": "E", "successful_only": False, "uint8": False},
+    "pytorch-fid": {"features": "FID Inception", "successful_only": False, "uint8": False},
+    "lomma": {"features": "FID Inception", "successful_only": True, "uint8": True},
+    "plgmi": {"features": "FID Inception", "successful_only": True, "uint8": False},
 }
-"""The four FID conventions of the field (spec/attacks.md A3.3; docs/attacks.md):
-`bido`  E's penultimate features, all reconstructions vs ≤ N private training images per class
-        (DefendMI `DMI/fid_score.py`; N = 5 on CelebA, 100 on MNIST: `private_per_class`);
-`lomma` Inception-v3, only the reconstructions E classifies correctly (LOMMA `metrics/fid.py`);
-`plgmi` Inception-v3, successful reconstructions only (PLG-MI `evaluation.py`);
-`ppa`   Inception-v3, all (final) reconstructions vs the training images of the attacked classes."""
+"""The FID conventions of the field, as the papers compute them (docs/attacks/gmi.md):
+`bido`        E's penultimate features, all reconstructions vs ≤ N private training images per
+              class (DefendMI `DMI/fid_score.py:282-330`; N = 5 on CelebA, 100 on MNIST);
+`pytorch-fid` pytorch-fid's FID Inception on float images in [0, 1], all (final) reconstructions
+              (PPA `metrics/fid_score.py:36-47`: `InceptionV3([block_idx])`, pytorch-fid's
+              `calculate_frechet_distance`);
+`lomma`       the FID Inception after quantising to uint8, only the reconstructions E classifies
+              correctly (LOMMA `metrics/fid.py:24-26,44-64,247-264`);
+`plgmi`       the FID Inception, successful reconstructions only (PLG `evaluation.py:20-62`; its
+              network is torchvision's ImageNet Inception, a deviation named in the docs)."""
+
+FID_INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+"""pytorch-fid's port of the TensorFlow FID Inception graph (its `FID_WEIGHTS_URL`): fetch it once
+yourself; the workbench never downloads it."""
+FID_INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+"""Its SHA-256 (the first 8 digits are the file name's, as torch hub names files)."""
 
 
 class FIDParams(StrictModel):
@@ -339,59 +349,100 @@ class FID(Metric):
 
 class InceptionFIDParams(StrictModel):
     weights_file: Path
-    """Local Inception-v3 state dict (.safetensors, .pt or .pth; torchvision layout, fc may be
-    missing). Never downloaded: fetch torchvision's IMAGENET1K_V1 weights yourself once."""
+    """The FID Inception's weights: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (a torch state dict, read
+    with `weights_only`; or the same tensors as `.safetensors`). Never downloaded: fetch it once from
+    pytorch-fid's release yourself. A missing file, or one whose SHA-256 is not `sha256`, is one
+    line when the recipe is built, before any training."""
+    sha256: str | None = FID_INCEPTION_SHA256
+    """The SHA-256 the file must have (default: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`);
+    None skips the check (a converted copy, or random weights in tests)."""
     image_size: int = Field(299, ge=75)
-    """Images are resized to this square size before Inception (its native size is 299)."""
-    convention: Literal["lomma", "plgmi", "ppa"] = "ppa"
-    """Which reconstructions count: `lomma` and `plgmi` only those E classifies as their target
-    (LOMMA `metrics/fid.py:247-264`, PLG-MI `reconstruct.py:252-255`), `ppa` all of them (PPA
-    `attack.py`, FID block). Sets `successful_only` unless that is given."""
+    """Images are resized to this square size (bilinear) before Inception; 299 is what pytorch-fid
+    and the papers do (`resize_input=True`); smaller is only for quick tests."""
+    convention: Literal["pytorch-fid", "lomma", "plgmi"] = "pytorch-fid"
+    """`pytorch-fid` (PPA): all reconstructions, float images (PPA `metrics/fid_score.py:36-70`);
+    `lomma`: quantised to uint8 first, only those E classifies as their target (LOMMA
+    `metrics/fid.py:24-26,247-264`); `plgmi`: only those E classifies as their target (PLG
+    `reconstruct.py:252-255`, `evaluation.py:20-62`). Sets `successful_only` unless that is given."""
     private_per_class: int | None = Field(None, ge=2)
     """Private training images per attacked class on the real side, the first ones (default: all)."""
     successful_only: bool | None = None
     """Only reconstructions E classifies as their target (default: as `convention` says)."""
 
 
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_inception_file(path: Path, sha256: str | None) -> None:
+    """One line naming the file and the SHA-256 it must have, when it is missing or another file."""
+    local = Path(path).expanduser()
+    expected = f"pytorch-fid's {FID_INCEPTION_FILE}" + (f" (SHA-256 {sha256})" if sha256 else "")
+    if not local.is_file():
+        raise WorkbenchError(
+            f"metric 'fid-inception': weights_file {str(path)!r} does not exist; it must be {expected}, "
+            "fetched once yourself (it is never downloaded at run time)"
+        )
+    if sha256 is not None and (found := file_sha256(local)) != sha256.lower():
+        raise WorkbenchError(
+            f"metric 'fid-inception': weights_file {str(path)!r} has SHA-256 {found}, not {expected}; "
+            "give the FID Inception weights (or set sha256 for a converted copy)"
+        )
+
+
+def fid_inception(state: dict[str, Tensor]) -> nn.Module:
+    """pytorch-fid's `InceptionV3` up to the 2048-d pool (the FID Inception: its patched
+    `FIDInceptionA/C/E` blocks, `pytorch_fid/inception.py:197-221`) with `state` loaded instead of
+    the weights it would download: its loader is pointed at `state` while it builds."""
+    from pytorch_fid import inception as package
+
+    fetch = package.load_state_dict_from_url
+    package.load_state_dict_from_url = lambda *args, **kwargs: state
+    try:
+        return package.InceptionV3([package.InceptionV3.BLOCK_INDEX_BY_DIM[2048]])
+    finally:
+        package.load_state_dict_from_url = fetch
+
+
 class InceptionFeatures(nn.Module):
-    """Inception-v3's 2048-d pooled feature; inputs in [0, 1], grey repeated to RGB, scaled to [-1, 1]."""
+    """The FID Inception's 2048-d pool features of images in [0, 1] (grey repeated to RGB).
 
-    def __init__(self, weights_file: Path, image_size: int):
+    As pytorch-fid's `InceptionV3.forward`: bilinear resize to `image_size` (299: its
+    `resize_input`), then `2x − 1` (its `normalize_input`). `uint8`: LOMMA's step first, images
+    truncated to 8 bits (`(x · 255).to(torch.uint8)`, LOMMA `metrics/fid.py:24-26`).
+    """
+
+    def __init__(self, weights_file: Path, image_size: int = 299, uint8: bool = False):
         super().__init__()
-        from torchvision.models import inception_v3
-
         path = Path(weights_file).expanduser()
-        if not path.is_file():
-            raise WorkbenchError(
-                f"metric 'fid-inception': weights_file {str(path)!r} does not exist; save torchvision's "
-                "inception_v3 IMAGENET1K_V1 state dict there (it is never downloaded at run time)"
-            )
         state = _load_state_dict(path)
-        net = inception_v3(weights=None, aux_logits=False, init_weights=False, transform_input=False)
-        state = {k: v for k, v in state.items() if not k.startswith("AuxLogits.")}
         try:
-            net.load_state_dict(state, strict=False)
-            missing, unexpected = _key_mismatch(net, state)
+            net = fid_inception(state)
         except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[0]
             raise WorkbenchError(
-                f"metric 'fid-inception': {path} is not an Inception-v3 state dict ({exc})"
+                f"metric 'fid-inception': {path} is not the FID Inception's state dict ({first})"
             ) from None
-        if missing or unexpected:
-            shown = ", ".join((missing + unexpected)[:3])
-            raise WorkbenchError(
-                f"metric 'fid-inception': {path} does not match torchvision's inception_v3 ({shown} ...)"
-            )
-        net.fc = nn.Identity()
-        self.net = net
+        net.resize_input = False  # resized here, to `image_size` (299 = the package's own)
+        self.net = net.eval()
         self.image_size = image_size
+        self.uint8 = uint8
 
     def forward_hidden(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
+        if self.uint8:
+            x = (x * 255).to(torch.uint8).to(x.dtype) / 255
         x = nn.functional.interpolate(
             x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
         )
-        features = self.net(x * 2 - 1)  # the Google weights expect [-1, 1] (transform_input=False)
+        features = self.net(x)[0].flatten(1)
         return features, [features]
 
     def forward(self, x: Tensor) -> Tensor:
@@ -416,14 +467,8 @@ def _load_state_dict(path: Path) -> dict[str, Tensor]:
     return state
 
 
-def _key_mismatch(net: nn.Module, state: dict[str, Tensor]) -> tuple[list[str], list[str]]:
-    expected = {k for k in net.state_dict() if not k.startswith("fc.")}
-    given = {k for k in state if not k.startswith("fc.")}
-    return sorted(expected - given), sorted(given - expected)
-
-
 class InceptionFID(Metric):
-    """Fréchet distance in Inception-v3 feature space (the LOMMA/PPA convention), local weights only."""
+    """Fréchet distance in the FID Inception's feature space (pytorch-fid's network, local weights)."""
 
     section = "attacks"
 
@@ -431,15 +476,12 @@ class InceptionFID(Metric):
         self.params = params
         self._model: InceptionFeatures | None = None
         # Fail when the recipe is built, not after hours of training.
-        if not Path(params.weights_file).expanduser().is_file():
-            raise WorkbenchError(
-                f"metric 'fid-inception': weights_file {str(params.weights_file)!r} does not exist; save "
-                "torchvision's inception_v3 IMAGENET1K_V1 state dict there (it is never downloaded at run time)"
-            )
+        check_inception_file(params.weights_file, params.sha256)
 
     def evaluate(self, ctx: EvalContext) -> dict[str, float]:
         if self._model is None:
-            self._model = InceptionFeatures(self.params.weights_file, self.params.image_size).to(ctx.device)
+            uint8 = CONVENTIONS[self.params.convention]["uint8"]
+            self._model = InceptionFeatures(self.params.weights_file, self.params.image_size, uint8).to(ctx.device)
         p = self.params
         successful = p.successful_only
         if successful is None:
