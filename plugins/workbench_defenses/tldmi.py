@@ -42,7 +42,10 @@ class TLDMIParams(StrictModel):
     counted from the input, that stay frozen with their norm layers. Reference: VGG16-BN with
     `freeze_layers = 26`, i.e. `features` children 0–26, which hold 8 of its 13 convolutions
     (0.62); IR152 46, FaceNet64 5. Deviation: a share instead of a child index, so one value
-    fits every backbone; MCNN (3 convolutions) freezes round(0.6 · 3) = 2."""
+    fits every backbone; MCNN (3 convolutions) freezes round(0.6 · 3) = 2. `freeze = 0` freezes
+    nothing, `freeze = 1` every weight layer but the head; the reference's `freeze_layers = 0` is
+    the opposite, the whole backbone frozen (TL-DMI `models/classify.py:203-205`), i.e. `freeze = 1`
+    here."""
     source: Literal["public", "file", "backbone"] = "public"
     """Where the pretrained layers come from. `public`: train the target's architecture on the
     dataset's public split first (a cached stage; the digits tier's choice). `file`: the local
