@@ -16,7 +16,7 @@ from PIL import Image
 from workbench.reporting.columns import Column, headline_columns, results_columns, rounded, spread_decimals
 from workbench.reporting.verdicts import run_verdicts, seed_note
 from workbench.running.runner import RunOptions, run_recipe
-from workbench.sweeps.aggregate import aggregate, render_html, render_report
+from workbench.sweeps.aggregate import aggregate, figure_title, headline_figures, render_html, render_report
 from workbench.testing import TINY_RECIPE
 
 RECIPE = TINY_RECIPE.replace("epochs = 5", "epochs = 2") + """
@@ -209,6 +209,18 @@ def test_sweep_report_html_has_paired_intervals_per_seed_rows_and_the_pareto_plo
     assert "<details>" in text  # per-seed rows on demand, without JavaScript
 
 
+def test_the_sweep_headline_prefers_the_agreed_top1():
+    with_agreed = _results(0.99, 0.6)
+    for variant in with_agreed["variants"]:
+        variant["attacks"]["gmi"]["agreed_top1"] = variant["attacks"]["gmi"]["top1"] / 2
+    data = aggregate([{"id": "base", "values": {}, "seeds": [0, 1],
+                       "results": {0: with_agreed, 1: _results(0.98, 0.5)}}])
+    assert headline_figures(data) == ["utility.test_accuracy", "attacks.gmi.agreed_top1"]
+    assert figure_title("attacks.gmi.agreed_top1") == "GMI agreed top-1"
+    data = aggregate([{"id": "base", "values": {}, "seeds": [0], "results": {0: _results(0.98, 0.5)}}])
+    assert headline_figures(data) == ["utility.test_accuracy", "attacks.gmi.top1"]
+
+
 def test_a_one_seed_sweep_says_it_has_no_interval(tmp_path):
     data = aggregate([{"id": "base", "values": {}, "seeds": [0], "results": {0: _results(0.99, 0.6)}}])
     header = {"recipe": "r.toml", "seeds": [0], "grid": {}, "executor": "inline", "finished": 1, "total": 1}
@@ -273,3 +285,16 @@ def test_verdicts_compare_with_none_and_respect_the_spread(tmp_path):
 
 def test_column_spread_defaults_to_none():
     assert Column("utility", "test_accuracy", "test acc", True).spread is None
+
+
+def test_the_terminal_results_table_shows_the_headline_columns():
+    from workbench.cli.tables import results_table
+
+    variants = [{"name": "none", "utility": {"test_accuracy": 0.9},
+                 "attacks": {"gmi": {"top1": 0.62, "top1_std": 0.09, "target_confidence": 0.3, "gan_cached": 1.0}}},
+                {"name": "bido", "utility": {"test_accuracy": 0.85},
+                 "attacks": {"gmi": {"top1": 0.4, "top1_std": 0.05, "target_confidence": 0.2, "gan_cached": 1.0}}}]
+    table = results_table({"variants": variants})
+    assert [c.header for c in table.columns] == ["variant", "test acc ↑", "gmi top-1 ↓"]
+    cells = [list(c.cells) for c in table.columns]
+    assert cells[1] == ["[bold green]0.900[/]", "0.850"] and cells[2] == ["0.62 ± 0.09", "[bold green]0.40 ± 0.05[/]"]

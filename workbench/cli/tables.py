@@ -1,4 +1,4 @@
-"""Tables on the terminal: a run's results (the same columns as report.md, best per column marked)
+"""Tables on the terminal: a run's results (report.md's headline columns, best per column marked)
 and a sweep's aggregate."""
 
 from __future__ import annotations
@@ -7,30 +7,19 @@ from typing import Any
 
 from rich.table import Table
 
-from workbench.reporting.columns import best_per_column, figure, results_columns
+from workbench.reporting.columns import headline_cells
 
 
 def results_table(results: dict[str, Any]) -> Table:
-    variants = results["variants"]
-    columns = results_columns(variants)
-    best = best_per_column(variants, columns)
-    table = Table(title="privacy × utility × OOD (fractions; ↑/↓ better for the defender; best in green)",
-                  title_justify="left")
-    table.add_column("variant", style="bold")
-    for column in columns:
-        table.add_column(column.heading, justify="right")
-    many = len(results["variants"]) > 1
-    for variant in results["variants"]:
-        cells = []
-        for column in columns:
-            value = figure(variant, column.section, column.key)
-            if value is None:
-                cells.append("–")
-            elif many and best.get(column) == value:
-                cells.append(f"[bold green]{value:.4f}[/]")
-            else:
-                cells.append(f"{value:.4f}")
-        table.add_row(variant["name"], *cells)
+    """The headline columns of report.md (rounded to their spread); every figure is in its Details."""
+    headings, rows, best = headline_cells(results)
+    table = Table(title="privacy × utility × OOD (↑/↓ better for the defender, best in green; ± over the attack's "
+                        "restarts; every figure in report.md)", title_justify="left")
+    table.add_column(headings[0], style="bold")
+    for heading in headings[1:]:
+        table.add_column(heading, justify="right")
+    for row, marks in zip(rows, best, strict=True):
+        table.add_row(*(f"[bold green]{cell}[/]" if mark else cell for cell, mark in zip(row, marks, strict=True)))
     return table
 
 

@@ -149,3 +149,28 @@ def cell_text(variant: dict[str, Any], column: Column, compact: bool = False) ->
     value = figure(variant, column.section, column.key)
     spread = figure(variant, column.section, column.spread) if column.spread else None
     return rounded(value, spread, compact)
+
+
+def headline_cells(results: dict[str, Any]) -> tuple[list[str], list[list[str]], list[list[bool]]]:
+    """The compact table (`workbench.reporting.columns.headline_columns`): headings, one row of cells per
+    variant (figures rounded to their spread) and which cells are the best of their column (several
+    variants, ties after rounding all best)."""
+    variants = results["variants"]
+    columns = headline_columns(variants)
+    best = best_per_column(variants, columns)
+    rows, marks = [], []
+    for variant in variants:
+        cells = [cell_text(variant, c) for c in columns]
+        rows.append([variant["name"], *cells])
+        flags = []
+        for column, text in zip(columns, cells, strict=True):
+            value = figure(variant, column.section, column.key)
+            flags.append(len(variants) > 1 and value is not None and column in best
+                         and _same_when_rounded(best[column], value, text))
+        marks.append([False, *flags])
+    return ["variant", *(c.heading for c in columns)], rows, marks
+
+
+def _same_when_rounded(best: float, value: float, text: str) -> bool:
+    decimals = len(text.split(" ±")[0].partition(".")[2])
+    return round(best, decimals) == round(value, decimals) if text != "–" else False

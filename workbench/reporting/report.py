@@ -12,7 +12,13 @@ from typing import Any
 import tomllib
 
 from workbench.recipe.schema import Recipe
-from workbench.reporting.columns import best_per_column, cell_text, figure, headline_columns, results_columns
+from workbench.reporting.columns import (
+    best_per_column,
+    figure,
+    headline_cells,
+    headline_columns,
+    results_columns,
+)
 from workbench.reporting.plots import line_chart, save_png, scatter
 from workbench.reporting.verdicts import run_verdicts, seed_note
 from workbench.storage.checkpoint import atomic_write_text
@@ -47,31 +53,6 @@ def markdown_table(results: dict[str, Any]) -> str:
             cells.append(text)
         lines.append(f"| {variant['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
-
-
-def headline_cells(results: dict[str, Any]) -> tuple[list[str], list[list[str]], list[list[bool]]]:
-    """The compact table (`workbench.reporting.columns.headline_columns`): headings, one row of cells per
-    variant (figures rounded to their spread) and which cells are the best of their column (several
-    variants, ties after rounding all best)."""
-    variants = results["variants"]
-    columns = headline_columns(variants)
-    best = best_per_column(variants, columns)
-    rows, marks = [], []
-    for variant in variants:
-        cells = [cell_text(variant, c) for c in columns]
-        rows.append([variant["name"], *cells])
-        flags = []
-        for column, text in zip(columns, cells, strict=True):
-            value = figure(variant, column.section, column.key)
-            flags.append(len(variants) > 1 and value is not None and column in best
-                         and _same_when_rounded(best[column], value, text))
-        marks.append([False, *flags])
-    return ["variant", *(c.heading for c in columns)], rows, marks
-
-
-def _same_when_rounded(best: float, value: float, text: str) -> bool:
-    decimals = len(text.split(" ±")[0].partition(".")[2])
-    return round(best, decimals) == round(value, decimals) if text != "–" else False
 
 
 def headline_markdown_table(results: dict[str, Any]) -> str:
@@ -142,10 +123,19 @@ def ood_pictures(run_dir: Path, results: dict[str, Any]) -> list[Picture]:
             for v in results["variants"] if "ood" in v and (run_dir / v["name"] / "ood_histogram.png").exists()]
 
 
-def reconstruction_pictures(run_dir: Path) -> list[Picture]:
-    """The labelled reconstruction grid of each variant and attack."""
-    return [Picture(f"{grid.parent.parent.name}, {grid.stem}", grid.relative_to(run_dir))
-            for grid in sorted(run_dir.glob("*/reconstructions/*.png"))]
+def reconstruction_pictures(run_dir: Path, results: dict[str, Any]) -> list[Picture]:
+    """The labelled reconstruction grid of each variant and attack, variants in the run's order."""
+    order = {v["name"]: i for i, v in enumerate(results["variants"])}
+    grids = sorted(run_dir.glob("*/reconstructions/*.png"),
+                   key=lambda g: (order.get(g.parent.parent.name, len(order)), g.parent.parent.name, g.stem))
+    return [Picture(_grid_title(grid), grid.relative_to(run_dir)) for grid in grids]
+
+
+def _grid_title(grid: Path) -> str:
+    """`none: gmi reconstructions`; another picture of the attack (`gmi.nearest.png`) names its kind."""
+    attack, _, kind = grid.stem.partition(".")
+    what = f"{attack}, {kind.replace('-', ' ')}" if kind else f"{attack} reconstructions"
+    return f"{grid.parent.parent.name}: {what}"
 
 
 def fid_conventions(run_dir: Path, recipe: Recipe) -> list[str]:
@@ -244,7 +234,7 @@ def write_report(run_dir: Path, results: dict[str, Any], recipe: Recipe) -> Path
     figures = _figures(run_dir, results)
     if figures:
         parts += ["## Figures", "", *(line for p in figures for line in (f"![{p.title}]({p.path.as_posix()})", ""))]
-    grids = reconstruction_pictures(run_dir)
+    grids = reconstruction_pictures(run_dir, results)
     if grids:
         parts += ["## Reconstructions", "", RECONSTRUCTIONS_NOTE, ""]
         for picture in grids:
@@ -273,8 +263,9 @@ def write_report(run_dir: Path, results: dict[str, Any], recipe: Recipe) -> Path
 
 
 RECONSTRUCTIONS_NOTE = ("One row per attacked class. Left of the gap: private training images of that class "
-                        "(what the attacker tries to recover); right: the attack's reconstructions, one column "
-                        "per restart (r0, r1, …; several draws of a restart side by side).")
+                        "(what the attacker tries to recover); right: the attack's reconstructions of it, one "
+                        "column per restart (r3 = restart 3; r3.2 = restart 3's second draw where a restart "
+                        "draws several).")
 
 
 def details_cells(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

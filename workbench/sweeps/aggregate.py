@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from workbench.reporting.columns import HEADLINE_ATTACK_KEYS, rounded
 from workbench.sweeps.stats import paired, summarize
 
 AGGREGATE_FILE = "aggregate.json"
@@ -112,8 +113,11 @@ def headline_figures(data: dict[str, Any]) -> list[str]:
     for point in data["points"]:
         for variant in point["variants"]:
             present.update(dict.fromkeys(variant["figures"]))
-    attacks = sorted({f.split(".")[1] for f in present if f.startswith("attacks.") and f.endswith(".top1")})
-    wanted = ["utility.test_accuracy", *(f"attacks.{a}.top1" for a in attacks), "ood.mean.fpr95", "ood.mean.auroc"]
+    attacks = sorted({f.split(".")[1] for f in present if f.startswith("attacks.")
+                      and f.rsplit(".", 1)[1] in HEADLINE_ATTACK_KEYS})
+    # An attack's headline: the evaluators' agreed top-1 where the runs have several evaluators, else top-1.
+    headline = [next(f for k in HEADLINE_ATTACK_KEYS if (f := f"attacks.{a}.{k}") in present) for a in attacks]
+    wanted = ["utility.test_accuracy", *headline, "ood.mean.fpr95", "ood.mean.auroc"]
     return [f for f in wanted if f in present]
 
 
@@ -122,7 +126,7 @@ def figure_title(path: str) -> str:
     if path == "utility.test_accuracy":
         return "test accuracy"
     if parts[0] == "attacks" and len(parts) == 3:
-        return f"{parts[1].upper() if len(parts[1]) <= 5 else parts[1]} {parts[2].replace('top', 'top-')}"
+        return f"{parts[1].upper() if len(parts[1]) <= 5 else parts[1]} {parts[2].replace('top', 'top-').replace('_', ' ')}"
     if parts[:2] == ["ood", "mean"] and len(parts) == 3:
         return f"mean {parts[2].upper()}"
     return path
@@ -134,8 +138,6 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 def cell(stats: dict[str, Any] | None) -> str:
     """`mean ± std (n)`, rounded to fit the std (`workbench.reporting.columns.rounded`)."""
-    from workbench.reporting.columns import rounded
-
     if not stats or stats["mean"] is None:
         return "–"
     return f"{rounded(stats['mean'], stats['std'])} ({stats['n']})"
@@ -302,7 +304,7 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def default_privacy_figure(data: dict[str, Any]) -> str | None:
     for figure in headline_figures(data):
-        if figure.startswith("attacks.") and figure.endswith(".top1"):
+        if figure.startswith("attacks."):
             return figure
     return None
 
