@@ -16,6 +16,7 @@ from workbench.components.protocols import AttackResult, DataSplits, EvalContext
 from workbench.errors import WorkbenchError
 from workbench_attacks.privacy import (
     accuracy_over_restarts,
+    blas_threads_as_torch,
     feature_statistics,
     frechet_distance,
     knn_distance,
@@ -83,6 +84,37 @@ def test_frechet_distance_of_full_covariances_matches_scipy_sqrtm():
     covmean = scipy.linalg.sqrtm(s1 @ s2).real
     expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
     assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+
+
+def _blas_threads() -> list[int]:
+    from threadpoolctl import threadpool_info
+
+    return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+def test_the_frechet_distance_uses_as_many_blas_threads_as_torch(monkeypatch):
+    """numpy's BLAS left at one thread per core spins in two worker processes on two cores (a
+    256-wide eigh: 1 s of CPU instead of 7 ms); inside the distance it gets torch's thread count."""
+    seen = []
+    eigh = np.linalg.eigh
+
+    def recording_eigh(matrix):
+        seen.extend(_blas_threads())
+        return eigh(matrix)
+
+    monkeypatch.setattr(np.linalg, "eigh", recording_eigh)
+    before = _blas_threads()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mu, sigma = feature_statistics(np.random.default_rng(0).normal(size=(30, 8)))
+        assert frechet_distance(mu, sigma, mu + 1.0, sigma) == pytest.approx(8.0, rel=1e-9)
+        with blas_threads_as_torch():
+            assert set(_blas_threads()) == {1}
+    finally:
+        torch.set_num_threads(threads)
+    assert seen and set(seen) == {1}
+    assert _blas_threads() == before  # restored after the block
 
 
 def test_frechet_distance_with_fewer_samples_than_dimensions():

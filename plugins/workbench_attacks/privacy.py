@@ -14,6 +14,7 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import Field
+from threadpoolctl import threadpool_limits
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -76,7 +77,8 @@ def feature_statistics(features: Tensor | np.ndarray) -> tuple[np.ndarray, np.nd
     array = array.reshape(len(array), -1)
     if len(array) < 2:
         raise ValueError(f"a covariance needs at least 2 samples, got {len(array)}")
-    return array.mean(axis=0), np.atleast_2d(np.cov(array, rowvar=False))
+    with blas_threads_as_torch():
+        return array.mean(axis=0), np.atleast_2d(np.cov(array, rowvar=False))
 
 
 def _clean_spectrum(values: np.ndarray) -> np.ndarray:
@@ -87,6 +89,17 @@ def _clean_spectrum(values: np.ndarray) -> np.ndarray:
     """
     cutoff = len(values) * np.finfo(np.float64).eps * max(float(np.abs(values).max(initial=0.0)), 1e-300)
     return np.where(values > cutoff, values, 0.0)
+
+
+def blas_threads_as_torch():
+    """numpy's BLAS (OpenBLAS) limited to the threads torch was given for this job.
+
+    Left alone it starts one thread per core in every worker process; two workers on two cores
+    then run four BLAS threads that spin while waiting for each other: one 256-wide `eigh` took
+    1.06 s of CPU with 2 threads on a busy 2-core machine and 0.007 s with 1
+    (benchmarks/profile_main_job.py found FID's eigendecompositions at a fifth of the job). It also
+    makes the distance's last bits independent of the machine's core count, as torch's are."""
+    return threadpool_limits(limits=torch.get_num_threads(), user_api="blas")
 
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
@@ -104,9 +117,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     """
     mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
     sigma1, sigma2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
-    root1 = _psd_sqrt(sigma1)
-    middle = root1 @ sigma2 @ root1
-    eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
+    with blas_threads_as_torch():
+        root1 = _psd_sqrt(sigma1)
+        middle = root1 @ sigma2 @ root1
+        eigenvalues = np.linalg.eigvalsh((middle + middle.T) / 2)
     trace_sqrt = np.sqrt(_clean_spectrum(eigenvalues)).sum()
     distance = float(((mu1 - mu2) ** 2).sum() + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt)
     return max(distance, 0.0)  # rounding can leave -1e-12 for identical sets
