@@ -111,6 +111,7 @@ async def test_reconstructions_are_drawn_with_half_blocks(runs_dir, tmp_path, re
         await pilot.pause(0.2)
         text = plain_text(app.screen.query_one("#recon", Static))
         assert "none · gmi" in text and "▀" in text
+        assert "a row per class: its private images, then the reconstructions by restart" in text
 
 
 async def test_results_across_runs(runs_dir, tmp_path, registry):

@@ -386,6 +386,9 @@ class RunScreen(Screen):
         text = Text("Reconstructions\n", style="bold")
         if not stamps:
             text.append("none yet (they appear when an attack finishes)", style="dim")
+        else:
+            text.append("a row per class: its private images, then the reconstructions by restart "
+                        "(full size in report.html)\n", style="dim")
         width = max(20, self.app.size.width // 2 - 6)
         for path in stamps:
             text.append(f"{path.parent.parent.name} · {path.stem}\n", style="bold")
