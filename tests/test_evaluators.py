@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 
 from workbench.components.protocols import AttackResult, DataSplits, EvalContext
 from workbench.errors import RecipeError
+from workbench.reporting.plots import GROUP_GAP
 from workbench.running.evaluators import GRID_COLUMNS, nearest_grid, nearest_indices
 from workbench.testing import TINY_RECIPE
 from workbench_attacks.evaluators_metrics import (
@@ -207,20 +208,22 @@ def test_prdc_names_an_unknown_evaluator():
 def test_nearest_grid_puts_each_reconstruction_beside_its_nearest_private_and_public_image():
     data, recon, targets = _hand_made_data()
     grid = nearest_grid(AttackResult(images=recon, targets=targets), data, per_class=2)
-    assert GRID_COLUMNS == ("reconstruction", "nearest private", "nearest public")
+    assert GRID_COLUMNS == ("recon", "private", "public")
     pixels = np.asarray(grid.convert("L"), dtype=np.float64)
-    scale, pad = 16, 2  # 64 // 4 px
-    left = grid.width - (pad + 6 * (4 * scale + pad))  # the label column
+    pad, cell = 2, 64  # tiles: 4 px images enlarged 64 // 4 = 16 times
+    label_width = grid.width - (pad + 6 * (cell + pad) + GROUP_GAP)  # two groups of three columns
+    header = grid.height - (pad + 2 * (cell + pad))  # group titles and column labels
 
     def tile(row: int, col: int) -> float:
-        x0, y0 = left + pad + col * (4 * scale + pad), pad + row * (4 * scale + pad)
+        x0 = label_width + pad + col * (cell + pad) + GROUP_GAP * (col // 3)
+        y0 = header + pad + row * (cell + pad)
         return pixels[y0 + 8, x0 + 8] / 255
 
     # Row "zero": reconstruction 0.11 -> private 0.1, public 0.9; reconstruction 0.49 -> private 0.12.
     assert [round(tile(0, c), 1) for c in range(6)] == [0.1, 0.1, 0.9, 0.5, 0.1, 0.9]
     # Row "one": 0.85 -> private 0.52 (nearest of class 1), public 0.9; 0.53 -> 0.52, 0.9.
     assert [round(tile(1, c), 1) for c in range(6)] == [0.9, 0.5, 0.9, 0.5, 0.5, 0.9]
-    assert isinstance(grid, Image.Image) and grid.height == pad + 2 * (4 * scale + pad)
+    assert isinstance(grid, Image.Image) and header > 0 and label_width > 0
 
 
 # ---------------------------------------------------------------- recipe and run
@@ -293,3 +296,20 @@ def test_a_run_reports_every_evaluator_the_agreement_and_the_nearest_image_grid(
     # A second run (another variant name, same data and seed) trains no evaluator again.
     _, again = run_tiny_recipe(EVALUATORS_RECIPE.replace('name = "none"', 'name = "again"'), workers=1)
     assert again["evaluation_model"]["cached"] and again["evaluation_model"]["evaluators"]["wide"]["cached"]
+
+
+def test_a_sweep_pins_every_evaluator_to_the_recipe_seed_so_its_runs_share_them(tmp_path):
+    from workbench.components.registry import load_registry
+    from workbench.recipe.schema import load_recipe
+    from workbench.sweeps.spec import shared_stage_overrides
+
+    registry = load_registry()
+    path = tmp_path / "recipe.toml"
+    path.write_text(EVALUATORS_RECIPE.replace("seed = 0", "seed = 3") + "\n[evaluators.own.backbone]\nuse = 'mcnn'\n"
+                    "[evaluators.own]\nseed = 9\n")
+    recipe = load_recipe(path, registry=registry)
+    import tomllib
+
+    overrides = shared_stage_overrides(recipe, tomllib.loads(path.read_text()), registry)
+    assert "evaluation.seed=3" in overrides and "evaluators.wide.seed=3" in overrides
+    assert not any(o.startswith("evaluators.own.") for o in overrides)  # its own seed stays

@@ -128,7 +128,9 @@ def collect_images(dataset: Dataset | None, limit: int | None = None) -> tuple[T
     return (images[:limit], labels[:limit]) if limit is not None else (images, labels)
 
 
-GRID_COLUMNS = ("reconstruction", "nearest private", "nearest public")
+GRID_COLUMNS = ("recon", "private", "public")
+"""The column labels of each reconstruction's group: it, its nearest private image of the target
+class, its nearest public image."""
 
 
 def nearest_grid(result: AttackResult, data: DataSplits, per_class: int = 4, limit: int | None = 20000):
@@ -150,4 +152,5 @@ def nearest_grid(result: AttackResult, data: DataSplits, per_class: int = 4, lim
         tiles.append(torch.cat(row))
         labels.append(data.class_names[cls] if cls < len(data.class_names) else str(cls))
     images = torch.cat(tiles).float()
-    return image_grid(images, nrow=3 * per_class, scale=max(1, 64 // images.shape[-1]), labels=labels)
+    return image_grid(images, nrow=3 * per_class, scale=max(1, 64 // images.shape[-1]), labels=labels,
+                      column_labels=GRID_COLUMNS * per_class, groups=[(f"#{i + 1}", 3) for i in range(per_class)])

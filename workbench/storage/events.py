@@ -14,7 +14,8 @@ The runner writes; the CLI and the TUI only read. Every event has `t` (unix seco
 - `checkpoint`: `variant`, `stage`, `path`, `epoch`
 - `progress`: `stage`, `variant`, `step`, `total`, plus free numeric fields (attack loss...)
 - `result`: `variant` (null for the evaluation model), `section` (`utility`, `ood`, `attacks`,
-  `evaluation_model`), `figures`, and `attack` (its name) for section `attacks`
+  `evaluation_model`, `evaluator/<name>` for each of the recipe's other evaluators), `figures`, and
+  `attack` (its name) for section `attacks`
 - `log`: `level` (`info`, `warning`, `error`), `message`
 - `run_finished`: `seconds`; `run_failed`: `error`; `run_interrupted`: `message`
 
