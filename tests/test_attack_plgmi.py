@@ -148,9 +148,9 @@ def test_plgmi_recovers_the_private_digits(run_tiny_recipe, monkeypatch):
     # Measured with this recipe and the plugin defaults (seed 0, one torch thread): top-1 0.98,
     # top-5 1.00 (chance 0.2). One thread: on a busy 2-core machine two threads per job spin
     # against each other and the 400-step cGAN runs many times slower.
-    from workbench.running import runner
+    from workbench.running import context
 
-    monkeypatch.setattr(runner, "threads_per_job", lambda jobs: 1)
+    monkeypatch.setattr(context, "threads_per_job", lambda jobs: 1)
     _, results = run_tiny_recipe(DIGITS_RECIPE, workers=1)
     figures = results["variants"][0]["attacks"]["plg-mi"]
     assert figures["top1"] >= 0.4, figures

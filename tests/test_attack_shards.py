@@ -246,11 +246,11 @@ def test_a_finished_shard_is_not_run_again_after_an_interruption(run_tiny_recipe
     real_run_shard = attack_shards.run_shard
     calls: list[int] = []
 
-    def interrupted_at_the_second(runner, variant, name, index, count):
+    def interrupted_at_the_second(ctx, target, evaluation, variant, name, index, count):
         calls.append(index)
         if index == 1 and calls.count(1) == 1:
             raise KeyboardInterrupt  # Ctrl-C while the second shard runs
-        return real_run_shard(runner, variant, name, index, count)
+        return real_run_shard(ctx, target, evaluation, variant, name, index, count)
 
     monkeypatch.setattr(attack_shards, "run_shard", interrupted_at_the_second)
     run_dir = tmp_path / "interrupted"

@@ -290,7 +290,7 @@ def test_nproc_run_is_killed_resumes_and_only_rank_zero_writes(tmp_path):
     names = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
     assert [n for n in names if not n.startswith("figures/")] == [
         "bido-hsic/last.safetensors", "bido-hsic/results.json", "bido-hsic/target.safetensors",
-        "events.jsonl", "recipe.toml", "report.md", "results.json", "run.json"]
+        "events.jsonl", "recipe.toml", "report.html", "report.md", "results.json", "run.json"]
     events = _events(run_dir)
     assert [e["type"] for e in events].count("run_started") == 2  # the killed run and its resumption
     epochs = [e["epoch"] for e in events if e["type"] == "epoch"]

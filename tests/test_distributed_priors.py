@@ -156,11 +156,11 @@ def tl_dmi_pretraining(cache: StageCache) -> tuple[int, nn.Module]:
 
 def gmi_split_over_ranks(rank: int, cache_dir: Path) -> dict[str, torch.Tensor] | None:
     """GMI on a toy target: on rank 0 alone first (its prior cached), then on every rank with the
-    search split over them (`attack_on_every_rank`); rank 0 returns both results."""
+    search split over them (`searched_by_every_rank`); rank 0 returns both results."""
     import torch.distributed as dist
 
     from workbench import load_registry
-    from workbench.running.follower import PRIORS_ONLY, attack_on_every_rank
+    from workbench.running.attack_shards import PRIORS_ONLY, searched_by_every_rank
 
     registry = load_registry()
     data = registry.create("dataset", "digits").load(0)
@@ -180,7 +180,7 @@ def gmi_split_over_ranks(rank: int, cache_dir: Path) -> dict[str, torch.Tensor] 
     searched: set[int] = set()
     ctx = dataclasses.replace(ctx, emit=lambda type, **f: searched.add(f["target_class"])
                               if f.get("stage") == "attack:gmi" and "target_class" in f else None)
-    merged = attack_on_every_rank(attack, ctx, search=True)
+    merged = searched_by_every_rank(attack, ctx, target)
     torch.save(sorted(searched), cache_dir.parent / f"gmi-searched-rank{rank}.pt")
     if rank == 0:
         out |= {"images": merged.images, "targets": merged.targets, "restarts": merged.restarts,

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from workbench.errors import RunError
-from workbench.running.runner import RunInterrupted, Runner, RunOptions, run_recipe
+from workbench.running.runner import RunInterrupted, RunOptions, execute, run_recipe, start_run
 from workbench.storage.checkpoint import load_checkpoint, tensors_with_prefix
 from workbench.storage.events import read_events
 from workbench.testing import TINY_RECIPE
@@ -67,10 +67,9 @@ def test_interrupted_run_resumes_to_the_same_figures_and_weights(run_tiny_recipe
             raise KeyboardInterrupt  # like Ctrl-C after epoch 2, before its checkpoint
 
     own_cache = tmp_path / "own-cache"  # so the target is trained, not taken from the first run's cache
-    runner = Runner.start(RunOptions(recipe=recipe, run_dir=run_dir, cache_dir=own_cache),
-                          listeners=[stop_in_epoch_two])
+    run = start_run(RunOptions(recipe=recipe, run_dir=run_dir, cache_dir=own_cache), listeners=[stop_in_epoch_two])
     with pytest.raises(RunInterrupted, match="--resume"):
-        runner.run()
+        execute(run)
     _, meta = load_checkpoint(run_dir / "none" / "last.safetensors")
     assert meta["epoch"] == 1
     assert not (run_dir / "results.json").exists()
@@ -95,9 +94,9 @@ def test_corrupt_checkpoint_on_resume_is_named_and_kept(run_tiny_recipe, tmp_pat
         if event["type"] == "checkpoint" and event["epoch"] == 1:
             raise KeyboardInterrupt
 
-    runner = Runner.start(RunOptions(recipe=recipe, run_dir=run_dir, cache_dir=isolated_cache), [stop])
+    run = start_run(RunOptions(recipe=recipe, run_dir=run_dir, cache_dir=isolated_cache), [stop])
     with pytest.raises(RunInterrupted):
-        runner.run()
+        execute(run)
     checkpoint = run_dir / "none" / "last.safetensors"
     data = checkpoint.read_bytes()
     checkpoint.write_bytes(data[: len(data) // 2])

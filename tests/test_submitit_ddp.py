@@ -53,7 +53,7 @@ def test_a_run_job_of_two_local_tasks_trains_data_parallel_and_only_rank_zero_wr
     names = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
     assert [n for n in names if not n.startswith("figures/")] == [
         "events.jsonl", "none/last.safetensors", "none/results.json", "none/target.safetensors",
-        "recipe.toml", "report.md", "results.json", "run.json"]
+        "recipe.toml", "report.html", "report.md", "results.json", "run.json"]
     assert json.loads((run_dir / "run.json").read_text())["world_size"] == 2
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     [started] = [e for e in events if e["type"] == "run_started"]  # one writer: each event once

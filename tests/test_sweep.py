@@ -239,25 +239,25 @@ def test_tiny_sweep_end_to_end_then_resume_skips_everything(tmp_path, isolated_c
 def test_a_failed_run_does_not_stop_the_others_and_is_retried(tmp_path, isolated_cache, monkeypatch):
     """Seed 0's run fails at its end (inline executor: in this process); seed 1 still finishes; the
     rerun resumes seed 0 from its checkpoints and completes it."""
-    from workbench.running import runner
+    from workbench.running import stages
 
     path = write(tmp_path, 'recipe = "recipe.toml"\nseeds = [0, 1]\n[executor]\nuse = "inline"\n')
     sweep_dir = tmp_path / "sweep"
-    original = runner.Runner.collect_results
+    original = stages.collect_results
 
-    def failing(self):
-        if self.run_dir.name == "base-s0":
+    def failing(ctx, shared):
+        if ctx.run_dir.name == "base-s0":
             raise RuntimeError("boom")
-        return original(self)
+        return original(ctx, shared)
 
-    monkeypatch.setattr(runner.Runner, "collect_results", failing)
+    monkeypatch.setattr(stages, "collect_results", failing)
     result = run_sweep(SweepOptions(sweep=path, sweep_dir=sweep_dir, cache_dir=isolated_cache))
     assert result.finished == ["base-s1"] and result.failed == {"base-s0": "RuntimeError: boom"}
     events = list(read_events(sweep_dir))
     assert [e["run"] for e in events if e["type"] == "sweep_run_failed"] == ["base-s0"]
     assert "`base-s0`: RuntimeError: boom" in (sweep_dir / "report.md").read_text()
     assert result.aggregate["points"][0]["missing"] == [0]
-    monkeypatch.setattr(runner.Runner, "collect_results", original)
+    monkeypatch.setattr(stages, "collect_results", original)
     again = run_sweep(SweepOptions(sweep=sweep_dir, resume=True, cache_dir=isolated_cache))
     assert again.skipped == ["base-s1"] and again.finished == ["base-s0", "base-s1"] and not again.failed
     queued = [e for e in read_events(sweep_dir) if e["type"] == "sweep_run_queued"][-1]

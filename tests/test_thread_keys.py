@@ -1,6 +1,6 @@
 """CPU thread counts and the stage cache: a stage trained at another thread count is another
 stage (float reductions change), so its cache key holds the count; and the runner trains every
-piece of a run at one count (`Runner.cpu_threads`), so a prior trained as a shared stage is found
+piece of a run at one count (`RunContext.cpu_threads`), so a prior trained as a shared stage is found
 again by the attack that needs it, in this process, a worker, or a sweep's job."""
 
 from __future__ import annotations
@@ -9,23 +9,24 @@ import torch
 from torch import nn
 
 from workbench.api import AttackContext, StageCache
-from workbench.running.jobs import threads_for, threads_per_job
+from workbench.running.threads import threads_for, threads_per_job
 from workbench_attacks.common import load_or_train
 
 
-def _runner(tmp_path, extra: str = ""):
-    """A runner of the tiny recipe (one variant, `none`) plus `extra` TOML, its data not loaded."""
+def _run(tmp_path, extra: str = ""):
+    """The context of a run of the tiny recipe (one variant, `none`) plus `extra` TOML, its data not loaded."""
     from workbench.components.registry import load_registry
     from workbench.recipe.schema import load_recipe, resolve
-    from workbench.running.runner import Runner
+    from workbench.running.context import NoEvents, RunContext, World
     from workbench.testing import TINY_RECIPE
 
     source = tmp_path / "r.toml"
     source.write_text(TINY_RECIPE + extra)
     registry = load_registry()
     recipe = load_recipe(source, registry=registry)
-    return Runner(recipe, registry, tmp_path / "run", "", resolve(recipe, registry), None,
-                  StageCache(tmp_path / "cache"), False, source)
+    return RunContext(recipe=recipe, resolved=resolve(recipe, registry), digest="", registry=registry,
+                      run_dir=tmp_path / "run", source=source, cache=StageCache(tmp_path / "cache"),
+                      events=NoEvents(), device=torch.device("cpu"), world=World.current(), resumed=False)
 
 
 def _ctx(cache: StageCache) -> AttackContext:
@@ -53,12 +54,15 @@ def test_a_prior_trained_at_another_thread_count_is_not_taken_from_the_cache(tmp
 
 
 def test_every_stage_of_a_run_uses_the_runs_thread_count(monkeypatch, tmp_path):
-    """E and a prior trained as shared stages, and the variants, all at `cpu_threads()`, whatever
+    """E and a prior trained as shared stages, and the variants, all at `cpu_threads`, whatever
     count the process had when the stage started (a sweep's shared-stage job has its own)."""
-    import workbench.running.runner as runner_module
+    from types import SimpleNamespace
+
+    from workbench.running import stages
+    from workbench.running.context import SharedStages
     from workbench_attacks.gmi import GMI
 
-    runner = _runner(tmp_path, """
+    run = _run(tmp_path, """
 [[variants]]
 name = "b"
 defense = { use = "none" }
@@ -71,20 +75,24 @@ use = "gmi"
 use = "scnn"
 """)
     seen: dict[str, int] = {}
-    monkeypatch.setattr(runner_module, "evaluation_model",
-                        lambda *a, **k: seen.setdefault("evaluation-model", torch.get_num_threads()) and (None, {}))
+    def evaluators(*args, **kwargs):
+        seen.setdefault("evaluation-model", torch.get_num_threads())
+        return SimpleNamespace(primary=None, figures={}, models={})
+
+    monkeypatch.setattr(stages, "build_evaluators", evaluators)
     monkeypatch.setattr(GMI, "prepare", lambda self, ctx: seen.setdefault("prior:gmi", torch.get_num_threads()))
-    runner.data = None
-    assert runner.cpu_threads() == threads_per_job(3)
+    assert run.cpu_threads == threads_per_job(3)
     with threads_for(threads_per_job(3) + 1):  # a job started with another count
-        for name in runner.shared_stage_names():
-            runner.shared_stage(name, lambda *a, **k: None)
+        for name in stages.shared_stage_names(run):
+            stages.shared_stage(run, SharedStages(), name)
         assert torch.get_num_threads() == threads_per_job(3) + 1  # restored afterwards
     assert seen == {"evaluation-model": threads_per_job(3), "prior:gmi": threads_per_job(3)}
 
 
 def test_ranks_on_one_machine_share_its_cores(monkeypatch, tmp_path):
-    runner = _runner(tmp_path)
-    assert runner.cpu_threads() == threads_per_job(1)  # one variant: every core
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun --nproc-per-node 2
-    assert runner.cpu_threads() == threads_per_job(2)
+    from workbench.running.context import World
+
+    run = _run(tmp_path)
+    assert run.cpu_threads == threads_per_job(1)  # one variant: every core
+    # torchrun --nproc-per-node 2: the two ranks of this machine share its cores
+    assert run.replace(world=World(rank=0, size=2, ranks_here=2)).cpu_threads == threads_per_job(2)

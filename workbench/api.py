@@ -21,6 +21,8 @@ internal and may change without notice.
   `world_size`, `rank`, `is_main_process` (the one process that writes files); for a stage
   trained by every rank together (an attack's prior): `agree_on_hit`, `training_together`,
   `split_forward`, `average_gradients`, `in_data_parallel`, `broadcast_module`.
+- Threat model: `TargetOracle` (what a black-box or label-only attack sees of the target, queries
+  counted), `QueryBudget` (the params mixin with `query_budget`), `ThreatModelError`.
 - Errors: `WorkbenchError` (one clear line for the user) and `did_you_mean`.
 """
 
@@ -84,6 +86,7 @@ from workbench.running.distributed import (
 from workbench.running.evaluators import collect_images, nearest_indices
 from workbench.running.jobs import die_with_parent, execute_outcome
 from workbench.running.losses import accuracy, cross_entropy, upcast
+from workbench.running.oracle import QueryBudget, TargetOracle, ThreatModelError
 from workbench.running.trainer import train_classifier
 from workbench.storage.cache import StageCache
 from workbench.storage.checkpoint import (
@@ -125,9 +128,12 @@ __all__ = [
     "OODLossCapabilities",
     "OODScore",
     "Outcome",
+    "QueryBudget",
     "StageCache",
     "Steps",
     "StrictModel",
+    "TargetOracle",
+    "ThreatModelError",
     "TrainingSetup",
     "Width",
     "WorkbenchError",

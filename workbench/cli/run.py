@@ -41,7 +41,7 @@ def run(
     """Run a whole experiment from a recipe: train every variant, evaluate, report."""
     from workbench.cli.progress import ConsoleReporter
     from workbench.running.distributed import launched_world_size
-    from workbench.running.runner import Runner, RunOptions
+    from workbench.running.runner import RunOptions, execute, start_run
 
     plugins_dir = cli_state(ctx).plugins_dir
     if (nproc or 1) > 1 or launched_world_size() > 1:
@@ -70,19 +70,19 @@ def run(
     reporter = ConsoleReporter(err, quiet=quiet)
     previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
-        runner = Runner.start(options, listeners=[reporter], registry=reg)
+        run = start_run(options, listeners=[reporter], registry=reg)
         with reporter:
-            results = runner.run()
+            results = execute(run)
     finally:
         signal.signal(signal.SIGTERM, previous)
-    _print_results(runner, results)
+    _print_results(run.run_dir, results)
 
 
-def _print_results(runner, results) -> None:
+def _print_results(run_dir: Path, results) -> None:
     from workbench.cli.tables import results_table
 
     out.print(results_table(results))
-    out.print(f"run directory: {runner.run_dir}  (report: {runner.run_dir / 'report.md'})", highlight=False)
+    out.print(f"run directory: {run_dir}  (report: {run_dir / 'report.md'})", highlight=False)
 
 
 # ------------------------------------------------------------------ data-parallel (torchrun)
@@ -94,12 +94,12 @@ def _data_parallel_run(ctx: typer.Context, nproc: int | None, recipe: Path, run_
     """`--nproc N` or a rank started by torchrun: the whole data-parallel branch of `run`, in one place.
 
     Without torchrun, start it (N copies of this command); under it, join the process group, where
-    rank 0 leads the run and the other ranks follow it.
+    every rank runs the same program (rank 0 alone writes the run directory and prints).
     """
     from workbench.cli.progress import ConsoleReporter
     from workbench.running import distributed
     from workbench.running.distributed import launched_world_size
-    from workbench.running.runner import RunOptions
+    from workbench.running.runner import RunOptions, run_on_every_rank
 
     if launched_world_size() == 1:  # `--nproc N`: torch's launcher starts N copies of this command
         _launch_torchrun(nproc, recipe, run_dir, overrides, resume, force, cache_dir, quiet, sinks, plugins_dir)
@@ -108,37 +108,25 @@ def _data_parallel_run(ctx: typer.Context, nproc: int | None, recipe: Path, run_
         from workbench.storage.cache import StageCache
 
         StageCache(cache_dir)  # a --cache-dir that is a file: one line before any run directory is made
-    distributed.setup()  # started by torchrun: join the process group; rank 0 leads
-    if not distributed.is_main_process():
-        _follow_rank_zero()
-        return
+    distributed.setup()  # started by torchrun: join the process group; every rank runs the same program
     reg = registry(ctx)  # surfaces plugin warnings before the run starts
     for name in sinks:
         reg.get("event_sink", name)  # a misspelt --sink is an error before anything is written
     options = RunOptions(recipe=recipe, run_dir=run_dir, overrides=overrides, resume=resume, force=force,
                          cache_dir=cache_dir, workers=workers, sinks=sinks, plugins_dir=plugins_dir)
+    main = distributed.is_main_process()
     reporter = ConsoleReporter(err, quiet=quiet)
     previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
-    try:  # rank 0 under torchrun: the run, which brings the others in
-        from workbench.running.leader import lead_run
-
-        runner, results = lead_run(options, [reporter], reg, live=reporter)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    _print_results(runner, results)
-
-
-def _follow_rank_zero() -> None:
-    """A rank other than 0 under torchrun: train each target's slices with rank 0; write nothing."""
-    from workbench.running.leader import follow_run
-
-    previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     try:
-        follow_run()
+        run, results = run_on_every_rank(options, [reporter] if main else [], reg, live=reporter)
     except KeyboardInterrupt:
+        if main:
+            raise
         sys.exit(130)  # rank 0 says so (it writes the run); one line, not N
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if main and run is not None:
+        _print_results(run.run_dir, results)
 
 
 def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: list[str], resume: bool,

@@ -173,6 +173,6 @@ def describe_failure(exc: BaseException) -> str:
 
 
 def _version() -> str:
-    from workbench import __version__
+    from workbench.version import __version__
 
     return __version__

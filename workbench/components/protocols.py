@@ -12,11 +12,14 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from workbench.running.oracle import TargetOracle
 
 # ---------------------------------------------------------------- datasets
 
@@ -259,9 +262,15 @@ class OODLoss(Protocol):
 
 @dataclass
 class AttackContext:
-    """What an attack sees: white-box target, public prior data, and the evaluation model."""
+    """What an attack sees: the target as its declared access allows, public prior data, and the
+    evaluation model.
 
-    target: nn.Module
+    A `white-box` attack gets the module as `target` (and an oracle beside it); a `black-box` or
+    `label-only` attack gets `target = None` and only `oracle`, a `TargetOracle` that answers
+    probabilities or top-1 labels, counts every image sent and enforces the attack's `query_budget`
+    (`AttackCapabilities.access`; `workbench.running.oracle`)."""
+
+    target: nn.Module | None
     data: DataSplits
     evaluation_model: nn.Module | None
     device: torch.device
@@ -274,6 +283,9 @@ class AttackContext:
     shard: AttackShard | None = None
     """Set when the attack runs as one of several jobs (`[attacks.X] shards`): run only this part of
     the per-class search (see `AttackShard`); None runs all of it."""
+    oracle: TargetOracle | None = None
+    """The target behind its threat model (`probabilities(x)`, `labels(x)`, `queries`, `budget`):
+    every attack the harness runs gets one; None where there is no target (`prepare`)."""
 
 
 @dataclass(frozen=True)

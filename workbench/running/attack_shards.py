@@ -28,26 +28,24 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from workbench.components.capabilities import capabilities_of
 from workbench.components.protocols import AttackContext, AttackResult, AttackShard
 from workbench.errors import RunError, WorkbenchError
-from workbench.running.evaluation import RECONSTRUCTIONS
+from workbench.running import distributed
+from workbench.running.context import RunContext
+from workbench.running.evaluation import RECONSTRUCTIONS, attack_context, reconstruction_key
+from workbench.running.pool import WorkerPool
+from workbench.storage.cache import StageCache
 from workbench.storage.checkpoint import (
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
-    tensors_with_prefix,
     weights_fingerprint,
 )
-from workbench.storage.runs import TARGET_FILE
-
-if TYPE_CHECKING:
-    from workbench.recipe.schema import VariantConfig
-    from workbench.running.runner import Runner
 
 JOB_KIND = "attack-shard"
 
@@ -96,52 +94,31 @@ def load_shard(path: Path, key: str) -> AttackResult | None:
 # ------------------------------------------------------------------ one shard (a job)
 
 
-def load_target(runner: Runner, variant: VariantConfig) -> torch.nn.Module:
-    """The variant's trained target from its folder (the parent wrote it before the shards)."""
-    model, _ = runner.build_target(variant)
-    path = runner.variant_dir(variant) / TARGET_FILE
-    try:
-        tensors, _ = load_checkpoint(path)
-        model.load_state_dict(tensors_with_prefix(tensors, "model"))
-    except (CheckpointError, RuntimeError) as exc:
-        raise RunError(f"{path}: the trained target a shard attacks is unusable ({str(exc).split(';')[0]})") from None
-    model.to(runner.device).eval()
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    return model
-
-
-def run_shard(runner: Runner, variant_name: str, name: str, index: int, count: int) -> Path:
+def run_shard(ctx: RunContext, target: torch.nn.Module, evaluation: torch.nn.Module | None, variant_name: str,
+              name: str, index: int, count: int) -> Path:
     """Run shard `index` (0-based) of `count` of attack `name` on variant `variant_name`'s trained
-    target and write its rows; the path back. The priors come from the stage cache (the pass
+    `target` and write its rows; the path back. The priors come from the stage cache (the pass
     before the shards put them there). Idempotent: a finished shard returns at once."""
-    from workbench.running.runner import _quiet
-
-    recipe = runner.recipe
-    variant = recipe.variant(variant_name)
-    folder = runner.variant_dir(variant)
+    recipe = ctx.recipe
+    folder = ctx.variant_dir(recipe.variant(variant_name))
     path = shard_path(folder, name, index, count)
-    runner.data = runner._load_data(_quiet)
-    runner.shared_stage("evaluation-model", _quiet)
-    target = load_target(runner, variant)
     table = recipe.attacks[name]
-    attack = runner.registry.create_from("attack", table)
+    attack = ctx.registry.create_from("attack", table)
     key = shard_key(attack, target, recipe.seed)
     stage = f"attack:{name}:shard-{index + 1}-of-{count}"
 
     def emit(type: str, **fields: Any) -> None:
-        runner.emit(type, **{"variant": variant_name, **fields})
+        ctx.emit(type, **{"variant": variant_name, **fields})
 
     if load_shard(path, key) is not None:
         emit("log", level="info", message=f"{variant_name}: {name} shard {index + 1} of {count} already done")
         return path
     emit("stage_started", stage=stage, total=None, shard=index, shards=count, pid=os.getpid())
     started = time.perf_counter()
-    ctx = AttackContext(target=target, data=runner.data, evaluation_model=runner.evaluation_model,
-                        device=runner.device, seed=recipe.seed,
-                        cache=runner.cache.for_components(("attack", table.use)), emit=emit,
-                        shard=AttackShard(index, count))
-    part = attack.run(ctx)
+    actx = attack_context(name, attack, target, data=ctx.data, evaluation_model=evaluation, device=ctx.device,
+                          seed=recipe.seed, cache=ctx.cache.for_components(("attack", table.use)), emit=emit,
+                          shard=AttackShard(index, count))
+    part = attack.run(actx)
     if part.confidences is None or part.restarts is None:
         raise WorkbenchError(f"attack {name!r}: its shard {index + 1} of {count} returned no per-image "
                              "confidences or restarts, so the shards cannot merge exactly")
@@ -172,19 +149,20 @@ def merge_shards(attack: Any, prepared: AttackResult, folder: Path, name: str, c
 @dataclasses.dataclass
 class ShardedAttack:
     """`compute(ctx)` for `run_attack`: the pass before the shards here, the shards as jobs on the
-    runner's executor, then the merge. Made by `sharded` for an attack with `shards` > 1."""
+    run's workers, then the merge. Made by `sharded` for an attack with `shards` > 1."""
 
-    runner: Runner
+    pool: WorkerPool
+    run: RunContext
     variant: str
     name: str
     attack: Any
     count: int
 
     def __call__(self, ctx: AttackContext) -> AttackResult:
-        runner, name, count = self.runner, self.name, self.count
-        folder = runner.run_dir / self.variant
+        name, count = self.name, self.count
+        folder = self.run.run_dir / self.variant
         prepared = self.attack.run(dataclasses.replace(ctx, shard=AttackShard(0, count, search=False)))
-        key = shard_key(self.attack, ctx.target, ctx.seed)
+        key = shard_key(self.attack, ctx.oracle.module if ctx.target is None else ctx.target, ctx.seed)
         pending = [k for k in range(count) if load_shard(shard_path(folder, name, k, count), key) is None]
         if len(pending) < count:
             ctx.emit("log", level="info", message=f"{name}: {count - len(pending)} of {count} shards already "
@@ -192,20 +170,67 @@ class ShardedAttack:
         if pending:
             labels = [f"{self.variant}:{name}:shard-{k + 1}-of-{count}" for k in pending]
             options = [{"variant": self.variant, "attack": name, "shard": k, "shards": count} for k in pending]
-            where = "worker processes" if runner.workers > 1 else "this process, one after another"
-            runner.run_jobs(JOB_KIND, labels, torch.get_num_threads(),
-                            f"{self.variant}: {name} in {len(pending)} shard jobs ({where})", options=options)
+            where = "worker processes" if self.run.workers > 1 else "this process, one after another"
+            self.pool.run_jobs(JOB_KIND, labels, torch.get_num_threads(),
+                               f"{self.variant}: {name} in {len(pending)} shard jobs ({where})", options=options)
         merged = merge_shards(self.attack, prepared, folder, name, count, key)
         for k in range(count):  # the merged reconstructions replace them (run_attack writes those next)
             shard_path(folder, name, k, count).unlink(missing_ok=True)
         return merged
 
 
-def sharded(runner: Runner, variant: str, name: str, attack: Any) -> ShardedAttack | None:
+def sharded(pool: WorkerPool, ctx: RunContext, variant: str, name: str, attack: Any) -> ShardedAttack | None:
     """The `compute` for `run_attack` when the recipe shards attack `name`, else None; refuses an
     attack that cannot merge shards exactly."""
     count = shard_count(attack)
     if count <= 1:
         return None
     check_shardable(name, attack)
-    return ShardedAttack(runner, variant, name, attack, count)
+    return ShardedAttack(pool, ctx, variant, name, attack, count)
+
+
+# ------------------------------------------------------------------ under torchrun: every rank a part
+
+
+PRIORS_ONLY = AttackShard(0, 1, search=False)
+"""The pass that trains or loads what an attack's search needs, and searches nothing."""
+
+
+def reconstructions_known(folder: Path, name: str, cache: StageCache, attack: Any, target: torch.nn.Module,
+                          seed: int, evaluation: torch.nn.Module | None) -> bool:
+    """Whether `run_attack` will find attack `name`'s reconstructions (the variant's folder or the stage
+    cache) instead of running it: rank 0 asks, and the ranks join the search only when it will not."""
+    if (Path(folder) / RECONSTRUCTIONS / f"{name}.safetensors").exists():
+        return True
+    path = cache.path("attack", reconstruction_key(attack, target, seed, evaluation))
+    return path is not None and path.exists()
+
+
+def searched_by_every_rank(attack: Any, ctx: AttackContext, target: torch.nn.Module,
+                           jobs: ShardedAttack | None = None) -> AttackResult | None:
+    """Every rank, in lockstep: the attack's priors (trained together, or rank 0's cached ones handed
+    over), then this rank's contiguous part of the per-class search; rank 0 returns the parts merged
+    (the one-process result bit for bit, as `[attacks.X] shards` gives: same device and thread count
+    on every rank), the others None. With the recipe's own shards (`jobs`, rank 0's) the ranks train
+    the priors together and rank 0 runs the shards as the recipe says."""
+    distributed.broadcast_module(target)
+    prepared = attack.run(dataclasses.replace(ctx, shard=PRIORS_ONLY))
+    if jobs is not None:
+        if not distributed.is_main_process():
+            return None
+        with distributed.alone():
+            return jobs(ctx)
+    # Its priors again: cache hits on rank 0, handed over to the others, then the search.
+    shard = AttackShard(distributed.rank(), distributed.world_size(), may_be_empty=True)
+    part = attack.run(dataclasses.replace(ctx, shard=shard))
+    parts = distributed.gather_objects(_on_cpu(part))
+    return attack.merge_shards(prepared, parts) if parts is not None else None
+
+
+def _on_cpu(result: AttackResult) -> AttackResult:
+    """A result whose tensors can travel between ranks (pickled over the gloo channel)."""
+    def cpu(t):
+        return t.cpu() if t is not None else None
+
+    return dataclasses.replace(result, images=cpu(result.images), targets=cpu(result.targets),
+                               restarts=cpu(result.restarts), confidences=cpu(result.confidences))

@@ -36,7 +36,7 @@ def describe_machine() -> dict[str, str]:
     """Versions and hardware for report headers and checkpoint sidecars."""
     import platform
 
-    from workbench import __version__
+    from workbench.version import __version__
 
     info = {
         "workbench": __version__,

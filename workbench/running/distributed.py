@@ -1,17 +1,18 @@
-"""Data-parallel training under torchrun: the process group, global-batch gathers, and the
-channel through which rank 0 tells the other ranks what to train.
+"""Data-parallel training under torchrun: the process group, lockstep decisions, global-batch gathers.
 
 torchrun (torch.distributed.run) starts N copies of `workbench run`; each reads RANK,
-WORLD_SIZE and LOCAL_RANK from its environment. Rank 0 runs the whole recipe and alone writes
-the run directory; the other ranks ("followers") load the same data and join each target's
-training when rank 0 sends them the task (`send_task` / `receive_task`). Without torchrun
-(WORLD_SIZE unset or 1) nothing here does anything: every helper is the identity, so
-single-process training stays bit-identical.
+WORLD_SIZE and LOCAL_RANK from its environment, and every rank runs the same program
+(`workbench.running.runner.run_on_every_rank`) inside `lockstep()`: rank 0 alone writes the run
+directory, and whatever only it can decide (a stage-cache hit, a file of the run directory) it
+hands the others (`agree`, `agree_on_hit`, `broadcast_module`). Work that runs on rank 0 alone
+(figures, a search that does not split) sits in `alone()`. Without torchrun (WORLD_SIZE unset or
+1) nothing here does anything: every helper is the identity, so single-process training stays
+bit-identical.
 
 Backends: nccl for CUDA tensors and gloo for CPU tensors (`"cpu:gloo,cuda:nccl"` when CUDA is
-visible, plain gloo otherwise). The task channel is a gloo group of its own with a long
-timeout: rank 0 may spend hours on the evaluation model, GAN priors and attacks while the
-followers wait for the next target.
+visible, plain gloo otherwise). Objects (decisions, a run's start, search results) travel on a
+gloo group of their own with a long timeout: rank 0 may spend hours on work of its own (an attack
+that does not split) while the others wait at the next decision.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ ENV_WORLD_SIZE = "WORLD_SIZE"
 ENV_RANK = "RANK"
 ENV_LOCAL_RANK = "LOCAL_RANK"
 
-# Followers idle on the task channel while rank 0 trains shared stages and runs attacks alone.
+# The other ranks wait at the next decision while rank 0 works alone (an attack that does not split).
 TASK_CHANNEL_TIMEOUT = datetime.timedelta(days=7)
 # Collectives of training itself: long enough for rank 0's epoch-end work (test accuracy, checkpoint).
 TRAINING_TIMEOUT = datetime.timedelta(minutes=60)
 
-_task_group: Any = None
+_object_group: Any = None
 _lockstep = False  # every rank runs the same code path (an attack's priors): stage decisions are shared
 _data_parallel = False  # inside a stage's training loop run in lockstep: forwards split, gradients averaged
 
@@ -87,7 +88,7 @@ def setup() -> bool:
     """Join the process group torchrun describes (env:// rendezvous); False without torchrun."""
     if launched_world_size() <= 1 or is_distributed():
         return is_distributed()
-    global _task_group
+    global _object_group
     local_rank = int(os.environ.get(ENV_LOCAL_RANK, "0"))
     if torch.cuda.is_available() and local_rank < torch.cuda.device_count():
         torch.cuda.set_device(local_rank)
@@ -95,49 +96,38 @@ def setup() -> bool:
     else:  # no GPU for this rank (a CPU recipe on more ranks than GPUs)
         backend = "gloo"
     dist.init_process_group(backend=backend, timeout=TRAINING_TIMEOUT)
-    _task_group = dist.new_group(backend="gloo", timeout=TASK_CHANNEL_TIMEOUT)
+    _object_group = dist.new_group(backend="gloo", timeout=TASK_CHANNEL_TIMEOUT)
     return True
 
 
 def shutdown() -> None:
     """Leave the process group (safe to call when there is none)."""
-    global _task_group
+    global _object_group
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-    _task_group = None
+    _object_group = None
 
 
 # ------------------------------------------------------------------ rank 0 -> followers
 
 
 def broadcast_object(value: Any = None) -> Any:
-    """Rank 0's `value` on every rank (pickled over the gloo task channel)."""
+    """Rank 0's `value` on every rank (pickled over the gloo object channel)."""
     if not is_distributed():
         return value
     box = [value if is_main_process() else None]
-    dist.broadcast_object_list(box, src=0, group=_task_group)
+    dist.broadcast_object_list(box, src=0, group=_object_group)
     return box[0]
 
 
 def gather_objects(value: Any) -> list[Any] | None:
-    """Every rank's `value`, in rank order, on rank 0 (pickled over the gloo task channel, whose
+    """Every rank's `value`, in rank order, on rank 0 (pickled over the gloo object channel, whose
     long timeout lets early ranks wait for late ones); None on the other ranks."""
     if not is_distributed():
         return [value]
     box = [None] * world_size() if is_main_process() else None
-    dist.gather_object(value, box, dst=0, group=_task_group)
+    dist.gather_object(value, box, dst=0, group=_object_group)
     return box
-
-
-def send_task(kind: str, **fields: Any) -> None:
-    """Rank 0: tell the followers what to do next (`target`, `stop`...)."""
-    if is_distributed() and is_main_process():
-        broadcast_object({"kind": kind, **fields})
-
-
-def receive_task() -> dict[str, Any]:
-    """A follower: wait for rank 0's next task."""
-    return broadcast_object(None)
 
 
 # ------------------------------------------------------------------ lockstep: the attacks' priors
@@ -159,6 +149,26 @@ def lockstep() -> Iterator[None]:
 
 def in_lockstep() -> bool:
     return _lockstep and is_distributed()
+
+
+@contextlib.contextmanager
+def alone() -> Iterator[None]:
+    """`with alone():` this rank works by itself inside a lockstep run (rank 0's figures, a search
+    that does not split over the ranks): its stage-cache decisions are its own, nothing is shared."""
+    global _lockstep
+    previous, _lockstep = _lockstep, False
+    try:
+        yield
+    finally:
+        _lockstep = previous
+
+
+def agree(value: Any) -> Any:
+    """In lockstep, rank 0's `value` on every rank (a decision only rank 0 can make: whether a file of
+    the run directory is there); outside lockstep, `value` itself."""
+    if not in_lockstep():
+        return value
+    return broadcast_object(value if is_main_process() else None)
 
 
 def agree_on_hit(stage: str, hit: bool) -> bool:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from workbench.components.capabilities import capabilities_of
 from workbench.components.protocols import AttackContext, AttackResult, DataSplits, EvalContext
 from workbench.components.registry import Registry
 from workbench.errors import WorkbenchError
@@ -28,6 +29,7 @@ from workbench.running.batches import iterate_batches
 from workbench.running.device import autocast
 from workbench.running.losses import accuracy
 from workbench.running.ood_metrics import CONVENTION, mean_over_sets, ood_metrics
+from workbench.running.oracle import TargetOracle, query_budget_of
 from workbench.running.trainer import train_classifier
 from workbench.storage.cache import StageCache
 from workbench.storage.checkpoint import (
@@ -135,10 +137,14 @@ def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registr
     figures: dict[str, Any] = {"backbone": config.backbone.use}
     if config.input_size is not None:
         figures["input_size"] = size
+    if config.weights_file is not None and not distributed.is_main_process():
+        distributed.broadcast_module(network)  # rank 0 read the file (the others need no copy of it)
+        return model.to(device).eval(), figures
     if config.weights_file is not None:
         what = (f"backbone '{config.backbone.use}' built for {num_classes} classes, {data.in_channels} channels, "
                 f"{size} px")
         load_evaluation_weights(network, config.weights_file, what)
+        distributed.broadcast_module(network)
         model.to(device)
         figures.update(test_accuracy=accuracy(model, test_set, device), cached=False,
                        weights_file=str(config.weights_file),
@@ -158,7 +164,6 @@ def evaluation_model(recipe: Recipe, resolved: dict[str, Any], registry: Registr
             key["input_size"] = size
 
         def train() -> dict[str, Any]:
-            distributed.send_task("evaluation-model")  # under torchrun the other ranks join (workbench.running.follower)
             train_classifier(model, registry.create("defense", "none"), train_set, config.train, device=device,
                              seed=seeds.derive(recipe.seed, "evaluation-model"), emit=emit, stage="train",
                              variant="evaluation-model", data_parallel=distributed.is_distributed())
@@ -252,19 +257,17 @@ def run_attack(name: str, attack: Any, target: nn.Module, data: DataSplits, eval
     started = time.perf_counter()
     for p in target.parameters():
         p.requires_grad_(False)
-    # Reconstructions depend on the attack's config, the target's weights and the seed; E's weights too,
-    # since the attack is handed E (a loaded E changes with its file, not with the recipe).
-    key = {"attack": type(attack).__name__, "params": attack.params.model_dump(mode="json")
-           if hasattr(attack, "params") else repr(attack), "target": weights_fingerprint(target), "seed": seed,
-           "evaluation": weights_fingerprint(evaluation) if evaluation is not None else None}
+    key = reconstruction_key(attack, target, seed, evaluation)
     cached = cache.load_state("attack", key)
     if cached is not None:
         tensors, meta = cached
         emit("log", level="info", message=f"{name}: reconstructions loaded from the stage cache")
     else:
-        ctx = AttackContext(target=target.eval(), data=data, evaluation_model=evaluation, device=device, seed=seed,
-                            cache=cache, emit=emit)
+        ctx = attack_context(name, attack, target.eval(), data=data, evaluation_model=evaluation, device=device,
+                             seed=seed, cache=cache, emit=emit)
         result = (compute or attack.run)(ctx)
+        if ctx.oracle.access != "white-box":  # the threat model's cost, reported beside the attack's figures
+            result.figures = {**result.figures, "queries": ctx.oracle.queries}
         tensors = {"images": result.images.float().cpu(), "targets": result.targets.long().cpu()}
         if result.restarts is not None:
             tensors["restarts"] = result.restarts.long().cpu()
@@ -276,6 +279,24 @@ def run_attack(name: str, attack: Any, target: nn.Module, data: DataSplits, eval
     save_checkpoint(out, tensors, meta)
     save_png(reconstruction_grid(result, data), out.with_suffix(".png"))
     return result
+
+
+def reconstruction_key(attack: Any, target: nn.Module, seed: int, evaluation: nn.Module | None) -> dict[str, Any]:
+    """What an attack's reconstructions depend on: its config, the target's weights and the seed; E's
+    weights too, since the attack is handed E (a loaded E changes with its file, not with the recipe)."""
+    params = attack.params.model_dump(mode="json") if hasattr(attack, "params") else repr(attack)
+    return {"attack": type(attack).__name__, "params": params, "target": weights_fingerprint(target), "seed": seed,
+            "evaluation": weights_fingerprint(evaluation) if evaluation is not None else None}
+
+
+def attack_context(name: str, attack: Any, target: nn.Module, *, data: DataSplits, **fields: Any) -> AttackContext:
+    """The context attack `name` runs in, as its declared access allows (`AttackCapabilities.access`):
+    a `TargetOracle` always; the module as `ctx.target` for a white-box attack only (None otherwise).
+    The oracle enforces the attack's `query_budget` (the `QueryBudget` params mixin)."""
+    access = capabilities_of(attack, "attack").access
+    oracle = TargetOracle(target, access, data.num_classes, budget=query_budget_of(attack), attack=name,
+                          device=fields.get("device"))
+    return AttackContext(target=target if access == "white-box" else None, data=data, oracle=oracle, **fields)
 
 
 def reconstruction_grid(result: AttackResult, data: DataSplits, per_class: int = 8, private: int = 4):

@@ -7,11 +7,9 @@ directory, the stage cache); its return value is small (E's figures, a run's res
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,54 +30,42 @@ def execute(job: Job) -> Any:
 
     A `run` job started as one of several ranks (torch.distributed's WORLD_SIZE > 1, with RANK,
     LOCAL_RANK, MASTER_ADDR and MASTER_PORT: an executor's multi-task job sets them) trains
-    data-parallel, as under torchrun: see `_execute_rank`."""
-    from workbench.running.distributed import launched_world_size
-    from workbench.running.runner import Runner, RunOptions, run_recipe
+    data-parallel, as under torchrun: every rank runs the same program (`run_on_every_rank`);
+    rank 0 returns the run directory, the others None."""
+    from workbench.running import distributed, runner, stages
+    from workbench.running.context import SharedStages
+    from workbench.running.pool import WorkerPool
 
     if job.threads:
         torch.set_num_threads(job.threads)
     plugins_dir = Path(job.plugins_dir) if job.plugins_dir else None
     cache_dir = Path(job.cache_dir) if job.cache_dir else None
     if job.kind == "run":
-        options = RunOptions(recipe=Path(job.options["recipe"]), run_dir=Path(job.run_dir),
-                             overrides=list(job.options.get("overrides", [])), resume=bool(job.options.get("resume")),
-                             force=bool(job.options.get("force")), cache_dir=cache_dir, plugins_dir=plugins_dir,
-                             workers=job.options.get("workers", 1))
-        if launched_world_size() > 1:
-            return _execute_rank(options)
-        run_dir, _ = run_recipe(options)
+        options = runner.RunOptions(recipe=Path(job.options["recipe"]), run_dir=Path(job.run_dir),
+                                    overrides=list(job.options.get("overrides", [])),
+                                    resume=bool(job.options.get("resume")), force=bool(job.options.get("force")),
+                                    cache_dir=cache_dir, plugins_dir=plugins_dir, workers=job.options.get("workers", 1))
+        if distributed.launched_world_size() > 1:
+            distributed.setup()
+            ctx, _ = runner.run_on_every_rank(options)
+            return str(ctx.run_dir) if ctx is not None and ctx.world.is_main else None
+        run_dir, _ = runner.run_recipe(options)
         return str(run_dir)
     if job.kind not in JOB_KINDS:
         raise WorkbenchError(f"job kind {job.kind!r} is unknown; known: {', '.join(JOB_KINDS)}")
-    runner = Runner.for_worker(Path(job.run_dir), cache_dir, plugins_dir, job.resumed)
+    ctx = runner.worker_context(Path(job.run_dir), cache_dir, plugins_dir, job.resumed)
     try:
+        loaded = stages.with_data(stages.quiet(ctx)).replace(events=ctx.events)
         if job.kind == "variant":
-            runner.prepare_shared_stages(quiet=True)
-            runner.run_variant(runner.recipe.variant(job.item))
+            shared = stages.prepare_shared_stages(stages.quiet(loaded))
+            stages.run_variant(loaded, shared, loaded.recipe.variant(job.item), WorkerPool(loaded))
             return None
         if job.kind == "attack-shard":
-            from workbench.running.attack_shards import run_shard
-
             options = job.options
-            return str(run_shard(runner, options["variant"], options["attack"], options["shard"], options["shards"]))
-        return runner.train_shared_stage(job.item)
+            return str(stages.shard_job(loaded, options["variant"], options["attack"], options["shard"], options["shards"]))
+        return stages.shared_stage(loaded, SharedStages(), job.item).evaluation_figures
     finally:
-        runner.events.close()
-
-
-def _execute_rank(options) -> str | None:
-    """One rank of a data-parallel `run` job: join the process group; rank 0 leads the run
-    (`workbench.running.leader.lead_run`, as `workbench run` under torchrun) and returns the run directory,
-    every other rank follows it, writes nothing and returns None."""
-    from workbench.running import distributed
-    from workbench.running.leader import follow_run, lead_run
-
-    distributed.setup()
-    if not distributed.is_main_process():
-        follow_run()
-        return None
-    runner, _ = lead_run(options)
-    return str(runner.run_dir)
+        ctx.events.close()
 
 
 def execute_outcome(job: Job) -> Outcome:
@@ -113,39 +99,3 @@ def die_with_parent(parent_pid: int | None = None, interval: float = 0.5) -> Non
         os._exit(1)
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
-
-
-# ------------------------------------------------------------------ CPU budget of parallel work
-
-
-def resolve_workers(requested: int | None, variants: int, device: torch.device) -> int:
-    """Parallel variant workers: on the CPU up to one per core, never more than variants; on CUDA
-    one (a single process keeps one GPU busy; training one target across several GPUs
-    is not supported yet)."""
-    if requested is not None:
-        return max(1, requested)
-    if device.type == "cuda":
-        return 1
-    return max(1, min(variants, os.cpu_count() or 1))
-
-
-def threads_per_job(jobs: int) -> int:
-    """CPU threads for one of `jobs` pieces of work that could run at once (variants, or the shared
-    stages): the cores shared out among them. It depends on the machine and the recipe but not on
-    `--workers`, so a run gives the same figures whether its work runs in parallel or one piece
-    after another (the thread count changes float reductions). Small nets also train faster on
-    one thread each than on several threads that wait for each other."""
-    cores = os.cpu_count() or 1
-    return max(1, cores // max(1, min(jobs, cores)))
-
-
-@contextlib.contextmanager
-def threads_for(count: int | None) -> Iterator[None]:
-    """`with threads_for(n):` torch uses n CPU threads inside the block (None: unchanged)."""
-    previous = torch.get_num_threads()
-    if count:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

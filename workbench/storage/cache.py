@@ -156,7 +156,7 @@ def plugin_fingerprint(registry: Registry, plugin_name: str) -> dict[str, Any]:
 def stage_key(stage: str, key: dict[str, Any], plugins: dict[str, Any] | None = None) -> str:
     """A short stable hash of a stage name, the JSON-able dict that determines it, the code and
     the plugins (name -> version and source) whose components took part."""
-    from workbench import __version__
+    from workbench.version import __version__
 
     content = {"stage": stage, "key": key, "format": CACHE_FORMAT, "version": __version__,
                "code": code_fingerprint()}

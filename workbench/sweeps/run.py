@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench import __version__
 from workbench.components.capabilities import capabilities_of
 from workbench.components.protocols import Job
 from workbench.errors import RunError, WorkbenchError
@@ -43,9 +42,10 @@ from workbench.storage.runs import (
 )
 from workbench.sweeps.aggregate import aggregate, write_aggregate, write_pareto, write_report
 from workbench.sweeps.spec import SWEEP_FILE, PlannedRun, Sweep, load_sweep
+from workbench.version import __version__
 
 if TYPE_CHECKING:
-    from workbench.running.runner import Runner
+    from workbench.running.context import RunContext
 
 RUNS_FOLDER = "runs"
 SHARED_FOLDER = "shared"
@@ -450,12 +450,11 @@ class SweepRunner:
                     errors[run.id] = _describe(exc)
                     continue
                 opened[run.id] = parent
-                runner = parent.runner
-                threads = runner.cpu_threads()
-                for variant in runner.recipe.variants:
-                    if read_variant_results(runner.variant_dir(variant)) is None:
-                        jobs.append(self._job("variant", runner.run_dir, threads, item=variant.name,
-                                              resumed=runner.resumed))
+                run_ctx = parent.ctx
+                for variant in run_ctx.recipe.variants:
+                    if read_variant_results(run_ctx.variant_dir(variant)) is None:
+                        jobs.append(self._job("variant", run_ctx.run_dir, run_ctx.cpu_threads, item=variant.name,
+                                              resumed=run_ctx.resumed))
                         owners.append(run.id)
 
             def finish_complete_runs() -> None:
@@ -539,28 +538,27 @@ def _describe(exc: BaseException) -> str:
 
 class _ParentRun:
     """A run whose directory this (sweep) process owns while executor workers run its variants:
-    the beginning and the end of `Runner.run` here, the variant jobs elsewhere."""
+    the beginning and the end of a run (`workbench.running.runner`'s lifecycle) here, the variant
+    jobs elsewhere."""
 
-    def __init__(self, runner: Runner):
-        self.runner = runner
-        self.started = time.perf_counter()
+    def __init__(self, ctx: RunContext, started: float):
+        self.ctx = ctx
+        self.started = started
         self.offset = 0
+        self.evaluation_figures: dict[str, Any] | None = None
 
     @classmethod
     def open(cls, sweep: SweepRunner, run: PlannedRun, resume: bool) -> _ParentRun:
-        from workbench.running.runner import Runner, RunOptions
+        from workbench.running import runner, stages
 
         options = sweep.options
-        runner = Runner.start(RunOptions(recipe=sweep.sweep.recipe_path, run_dir=sweep.run_dir(run),
-                                         overrides=list(run.overrides), resume=resume, cache_dir=options.cache_dir,
-                                         plugins_dir=options.plugins_dir, workers=1), registry=sweep.registry)
-        parent = cls(runner)
-        recipe = runner.recipe
-        runner.emit("run_started", recipe=str(runner.source), run_dir=str(runner.run_dir),
-                    variants=[v.name for v in recipe.variants], seed=recipe.seed, version=__version__,
-                    resumed=runner.resumed, device=str(runner.device), recipe_hash=runner.digest)
-        try:
-            runner.prepare_shared_stages()  # data, E, priors: loaded from the cache the sweep filled
+        ctx = runner.start_run(runner.RunOptions(recipe=sweep.sweep.recipe_path, run_dir=sweep.run_dir(run),
+                                                 overrides=list(run.overrides), resume=resume,
+                                                 cache_dir=options.cache_dir, plugins_dir=options.plugins_dir,
+                                                 workers=1), registry=sweep.registry)
+        parent = cls(ctx, runner.announce_start(ctx))
+        try:  # data, E, priors: loaded from the cache the sweep filled
+            shared = stages.prepare_shared_stages(stages.with_data(ctx))
         except KeyboardInterrupt:
             parent.interrupted()
             raise
@@ -568,40 +566,39 @@ class _ParentRun:
             parent.fail(_describe(exc))
             raise
         # Only E's figures are needed here again (results.json); the workers load their own copies.
-        runner.data = runner.evaluation_model = runner.ood_evaluator = None
-        parent.offset = runner.events.path.stat().st_size
+        parent.evaluation_figures = shared.evaluation_figures
+        parent.offset = ctx.events.path.stat().st_size
         return parent
 
     def relay(self) -> None:
         """The workers' events of this run to its listeners (event sinks), as a single run relays them."""
-        self.offset = relay_events(self.runner.events, self.offset)
+        self.offset = relay_events(self.ctx.events, self.offset)
 
     def complete(self) -> bool:
-        runner = self.runner
-        return all(read_variant_results(runner.variant_dir(v)) is not None for v in runner.recipe.variants)
+        return all(read_variant_results(self.ctx.variant_dir(v)) is not None for v in self.ctx.recipe.variants)
 
     def finish(self) -> str | None:
-        """results.json, report.md and run_finished, as `Runner.run` ends; the error when that fails."""
-        from workbench.reporting.report import write_report as write_run_report
+        """results.json, report.md and run_finished, as a run ends; the error when that fails."""
+        from workbench.running import runner, stages
+        from workbench.running.context import SharedStages
 
-        runner = self.runner
         try:
-            results = runner.collect_results()
-            write_run_report(runner.run_dir, results, runner.recipe)
+            results = stages.collect_results(self.ctx, SharedStages(evaluation_figures=self.evaluation_figures))
+            stages.write_report(self.ctx, results)
         except Exception as exc:
             return self.fail(_describe(exc))
-        runner.emit("run_finished", seconds=round(time.perf_counter() - self.started, 3))
-        runner.events.close()
+        runner.announce_finish(self.ctx, self.started)
         return None
 
     def fail(self, error: str) -> str:
-        self.runner.emit("run_failed", error=error)
-        self.runner.events.close()
-        return error
+        from workbench.running.runner import announce_failure
+
+        return announce_failure(self.ctx, error)
 
     def interrupted(self) -> None:
-        self.runner.emit("run_interrupted", message="stopped by the user; resumable")
-        self.runner.events.close()
+        from workbench.running.runner import announce_interrupt
+
+        announce_interrupt(self.ctx)
 
 
 def run_sweep(options: SweepOptions, listeners: list | None = None) -> SweepResult:
