@@ -112,15 +112,15 @@ def test_an_attack_that_declares_no_shards_capability_is_refused_in_one_line():
             raise AssertionError("never run")
 
     with pytest.raises(WorkbenchError) as caught:
-        attack_shards.sharded(None, "none", "plain", Plain())
+        attack_shards.sharded(None, None, "none", "plain", Plain())
     assert str(caught.value) == ("attack 'plain' (Plain) cannot be sharded exactly: it declares no `shards` "
                                  "capability; set [attacks.plain] shards = 1")
     # A method alone is not a declaration: the core never probes for `merge_shards`.
     Plain.merge_shards = lambda self, prepared, parts: prepared
     with pytest.raises(WorkbenchError, match="declares no `shards` capability"):
-        attack_shards.sharded(None, "none", "plain", Plain())
+        attack_shards.sharded(None, None, "none", "plain", Plain())
     Params.shards = 1
-    assert attack_shards.sharded(None, "none", "plain", Plain()) is None
+    assert attack_shards.sharded(None, None, "none", "plain", Plain()) is None
 
 
 # ---------------------------------------------------------------- end to end on the embedded digits

@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "SweepOptions": "run", "SweepResult": "run", "SweepRunner": "run", "is_sweep_dir": "run", "run_sweep": "run",
+    "SweepOptions": "run", "SweepResult": "run", "SweepRunner": "run", "is_sweep_dir": "directory", "run_sweep": "run",
     "Sweep": "spec", "SweepFile": "spec", "load_sweep": "spec", "parse_seeds": "spec",
 }
 

@@ -28,24 +28,32 @@ from workbench.components.capabilities import capabilities_of
 from workbench.components.protocols import Job
 from workbench.errors import RunError, WorkbenchError
 from workbench.recipe.schema import to_toml
+from workbench.running.runner import RunOptions
 from workbench.storage.checkpoint import atomic_write_text
-from workbench.storage.events import EVENTS_FILE, EventWriter, read_events, relay_events
+from workbench.storage.events import EVENTS_FILE, EventWriter
 from workbench.storage.runs import (
     RESULTS_FILE,
     RUN_FILE,
     SWEEP_INFO_FILE,
-    live_pid,
     process_start,
     read_run_file,
     read_variant_results,
     run_status,
 )
 from workbench.sweeps.aggregate import aggregate, write_aggregate, write_pareto, write_report
+from workbench.sweeps.directory import (
+    default_sweep_dir,
+    last_error,
+    prepare_sweep_dir,
+    run_state,
+    tail_types,
+)
+from workbench.sweeps.parent_run import ParentRun, describe
 from workbench.sweeps.spec import SWEEP_FILE, PlannedRun, Sweep, load_sweep
 from workbench.version import __version__
 
 if TYPE_CHECKING:
-    from workbench.running.context import RunContext
+    pass
 
 RUNS_FOLDER = "runs"
 SHARED_FOLDER = "shared"
@@ -79,110 +87,6 @@ class SweepResult:
     finished: list[str]
     failed: dict[str, str]
     skipped: list[str]
-
-
-def is_sweep_dir(path: Path) -> bool:
-    return (Path(path) / SWEEP_INFO_FILE).exists() or (Path(path) / SWEEP_FILE).exists()
-
-
-def default_sweep_dir(source: Path) -> Path:
-    return Path("runs") / f"{source.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def prepare_sweep_dir(sweep_dir: Path, identity: str, *, resume: bool, force: bool) -> bool:
-    """Check the sweep directory against this sweep; True when continuing one. Never deletes:
-    `--force` moves an existing sweep aside."""
-    if sweep_dir.exists() and not sweep_dir.is_dir():
-        raise RunError(f"{sweep_dir}: is a file, not a sweep directory; choose another --sweep-dir")
-    if not sweep_dir.exists() or not any(sweep_dir.iterdir()):
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        return False
-    if not is_sweep_dir(sweep_dir):
-        raise RunError(f"{sweep_dir}: exists and is not a workbench sweep directory (no {SWEEP_INFO_FILE}); "
-                       "choose another --sweep-dir")
-    pid = sweep_live_pid(sweep_dir)
-    if pid is not None and pid != os.getpid():
-        raise RunError(f"{sweep_dir}: a sweep is live there (pid {pid}); wait for it or stop it first")
-    if force:
-        aside = sweep_dir.with_name(f"{sweep_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-        sweep_dir.rename(aside)
-        sweep_dir.mkdir(parents=True)
-        return False
-    saved = read_sweep_info(sweep_dir).get("identity")
-    if saved != identity:
-        raise RunError(f"{sweep_dir}: holds a different sweep (identity {saved}, this one {identity}); choose "
-                       "another --sweep-dir, or pass --force to move the old one aside")
-    if not resume:
-        raise RunError(f"{sweep_dir}: already holds this sweep; pass --resume to finish what is missing or "
-                       "--force to start over")
-    return True
-
-
-def read_sweep_info(sweep_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((Path(sweep_dir) / SWEEP_INFO_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def sweep_live_pid(sweep_dir: Path) -> int | None:
-    """The pid of the process running this sweep now, or None (same checks as a run's)."""
-    info = read_sweep_info(sweep_dir)
-    if not info:
-        return None
-    # live_pid reads run.json; the sweep's file has the same fields.
-    pid, recorded = info.get("pid"), info.get("pid_started")
-    if info.get("host") not in (None, socket.gethostname()) or not isinstance(pid, int):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass
-    if recorded is not None and process_start(pid) not in (None, recorded):
-        return None
-    return pid
-
-
-def _run_state(run_dir: Path, digest: str) -> str:
-    """complete / resumable / new / live / conflict, for one planned run's directory."""
-    if not run_dir.exists() or not any(run_dir.iterdir()):
-        return "new"
-    saved = read_run_file(run_dir).get("recipe_hash")
-    if saved is not None and saved != digest:
-        return "conflict"
-    if (run_dir / RESULTS_FILE).exists() and run_status(run_dir) == "finished":
-        return "complete"
-    if live_pid(run_dir) not in (None, os.getpid()):
-        return "live"
-    return "resumable"
-
-
-def _tail_types(path: Path, size: int = 4096) -> list[str]:
-    """Event types in the last few KB of an event file (cheap to poll)."""
-    try:
-        with path.open("rb") as handle:
-            handle.seek(max(0, handle.seek(0, 2) - size))
-            chunk = handle.read()
-    except OSError:
-        return []
-    types = []
-    for line in chunk.splitlines()[1:] if len(chunk) >= size else chunk.splitlines():
-        try:
-            types.append(json.loads(line)["type"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return types
-
-
-def _last_error(run_dir: Path) -> str | None:
-    error = None
-    for event in read_events(run_dir / EVENTS_FILE):
-        if event["type"] == "run_failed":
-            error = event.get("error")
-    return error
 
 
 class SweepRunner:
@@ -271,7 +175,7 @@ class SweepRunner:
         """(runs to execute with whether each resumes, runs already complete); conflicts are errors."""
         pending, skipped, problems = [], [], []
         for run in self.sweep.runs:
-            state = _run_state(self.run_dir(run), run.digest)
+            state = run_state(self.run_dir(run), run.digest)
             if state == "complete":
                 skipped.append(run.id)
                 self.emit("sweep_run_skipped", run=run.id, reason="complete")
@@ -294,10 +198,15 @@ class SweepRunner:
                 f"{len(pending) - resumed} new"))
         return pending, skipped
 
+    def _executor_capabilities(self):
+        """The sweep executor's declaration, from its params (made here if the sweep has not made it yet)."""
+        executor = self.executor or self.registry.create_from("executor", self.sweep.spec.executor)
+        return capabilities_of(executor, "executor")
+
     def _threads(self) -> int | None:
         """CPU threads per job: the executor's own figure, or the cores shared among its workers.
         Fixed per machine and executor, so a resumed sweep computes exactly what a straight one does."""
-        declared = capabilities_of(self.executor, "executor")
+        declared = self._executor_capabilities()
         if declared.job_threads:
             return int(declared.job_threads)
         if declared.shares_machine:
@@ -405,7 +314,7 @@ class SweepRunner:
                 continue
             if error == "interrupted":
                 raise KeyboardInterrupt
-            error = error or _last_error(self.run_dir(run)) or "failed"
+            error = error or last_error(self.run_dir(run)) or "failed"
             failed[run.id] = error
             if reported.get(run.id) != "failed":
                 self.emit("sweep_run_failed", run=run.id, point=run.point.id, seed=run.seed, error=error)
@@ -417,7 +326,7 @@ class SweepRunner:
         executor whose jobs share this machine several at once (`processes`), when the sweep already
         trained every stage the runs share (E, the attacks' priors), so each run only loads them. Elsewhere one job per run (a Slurm task or Ray
         job per run; a run that trains its own E keeps it in one process)."""
-        declared = capabilities_of(self.executor, "executor")
+        declared = self._executor_capabilities()
         if not (declared.shares_machine and (declared.workers or 1) > 1) or not self.sweep.spec.share_stages:
             return False
         for run, _ in pending:
@@ -440,14 +349,18 @@ class SweepRunner:
         train and evaluate its variants exactly as a single run's variant workers do (same job,
         same threads), and this process writes results.json and report.md once all are in."""
         errors: dict[str, str | None] = {}
-        opened: dict[str, _ParentRun] = {}
+        opened: dict[str, ParentRun] = {}
         jobs, owners = [], []
         try:
             for run, resume in pending:
                 try:
-                    parent = _ParentRun.open(self, run, resume)
+                    options = self.options
+                    parent = ParentRun.open(RunOptions(
+                        recipe=self.sweep.recipe_path, run_dir=self.run_dir(run), overrides=list(run.overrides),
+                        resume=resume, cache_dir=options.cache_dir, plugins_dir=options.plugins_dir, workers=1),
+                        self.registry)
                 except Exception as exc:  # one broken run does not stop the others
-                    errors[run.id] = _describe(exc)
+                    errors[run.id] = describe(exc)
                     continue
                 opened[run.id] = parent
                 run_ctx = parent.ctx
@@ -494,12 +407,12 @@ class SweepRunner:
                 return
             self.emit("sweep_run_started", run=run.id, point=run.point.id, seed=run.seed)
             reported[run.id] = state = "started"
-        types = _tail_types(run_dir / EVENTS_FILE)
+        types = tail_types(run_dir / EVENTS_FILE)
         if "run_finished" in types:
             self.emit("sweep_run_finished", run=run.id, point=run.point.id, seed=run.seed)
             reported[run.id] = "finished"
         elif "run_failed" in types:
-            error = _last_error(run_dir) or "failed"
+            error = last_error(run_dir) or "failed"
             self.emit("sweep_run_failed", run=run.id, point=run.point.id, seed=run.seed, error=error)
             reported[run.id] = "failed"
 
@@ -530,75 +443,6 @@ class SweepRunner:
         write_report(self.sweep_dir, data, header, failed)
         write_pareto(self.sweep_dir, data, spec.pareto.x, spec.pareto.y)
         return SweepResult(self.sweep_dir, data, finished, failed, skipped)
-
-
-def _describe(exc: BaseException) -> str:
-    return str(exc) if isinstance(exc, WorkbenchError) else f"{type(exc).__name__}: {exc}"
-
-
-class _ParentRun:
-    """A run whose directory this (sweep) process owns while executor workers run its variants:
-    the beginning and the end of a run (`workbench.running.runner`'s lifecycle) here, the variant
-    jobs elsewhere."""
-
-    def __init__(self, ctx: RunContext, started: float):
-        self.ctx = ctx
-        self.started = started
-        self.offset = 0
-        self.evaluation_figures: dict[str, Any] | None = None
-
-    @classmethod
-    def open(cls, sweep: SweepRunner, run: PlannedRun, resume: bool) -> _ParentRun:
-        from workbench.running import runner, stages
-
-        options = sweep.options
-        ctx = runner.start_run(runner.RunOptions(recipe=sweep.sweep.recipe_path, run_dir=sweep.run_dir(run),
-                                                 overrides=list(run.overrides), resume=resume,
-                                                 cache_dir=options.cache_dir, plugins_dir=options.plugins_dir,
-                                                 workers=1), registry=sweep.registry)
-        parent = cls(ctx, runner.announce_start(ctx))
-        try:  # data, E, priors: loaded from the cache the sweep filled
-            shared = stages.prepare_shared_stages(stages.with_data(ctx))
-        except KeyboardInterrupt:
-            parent.interrupted()
-            raise
-        except Exception as exc:
-            parent.fail(_describe(exc))
-            raise
-        # Only E's figures are needed here again (results.json); the workers load their own copies.
-        parent.evaluation_figures = shared.evaluation_figures
-        parent.offset = ctx.events.path.stat().st_size
-        return parent
-
-    def relay(self) -> None:
-        """The workers' events of this run to its listeners (event sinks), as a single run relays them."""
-        self.offset = relay_events(self.ctx.events, self.offset)
-
-    def complete(self) -> bool:
-        return all(read_variant_results(self.ctx.variant_dir(v)) is not None for v in self.ctx.recipe.variants)
-
-    def finish(self) -> str | None:
-        """results.json, report.md and run_finished, as a run ends; the error when that fails."""
-        from workbench.running import runner, stages
-        from workbench.running.context import SharedStages
-
-        try:
-            results = stages.collect_results(self.ctx, SharedStages(evaluation_figures=self.evaluation_figures))
-            stages.write_report(self.ctx, results)
-        except Exception as exc:
-            return self.fail(_describe(exc))
-        runner.announce_finish(self.ctx, self.started)
-        return None
-
-    def fail(self, error: str) -> str:
-        from workbench.running.runner import announce_failure
-
-        return announce_failure(self.ctx, error)
-
-    def interrupted(self) -> None:
-        from workbench.running.runner import announce_interrupt
-
-        announce_interrupt(self.ctx)
 
 
 def run_sweep(options: SweepOptions, listeners: list | None = None) -> SweepResult:
