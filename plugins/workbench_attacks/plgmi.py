@@ -244,8 +244,10 @@ def _levels(image_size: int) -> int:
 
 class ConditionalGenerator(nn.Module):
     """(z, y) -> images in [0, 1]: Linear to 4×4, then per level CondBN → ReLU → ×2 → Conv3×3,
-    then CondBN → ReLU → Conv3×3 → sigmoid (spec B2.5; the reference's ResNet blocks and tanh
-    are a CelebA-size design)."""
+    then CondBN → ReLU → Conv3×3 → sigmoid (spec B2.5). It follows the design of the reference's
+    `ResNetGenerator` (PLG `models/generators/resnet64.py`: class-conditional BatchNorm, bilinear
+    ×2 up-sampling per level, `resblocks.py:9-11`) but not its layers: no residual blocks, no
+    tanh, so no layer-for-layer check exists for it (a deviation, docs/attacks.md)."""
 
     def __init__(self, z_dim: int, num_classes: int, in_channels: int, image_size: int, width: int):
         super().__init__()

@@ -79,9 +79,11 @@ class PPAParams(GANBudget):
     cache writes them). Its latent size and width are `z_dim` and `gan_width`; a file that does
     not fit is one clear error. Never downloaded, never a pickle."""
     generator_architecture: Literal["dcgan"] = "dcgan"
-    """Network the file's weights are loaded into: `dcgan` = the workbench's DCGAN-style
-    generator (`workbench_attacks.networks.Generator`: z [n, z_dim] -> images in [0, 1] at the
-    data's size), the architecture of GMI's and KED-MI's priors. The only one the workbench has."""
+    """Network the file's weights are loaded into: `dcgan` = GMI's generator
+    (`workbench_attacks.networks.Generator`: z [n, z_dim] -> images in [0, 1] at the data's size;
+    DefendMI `GMI/generator.py` layer for layer at 64 px RGB / 32 px grey, checked in
+    `tests/test_attack_reference_networks.py`), the prior of GMI and KED-MI. The only one the
+    workbench has; PPA's own is StyleGAN2-ADA, which it has not."""
     prior_seed: int | None = None
     """Seed of GMI's prior when `generator = "gmi"` (unset = the run's seed), as GMI's own
     `prior_seed`: the same value shares one cached prior with `gmi`."""
