@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from workbench.cli import main
-from workbench.storage.cache import StageCache, code_fingerprint, source_fingerprint, stage_key
+from workbench.storage.cache import StageCache, code_fingerprint, stage_key
+from workbench.storage.fingerprints import source_fingerprint
 
 KEY = {"backbone": {"use": "scnn", "width": 16}, "seed": 0, "data": {"use": "digits"}}
 
