@@ -637,10 +637,7 @@ def test_cli_user_errors_are_one_line(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_sweep_sink_reaches_every_run_with_its_grid_point(tmp_path, monkeypatch, capsys):
-    from workbench.storage.sinks import SINKS_ENV
-
     monkeypatch.setenv("WORKBENCH_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv(SINKS_ENV, "")  # restored after the test: the CLI sets it for the sweep's runs
     recipe = tmp_path / "r.toml"
     recipe.write_text(TWO_EPOCHS)
     code, _, err = invoke(
@@ -696,3 +693,25 @@ def test_replay_reports_a_failing_sink_as_an_error(tmp_path):
         writer.emit("epoch", stage="train", variant="none", epoch=1, epochs=1, metrics={"loss": 1.0})
     with pytest.raises(WorkbenchError, match="event sink 'broken' failed: RuntimeError: disk full$"):
         replay(tmp_path, [("broken", Broken(NoParams()))])
+
+
+def test_a_sweeps_sinks_travel_in_its_run_jobs_not_the_environment(tmp_path, monkeypatch):
+    """A sweep's `--sink` reaches a run job wherever an executor runs it: in the job's options (a
+    Slurm task or Ray worker does not share this process's environment), never through os.environ."""
+    import os
+
+    from workbench.api import Job
+    from workbench.running.jobs import execute
+
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(TWO_EPOCHS)
+
+    def ours() -> dict[str, str]:  # torch and TensorBoard set variables of their own on import
+        return {k: v for k, v in os.environ.items() if k.startswith("WORKBENCH")}
+
+    before = ours()
+    job = Job(kind="run", run_dir=str(tmp_path / "run"), cache_dir=str(tmp_path / "cache"), threads=1,
+              options={"recipe": str(recipe), "overrides": [], "sinks": ["tensorboard"]})
+    assert execute(job) == str(tmp_path / "run")
+    assert tb_hparams(tmp_path / "run" / "tensorboard")["none"]  # the sink wrote the run's hparams
+    assert ours() == before

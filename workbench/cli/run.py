@@ -57,10 +57,10 @@ def run(
 
         StageCache(cache_dir)  # a --cache-dir that is a file: one line before any run directory is made
     if seeds is not None:
-        from workbench.cli.sweep import run_seeds, sinks_for_every_run
+        from workbench.cli.sweep import check_sinks, run_seeds
 
-        sinks_for_every_run(registry(ctx), sink)
-        run_seeds(ctx, recipe, seeds, run_dir, set_ or [], resume, force, cache_dir, quiet)
+        check_sinks(registry(ctx), sink)
+        run_seeds(ctx, recipe, seeds, run_dir, set_ or [], resume, force, cache_dir, quiet, sink or [])
         return
     reg = registry(ctx)  # surfaces plugin warnings before the run starts
     for name in sink or []:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -33,25 +32,22 @@ def sweep(
     """Run a recipe over seeds and a grid of values on an executor; aggregate with 95 % CIs."""
     from workbench.sweeps import SweepOptions
 
-    sinks_for_every_run(registry(ctx), sink)
+    check_sinks(registry(ctx), sink)
     options = SweepOptions(sweep=sweep_file, sweep_dir=sweep_dir, overrides=set_ or [], executor=executor,
-                           resume=resume, force=force, cache_dir=cache_dir, plugins_dir=cli_state(ctx).plugins_dir)
+                           resume=resume, force=force, cache_dir=cache_dir, plugins_dir=cli_state(ctx).plugins_dir,
+                           sinks=list(dict.fromkeys(sink or [])))
     _sweep(options, quiet)
 
 
-def sinks_for_every_run(reg, names: list[str] | None) -> None:
-    """`--sink` of a sweep: every run of it, in whatever process or host its executor runs it, gets
-    these sinks (through $WORKBENCH_SINKS, which the executors' processes inherit)."""
-    from workbench.storage.sinks import SINKS_ENV
-
+def check_sinks(reg, names: list[str] | None) -> None:
+    """`--sink` names: a misspelt one is an error before anything is written. A sweep hands them to
+    every run (`SweepOptions.sinks`, in the jobs' options), in whatever process or host it runs."""
     for name in names or []:
-        reg.get("event_sink", name)  # a misspelt --sink is an error before anything is written
-    if names:
-        os.environ[SINKS_ENV] = ",".join(dict.fromkeys(names))
+        reg.get("event_sink", name)
 
 
 def run_seeds(ctx: typer.Context, recipe: Path, seeds: str, run_dir: Path | None, overrides: list[str],
-              resume: bool, force: bool, cache_dir: Path | None, quiet: bool) -> None:
+              resume: bool, force: bool, cache_dir: Path | None, quiet: bool, sinks: list[str]) -> None:
     """`workbench run RECIPE --seeds 0-4`: a seeds-only sweep of the recipe (processes executor)."""
     from workbench.errors import RecipeError
     from workbench.sweeps import SweepOptions
@@ -64,7 +60,7 @@ def run_seeds(ctx: typer.Context, recipe: Path, seeds: str, run_dir: Path | None
         print_recipe_error(exc)
         raise typer.Exit(2) from None
     options = SweepOptions(sweep=recipe, sweep_dir=run_dir, resume=resume, force=force, cache_dir=cache_dir,
-                           plugins_dir=cli_state(ctx).plugins_dir)
+                           plugins_dir=cli_state(ctx).plugins_dir, sinks=list(dict.fromkeys(sinks)))
     _sweep(options, quiet, sweep_spec)
 
 

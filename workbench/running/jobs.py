@@ -44,7 +44,8 @@ def execute(job: Job) -> Any:
         options = runner.RunOptions(recipe=Path(job.options["recipe"]), run_dir=Path(job.run_dir),
                                     overrides=list(job.options.get("overrides", [])),
                                     resume=bool(job.options.get("resume")), force=bool(job.options.get("force")),
-                                    cache_dir=cache_dir, plugins_dir=plugins_dir, workers=job.options.get("workers", 1))
+                                    cache_dir=cache_dir, plugins_dir=plugins_dir, workers=job.options.get("workers", 1),
+                                    sinks=list(job.options.get("sinks", [])))
         if distributed.launched_world_size() > 1:
             distributed.setup()
             ctx, _ = runner.run_on_every_rank(options)

@@ -31,7 +31,6 @@ from workbench.components.params import ComponentTable
 from workbench.errors import WorkbenchError
 from workbench.storage.events import TERMINAL_EVENTS, read_events
 
-SINKS_ENV = "WORKBENCH_SINKS"
 """Comma-separated sink names added to every run this process and the processes it starts run: how
 `workbench sweep --sink NAME` reaches the runs of a sweep, on whatever executor runs them."""
 TIMEOUT_ENV = "WORKBENCH_SINK_TIMEOUT"
@@ -212,10 +211,9 @@ def attach_sinks(
     run_dir: Path,
     resolved: dict[str, Any],
 ) -> EventSinks | None:
-    """Open the recipe's sinks, those named by `--sink` and those in $WORKBENCH_SINKS as listeners of
+    """Open the recipe's sinks and those named by `--sink` (a run's, or its sweep's) as listeners of
     the run's `EventWriter` (None if there are none)."""
-    from_env = [n.strip() for n in os.environ.get(SINKS_ENV, "").split(",") if n.strip()]
-    tables = sink_tables(recipe_sinks, [*names, *from_env])
+    tables = sink_tables(recipe_sinks, list(names))
     if not tables:
         return None
     early: list[str] = []

@@ -78,6 +78,8 @@ class SweepOptions:
     force: bool = False
     cache_dir: Path | None = None
     plugins_dir: Path | None = None
+    sinks: list[str] = field(default_factory=list)
+    """Event sinks by name (`--sink`) for every run of the sweep, wherever its executor runs it."""
 
 
 @dataclass
@@ -299,7 +301,7 @@ class SweepRunner:
         else:
             jobs = [self._job("run", self.run_dir(run), options={
                 "recipe": str(self.sweep.recipe_path), "overrides": run.overrides, "resume": resume, "force": False,
-                "workers": 1}) for run, resume in pending]
+                "workers": 1, "sinks": list(self.options.sinks)}) for run, resume in pending]
             outcomes = self.executor.run(jobs, poll)
             errors = {run.id: None if outcome.ok else outcome.error or ""
                       for (run, _), outcome in zip(pending, outcomes, strict=True)}
@@ -357,7 +359,8 @@ class SweepRunner:
                     options = self.options
                     parent = ParentRun.open(RunOptions(
                         recipe=self.sweep.recipe_path, run_dir=self.run_dir(run), overrides=list(run.overrides),
-                        resume=resume, cache_dir=options.cache_dir, plugins_dir=options.plugins_dir, workers=1),
+                        resume=resume, cache_dir=options.cache_dir, plugins_dir=options.plugins_dir, workers=1,
+                        sinks=list(options.sinks)),
                         self.registry)
                 except Exception as exc:  # one broken run does not stop the others
                     errors[run.id] = describe(exc)
