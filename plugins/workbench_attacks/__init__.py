@@ -1,6 +1,6 @@
 """Built-in workbench plugin: model-inversion attacks and the privacy metrics that judge them.
 
-Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`, `lomma-gmi`, `lomma-kedmi`, `plg-mi`, `vmi`, `ppa`. Privacy metrics (kind `metric`, section
+Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`, `lomma-gmi`, `lomma-kedmi`, `plg-mi`, `vmi`, `ppa`, `if-gmi`, `deepinversion`, `mirror-b`. Privacy metrics (kind `metric`, section
 `attacks`): `attack-accuracy`, `knn-dist`, `fid` (in E's feature space), `fid-inception`; judged by every
 evaluator of the run: `agreed-accuracy`, `nearest-neighbour`, `prdc` (`evaluators_metrics`).
 The metric math is in `workbench_attacks.privacy` as pure functions.
@@ -9,6 +9,8 @@ The metric math is in `workbench_attacks.privacy` as pure functions.
 from __future__ import annotations
 
 from workbench.api import NoParams, hookimpl
+from workbench_attacks.brepmi import BREPMI, BREPMIParams
+from workbench_attacks.deepinversion import DeepInversion, DeepInversionParams
 from workbench_attacks.evaluators_metrics import (
     PRDC,
     AgreedAccuracy,
@@ -17,9 +19,11 @@ from workbench_attacks.evaluators_metrics import (
     PRDCParams,
 )
 from workbench_attacks.gmi import GMI, GMIParams
+from workbench_attacks.ifgmi import IFGMI, IFGMIParams
 from workbench_attacks.kedmi import KEDMI, KEDMIParams
 from workbench_attacks.lomma import LOMMAGMI, LOMMAKEDMI, LOMMAGMIParams, LOMMAKEDMIParams
 from workbench_attacks.miface import MIFace, MIFaceParams
+from workbench_attacks.mirror import MirrorB, MirrorBParams
 from workbench_attacks.plgmi import PLGMI, PLGMIParams
 from workbench_attacks.ppa import PPA, PPAParams
 from workbench_attacks.privacy import (
@@ -76,6 +80,30 @@ def register_attacks(register):
         PPA,
         params=PPAParams,
         summary="PPA: candidates by target confidence, Poincaré loss on augmented views, selection over transforms (Struppek et al. 2022).",
+    )
+    register(
+        "if-gmi",
+        IFGMI,
+        params=IFGMIParams,
+        summary="IF-GMI: PPA's candidates, then the generator's intermediate features optimised stage by stage in L1 balls (Qiu et al. 2024).",
+    )
+    register(
+        "deepinversion",
+        DeepInversion,
+        params=DeepInversionParams,
+        summary="DeepInversion: images optimised to match the target's BatchNorm statistics, no public data (Yin et al. 2020).",
+    )
+    register(
+        "mirror-b",
+        MirrorB,
+        params=MirrorBParams,
+        summary="Mirror (black-box): a genetic search over the GAN's latents scored by the target's confidence (An et al. 2022).",
+    )
+    register(
+        "brep-mi",
+        BREPMI,
+        params=BREPMIParams,
+        summary="BREP-MI (label-only): boundary repulsion on spheres in GMI's latent space, top-1 labels only (Kahla et al. 2022).",
     )
     register(
         "vmi",
