@@ -134,7 +134,8 @@ def reconstruction_pictures(run_dir: Path, results: dict[str, Any]) -> list[Pict
 def _grid_title(grid: Path) -> str:
     """`none: gmi reconstructions`; another picture of the attack (`gmi.nearest.png`) names its kind."""
     attack, _, kind = grid.stem.partition(".")
-    what = f"{attack}, {kind.replace('-', ' ')}" if kind else f"{attack} reconstructions"
+    kinds = {"nearest": "each reconstruction beside its nearest private and public image"}
+    what = f"{attack}, {kinds.get(kind, kind.replace('-', ' '))}" if kind else f"{attack} reconstructions"
     return f"{grid.parent.parent.name}: {what}"
 
 
