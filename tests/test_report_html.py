@@ -238,6 +238,7 @@ def test_a_one_seed_sweep_says_it_has_no_interval(tmp_path):
     (12.345, 3.1, "12 ± 3"),
     (0.4889, None, "0.489"),  # no spread: three decimals for a fraction
     (49.4138, None, "49.41"),  # four significant digits otherwise
+    (12000.0, None, "12000"),  # a count (an attack's queries): whole
     (0.5, 0.0, "0.500 ± 0"),
     (None, None, "–"),
 ])

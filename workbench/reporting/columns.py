@@ -139,7 +139,7 @@ def rounded(value: float | None, spread: float | None = None, compact: bool = Fa
     decimals = spread_decimals(spread)
     joiner = "±" if compact else " ± "
     if decimals is None:
-        text = f"{value:.3f}" if abs(value) < 10 else f"{value:.4g}"
+        text = f"{value:.3f}" if abs(value) < 10 else f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
         return text + (f"{joiner}0" if spread == 0 else "")
     return f"{value:.{decimals}f}{joiner}{spread:.{decimals}f}"
 
