@@ -94,6 +94,7 @@ class DeepInversionParams(StrictModel):
     """Which iterate is the result: `best` = after the step with the lowest total loss, as the
     reference (`deepinversion.py:355-357`); `last` = the final one."""
     init_mean: float = 0.5
+    """Mean of the start, in [0, 1] pixels (see `init_std`)."""
     init_std: float = Field(0.2, gt=0)
     """The start x ~ N(init_mean, init_std²) in [0, 1] pixel space (reference N(0, 1) in
     ImageNet-normalised space, `deepinversion.py:204-208`, which [0, 1] pixels cannot hold; spec B7).
