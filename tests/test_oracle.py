@@ -185,3 +185,16 @@ def test_query_budget_is_a_bounded_optional_param():
     assert _Params().query_budget is None
     with pytest.raises(ValueError, match="from 1"):
         _Params(query_budget=0)
+
+
+def test_queries_are_a_column_of_every_table_beside_the_attacks_headline():
+    from workbench.reporting.columns import headline_columns, results_columns
+    from workbench.sweeps.aggregate import headline_figures
+
+    variants = [{"name": "none", "attacks": {"brep-mi": {"top1": 0.4, "queries": 123_456}, "gmi": {"top1": 0.5}}}]
+    for columns in (headline_columns(variants), results_columns(variants)):
+        keys = [c.key for c in columns if c.section == "attacks"]
+        assert keys.index("brep-mi.queries") == keys.index("brep-mi.top1") + 1 and "gmi.queries" not in keys
+    sweep = {"points": [{"variants": [{"figures": {"attacks.brep-mi.top1": {}, "attacks.brep-mi.queries": {},
+                                                   "attacks.gmi.top1": {}}}]}]}
+    assert headline_figures(sweep) == ["attacks.brep-mi.top1", "attacks.brep-mi.queries", "attacks.gmi.top1"]

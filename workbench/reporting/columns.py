@@ -28,6 +28,8 @@ KNOWN: dict[str, tuple[str, bool]] = {
     "aupr_in": ("AUPR-In", True),
     "epsilon": ("DP ε", False),
     "trap_accuracy": ("trapdoor acc", None),
+    # Images a black-box or label-only attack sent to the target (its oracle's count; the threat model's cost).
+    "queries": ("queries", None),
 }
 OOD_COLUMNS = ("fpr95", "auroc", "aupr_in")
 
@@ -101,7 +103,8 @@ models, else E's top-1."""
 
 def headline_columns(variants: list[dict[str, Any]]) -> list[Column]:
     """The few columns a reader looks at first: test accuracy, each attack's headline top-1 (with its
-    spread over restarts where recorded), mean OOD FPR95 and AUROC, and a defense's privacy budget.
+    spread over restarts where recorded) and, for a black-box or label-only attack, its queries, mean
+    OOD FPR95 and AUROC, and a defense's privacy budget.
     `results_columns` has every figure; this is its compact head (report.md, report.html, the TUI)."""
     columns = [_column("utility", "test_accuracy")]
     attacks = sorted({a for v in variants for a in (v.get("attacks") or {}) if isinstance(v.get("attacks"), dict)})
@@ -115,6 +118,7 @@ def headline_columns(variants: list[dict[str, Any]]) -> list[Column]:
         column = _column("attacks", f"{attack}.{key}", f"{attack} ")
         columns.append(Column(column.section, column.key, column.title, column.higher,
                               spread if has_spread else None))
+        columns.append(_column("attacks", f"{attack}.queries", f"{attack} "))  # black-box / label-only only
     columns += [_column("ood", f"mean.{k}", "OOD ") for k in ("fpr95", "auroc")]
     columns += [_column("defense", "epsilon")]
     return [c for c in columns if any(figure(v, c.section, c.key) is not None for v in variants)]

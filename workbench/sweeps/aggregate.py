@@ -108,7 +108,8 @@ def _clean(value: Any) -> Any:
 
 
 def headline_figures(data: dict[str, Any]) -> list[str]:
-    """The report's columns: test accuracy, each attack's top-1, mean FPR95 and AUROC (those present)."""
+    """The report's columns: test accuracy, each attack's top-1 (and queries, where it counts them), mean
+    FPR95 and AUROC (those present)."""
     present: dict[str, None] = {}
     for point in data["points"]:
         for variant in point["variants"]:
@@ -117,6 +118,8 @@ def headline_figures(data: dict[str, Any]) -> list[str]:
                       and f.rsplit(".", 1)[1] in HEADLINE_ATTACK_KEYS})
     # An attack's headline: the evaluators' agreed top-1 where the runs have several evaluators, else top-1.
     headline = [next(f for k in HEADLINE_ATTACK_KEYS if (f := f"attacks.{a}.{k}") in present) for a in attacks]
+    # A black-box or label-only attack's queries (its oracle's count) beside its headline.
+    headline = [f for h in headline for f in (h, h.rsplit(".", 1)[0] + ".queries")]
     wanted = ["utility.test_accuracy", *headline, "ood.mean.fpr95", "ood.mean.auroc"]
     return [f for f in wanted if f in present]
 
