@@ -337,7 +337,7 @@ def check_outcome(code: int, err: str, *, files: list[str] | None = None, many: 
     if code == 0:
         return
     assert lines, f"exit {code} without a word"
-    if "Usage:" in err:  # the command line itself is wrong: Click's usage box, with its error line
+    if "Usage:" in err or "─ Error ─" in err:  # the command line itself is wrong: Click's usage/error box
         assert code == 2 and "Error" in err, err
         return
     if files:
