@@ -1,4 +1,5 @@
 import os
+import shutil
 
 import pytest
 import torch
@@ -31,3 +32,35 @@ def _restore_cli_environment():
             os.environ.pop(name, None)
         else:
             os.environ[name] = value
+
+
+# Stages that several slow end-to-end tests train identically (the digits recipe's target and E, and
+# the GAN priors built on them): a test that asks for `shared_trained_stages` starts with the entries
+# earlier such tests trained and hands its own on. An entry is found only under its full key (config,
+# seed, code, thread count, ...), so a test gets exactly what it would have trained; the stages it
+# asserts on as trained (an attack's own per-target GAN, its reconstructions) are not in this list.
+_SHARED_STAGE_FOLDERS = ("target", "evaluation-model", "gmi-gan")
+
+
+@pytest.fixture(scope="session")
+def _trained_stage_pool(tmp_path_factory):
+    return tmp_path_factory.mktemp("trained-stages")
+
+
+def _copy_entries(source, destination) -> None:
+    for folder in _SHARED_STAGE_FOLDERS:
+        for entry in sorted((source / folder).glob("*.safetensors")):
+            target = destination / folder / entry.name
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                partial = target.with_name(f".{entry.name}.{os.getpid()}.tmp")  # the cache's temp pattern
+                shutil.copyfile(entry, partial)
+                os.replace(partial, target)  # whole or absent, also with several pytest workers
+
+
+@pytest.fixture
+def shared_trained_stages(isolated_cache, _trained_stage_pool):
+    """The test's isolated stage cache, seeded with the shared stages earlier tests trained."""
+    _copy_entries(_trained_stage_pool, isolated_cache)
+    yield isolated_cache
+    _copy_entries(isolated_cache, _trained_stage_pool)

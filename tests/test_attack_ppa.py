@@ -433,7 +433,7 @@ use = "ppa"
 
 
 @pytest.mark.slow
-def test_ppa_recovers_the_private_digits(run_tiny_recipe):
+def test_ppa_recovers_the_private_digits(run_tiny_recipe, shared_trained_stages):
     # Measured with this recipe: top-1 0.60 selected, 0.47 unselected (seed 0); seeds 1, 2: 0.70 and
     # 0.70 (docs/attacks/ppa.md).
     _, results = run_tiny_recipe(DIGITS_RECIPE, workers=1)

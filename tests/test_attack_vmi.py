@@ -432,7 +432,7 @@ use = "vmi"
 
 
 @pytest.mark.slow
-def test_vmi_recovers_the_private_digits(run_tiny_recipe):
+def test_vmi_recovers_the_private_digits(run_tiny_recipe, shared_trained_stages):
     # Measured with this recipe: top-1 0.635 (seed 0); 0.415 / 0.505 on seeds 1 / 2 (docs/attacks/vmi.md).
     _, results = run_tiny_recipe(DIGITS_RECIPE, workers=1)
     vmi = results["variants"][0]["attacks"]["vmi"]
