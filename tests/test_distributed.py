@@ -329,11 +329,16 @@ def test_world_size_is_read_back_for_runs_list_and_the_live_view(tmp_path):
     assert state.world_size == 1
 
 
+def _check_data_parallel(defense, config: TrainConfig) -> None:
+    """What the trainer checks before it trains data-parallel (on a CPU model)."""
+    from workbench.running.training_parts import DataParallelRanks
+
+    DataParallelRanks().prepare(torch.nn.Linear(1, 1), torch.device("cpu"), config, defense)
+
+
 def test_a_global_batch_that_does_not_divide_over_the_ranks_is_one_line(monkeypatch):
     from workbench.errors import RunError
     from workbench.running import distributed
-    from workbench.running.trainer import _check_data_parallel
-
     monkeypatch.setattr(distributed, "world_size", lambda: 3)
     defense = load_registry().create("defense", "none")
     with pytest.raises(RunError, match=r"target.train.batch_size = 64: the global batch must divide evenly over 3"):
@@ -368,8 +373,6 @@ def test_nproc_with_seeds_is_one_clear_line(monkeypatch, capsys, tmp_path):
 def test_dp_sgd_alone_or_inside_random_erasing_refuses_data_parallel_training(monkeypatch):
     from workbench.errors import RunError
     from workbench.running import distributed
-    from workbench.running.trainer import _check_data_parallel
-
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     registry = load_registry()
     for defense in (registry.create("defense", "dp-sgd"),

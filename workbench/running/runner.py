@@ -31,7 +31,7 @@ from workbench.running.context import NoEvents, RunContext, World
 from workbench.running.device import resolve_device
 from workbench.running.pool import WorkerPool
 from workbench.running.threads import resolve_workers
-from workbench.running.trainer import global_batch_problem
+from workbench.running.training_parts import global_batch_problem
 from workbench.storage.cache import StageCache, default_cache_dir
 from workbench.storage.checkpoint import atomic_write_text
 from workbench.storage.events import EventWriter
