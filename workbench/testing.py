@@ -9,6 +9,9 @@ Use in a plugin package's tests with `pytest_plugins = ["workbench.testing"]` in
 - `run_tiny_recipe`: run a recipe (TOML text) end to end on the embedded data, in seconds; the
   plugins registered with `register_plugin` take part, so a test can `use` its component in a
   recipe without installing the package.
+- `make_attack_context`: the `AttackContext` the harness gives an attack, from its declared
+  `AttackCapabilities.access`: a black-box or label-only attack gets `target = None` and a counted
+  `TargetOracle` (its `query_budget` enforced), so a test runs the attack under its threat model.
 """
 
 from __future__ import annotations
@@ -102,6 +105,23 @@ def run_tiny_recipe(tmp_path, isolated_cache, plugin_manager, monkeypatch):
         return run_recipe(RunOptions(recipe=recipe, run_dir=run_dir, overrides=overrides or [], **options))
 
     return run
+
+
+@pytest.fixture
+def make_attack_context():
+    """`make_attack_context(attack, target, data, seed=0, device="cpu", name=None, **fields)`: the
+    context the harness builds for `attack` (`workbench.running.evaluation.attack_context`)."""
+    import torch
+
+    from workbench.running.evaluation import attack_context
+
+    def make(attack: Any, target: Any, data: Any, *, seed: int = 0, device: str = "cpu", name: str | None = None,
+             **fields: Any):
+        fields.setdefault("evaluation_model", None)
+        return attack_context(name or getattr(attack, "name", type(attack).__name__), attack, target.eval(),
+                              data=data, device=torch.device(device), seed=seed, **fields)
+
+    return make
 
 
 def _has_inline_plugins(manager: PluginManager) -> bool:

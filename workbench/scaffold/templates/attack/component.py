@@ -6,6 +6,12 @@ Like MI-Face without priors: each image starts as seeded noise and moves, by Ada
 a higher target probability of its class, clamped to [0, 1]. An attack with a target-independent
 prior (a GAN on the public data) would also have `prepare(ctx)`, called once per run with
 `ctx.target = None`, and keep the prior in `ctx.cache`.
+
+Every attack declares what it may see of the target (`AttackCapabilities(access=...)`). This one is
+`white-box`: it reads `ctx.target` and back-propagates through it. A `black-box` attack gets
+`ctx.target = None` and only `ctx.oracle.probabilities(x)`; a `label-only` one only
+`ctx.oracle.labels(x)`. The oracle counts every image sent (`queries` in the results) and enforces
+the optional `query_budget` its params get from the `QueryBudget` mixin (docs/plugins.md).
 """
 
 from __future__ import annotations
@@ -13,7 +19,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from workbench.api import AttackContext, AttackResult, StrictModel, hookimpl
+from workbench.api import (
+    AttackCapabilities,
+    AttackContext,
+    AttackResult,
+    StrictModel,
+    hookimpl,
+)
 
 
 class ExampleParams(StrictModel):
@@ -27,6 +39,8 @@ class ExampleParams(StrictModel):
 
 class ExampleAttack:
     """Reconstructions of every private class, `per_class` each."""
+
+    capabilities = AttackCapabilities(access="white-box")  # it back-propagates through ctx.target
 
     def __init__(self, params: ExampleParams):
         self.params = params

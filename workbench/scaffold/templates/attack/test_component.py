@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from workbench.api import AttackContext
 
 import __MODULE__
 
@@ -34,14 +33,14 @@ def trained_target(registry, data):
     return model.eval()
 
 
-def test_reconstructions_raise_the_targets_confidence(make_registry):
+def test_reconstructions_raise_the_targets_confidence(make_registry, make_attack_context):
     registry = make_registry()
     data = registry.create("dataset", "digits", image_size=16).load(seed=0)
     target = trained_target(registry, data)
     attack = registry.create("attack", "__NAME__", steps=50, per_class=3)
     events = []
-    ctx = AttackContext(target=target, data=data, evaluation_model=None, device=torch.device("cpu"), seed=0,
-                        emit=lambda kind, **fields: events.append(kind))
+    # The context the harness builds from the attack's declared access (a white-box attack gets the module).
+    ctx = make_attack_context(attack, target, data, emit=lambda kind, **fields: events.append(kind))
     result = attack.run(ctx)
 
     assert result.images.shape == (5 * 3, 1, 16, 16)  # 3 per private digit, shaped like the data
