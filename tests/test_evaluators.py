@@ -15,7 +15,7 @@ from torch.utils.data import TensorDataset
 
 from workbench.components.protocols import AttackResult, DataSplits, EvalContext
 from workbench.errors import RecipeError
-from workbench.reporting.plots import GROUP_GAP
+from workbench.reporting.grids import GROUP_GAP
 from workbench.running.evaluators import GRID_COLUMNS, nearest_grid, nearest_indices
 from workbench.testing import TINY_RECIPE
 from workbench_attacks.evaluators_metrics import (

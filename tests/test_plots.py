@@ -10,17 +10,10 @@ import torch
 from PIL import Image
 
 from workbench.errors import WorkbenchError
-from workbench.reporting.plots import (
-    GROUP_GAP,
-    PALETTE,
-    histogram,
-    image_grid,
-    line_chart,
-    nice_ticks,
-    reconstruction_grid,
-    save_png,
-    scatter,
-)
+from workbench.reporting.drawing import PALETTE, nice_ticks, save_png
+from workbench.reporting.grids import GROUP_GAP, image_grid, reconstruction_grid
+from workbench.reporting.plots import histogram, line_chart, scatter
+from workbench.storage.files import StorageError
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
@@ -289,8 +282,9 @@ def test_save_png_failure_keeps_the_old_file_and_leaves_no_temp(tmp_path):
             stream.write(b"partial")
             raise OSError("disk full")
 
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StorageError) as caught:  # one line naming the file, the reason kept
         save_png(Broken(), target)
+    assert str(caught.value).startswith(f"{target}: cannot write") and "\n" not in str(caught.value)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.png"]
 

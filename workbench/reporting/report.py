@@ -19,7 +19,8 @@ from workbench.reporting.columns import (
     headline_columns,
     results_columns,
 )
-from workbench.reporting.plots import line_chart, save_png, scatter
+from workbench.reporting.drawing import save_png
+from workbench.reporting.plots import line_chart, scatter
 from workbench.reporting.verdicts import run_verdicts, seed_note
 from workbench.storage.checkpoint import atomic_write_text
 from workbench.storage.events import EVENTS_FILE, read_events

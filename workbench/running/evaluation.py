@@ -22,8 +22,9 @@ from workbench.components.protocols import AttackContext, AttackResult, DataSpli
 from workbench.components.registry import Registry
 from workbench.errors import WorkbenchError
 from workbench.recipe.schema import Recipe
-from workbench.reporting.plots import histogram, save_png
-from workbench.reporting.plots import reconstruction_grid as labelled_grid
+from workbench.reporting.drawing import save_png
+from workbench.reporting.grids import reconstruction_grid as labelled_grid
+from workbench.reporting.plots import histogram
 from workbench.running import distributed, seeds
 from workbench.running.batches import iterate_batches
 from workbench.running.device import autocast
@@ -301,7 +302,7 @@ def attack_context(name: str, attack: Any, target: nn.Module, *, data: DataSplit
 
 def reconstruction_grid(result: AttackResult, data: DataSplits, per_class: int = 8, private: int = 4):
     """One row per attacked class: private training examples, then reconstructions by restart
-    (`workbench.reporting.plots.reconstruction_grid` lays it out and labels it)."""
+    (`workbench.reporting.grids.reconstruction_grid` lays it out and labels it)."""
     train_x, train_y = _collect_labelled(data.train)
     return labelled_grid(train_x, train_y, result.images, result.targets, result.restarts, data.class_names,
                          per_class=per_class, private=private)

@@ -24,7 +24,8 @@ from torch.utils.data import Dataset
 from workbench.components.protocols import AttackResult, DataSplits, EvalContext
 from workbench.components.registry import Registry
 from workbench.recipe.schema import Recipe
-from workbench.reporting.plots import image_grid, save_png
+from workbench.reporting.drawing import save_png
+from workbench.reporting.grids import image_grid
 from workbench.running.batches import iterate_batches
 from workbench.running.evaluation import evaluation_model
 from workbench.storage.cache import StageCache

@@ -315,16 +315,16 @@ def default_privacy_figure(data: dict[str, Any]) -> str | None:
 def pareto_plot(data: dict[str, Any], x_figure: str = "utility.test_accuracy", y_figure: str | None = None):
     """Privacy (y, lower is better) against utility (x): one marker per variant and grid point with
     95 % CI error bars both ways, coloured by variant, and the Pareto front as a dashed line."""
-    from workbench.reporting.plots import (
+    from workbench.reporting.drawing import (
         BLACK,
         DEFAULT_SIZE,
         PALETTE,
-        _Axes,
-        _draw_text,
-        _padded_range,
-        _text_size,
-        label_boxes,
+        Axes,
+        draw_text,
+        padded_range,
+        text_size,
     )
+    from workbench.reporting.plots import label_boxes
 
     y_figure = y_figure or default_privacy_figure(data)
     marks = []  # (label, variant, x, y, (xlo, xhi), (ylo, yhi))
@@ -345,8 +345,8 @@ def pareto_plot(data: dict[str, Any], x_figure: str = "utility.test_accuracy", y
         merged.setdefault(key, []).append(mark)
     marks = [group[0] if len(group) == 1 else (group[0][1], *group[0][1:]) for group in merged.values()]
     title = f"{figure_title(y_figure) if y_figure else 'attack top-1'} against {figure_title(x_figure)} (95 % CI)"
-    axes = _Axes(DEFAULT_SIZE, _padded_range([v for m in marks for v in m[4]], 0.1),
-                 _padded_range([v for m in marks for v in m[5]], 0.1), title,
+    axes = Axes(DEFAULT_SIZE, padded_range([v for m in marks for v in m[4]], 0.1),
+                 padded_range([v for m in marks for v in m[5]], 0.1), title,
                  f"{figure_title(x_figure)} (higher is better)", f"{figure_title(y_figure) if y_figure else ''} "
                  "(lower is better)")
     if not marks:
@@ -375,16 +375,16 @@ def pareto_plot(data: dict[str, Any], x_figure: str = "utility.test_accuracy", y
             axes.draw.line([(cx - 3, ey), (cx + 3, ey)], fill=colour)
         axes.draw.ellipse([cx - 4.5, cy - 4.5, cx + 4.5, cy + 4.5], fill=colour, outline=BLACK)
         anchors.append((cx, cy, cx > axes.left + 2 * (axes.right - axes.left) / 3))
-        sizes.append(_text_size(axes.draw, label, axes.font))
+        sizes.append(text_size(axes.draw, label, axes.font))
     if len(marks) <= 24:  # beyond that, labels only clutter: the legend names the colours
         for (label, *_), box in zip(marks, label_boxes(anchors, sizes), strict=True):
-            _draw_text(axes.draw, (box[0], box[1]), label, axes.font, BLACK, "lt")
+            draw_text(axes.draw, (box[0], box[1]), label, axes.font, BLACK, "lt")
     axes.legend([*colours.items(), ("Pareto front", (90, 90, 90))])
     axes.image.info.update(front=[marks[i][0] for i in front])
     return axes.image
 
 
 def write_pareto(sweep_dir: Path, data: dict[str, Any], x: str, y: str | None) -> Path:
-    from workbench.reporting.plots import save_png
+    from workbench.reporting.drawing import save_png
 
     return save_png(pareto_plot(data, x, y), Path(sweep_dir) / PARETO_FILE)
