@@ -287,3 +287,22 @@ def test_metrics_report_user_errors(registry):
         registry.create("metric", "fid-inception", weights_file="/nowhere/no-such-inception.pt")
     with pytest.raises(WorkbenchError, match="weights_file"):
         registry.create("metric", "fid-inception")
+
+
+def test_prdc_figures_compute_their_distances_in_one_job(monkeypatch):
+    """The prdc package asks scikit-learn for n_jobs=8 (eight threads polling on two cores in the
+    main process, a warning per call in a worker); prdc_figures runs it in one job, same figures."""
+    import sklearn.metrics.pairwise
+    from prdc import compute_prdc
+
+    from workbench_attacks.evaluators_metrics import prdc_figures
+
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(40, 6)), rng.normal(size=(30, 6)) + 0.5
+    expected = {k: float(v) for k, v in compute_prdc(real, fake, 3).items()}
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("a joblib pool was started")
+
+    monkeypatch.setattr(sklearn.metrics.pairwise, "Parallel", no_pool)
+    assert prdc_figures(torch.tensor(real), torch.tensor(fake), 3) == expected

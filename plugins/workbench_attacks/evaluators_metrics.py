@@ -127,10 +127,16 @@ def psnr_ssim(reconstructions: Tensor, references: Tensor) -> tuple[float, float
 
 
 def prdc_figures(real: Tensor, fake: Tensor, nearest_k: int) -> dict[str, float]:
-    """Precision, recall, density, coverage from the `prdc` package (its progress print silenced)."""
+    """Precision, recall, density, coverage from the `prdc` package (its progress print silenced).
+
+    The package asks scikit-learn for its distances with `n_jobs=8`: eight threads on a small
+    matrix in the main process (28 s of joblib polling in a profiled in-process job on 2 cores),
+    and in a worker process a UserWarning per call before it falls back to one. One job here
+    computes them as a worker does, without the warning."""
+    from joblib import parallel_config
     from prdc import compute_prdc
 
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), parallel_config(backend="sequential"):
         values = compute_prdc(
             real_features=real.double().numpy(), fake_features=fake.double().numpy(), nearest_k=nearest_k
         )
