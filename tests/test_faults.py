@@ -376,3 +376,132 @@ def test_disk_full_during_a_run_is_one_line_and_resume_gives_the_same_figures(fi
     code, _, err = invoke(monkeypatch, capsys, "run", "run", "--resume", "--quiet", "--workers", "1")
     assert code == 0, err
     assert figures(json.loads((tmp_path / "run" / "results.json").read_text())) == figures(expected)
+
+
+# ------------------------------------------------------------------ processes killed with SIGKILL
+
+KILL_AT = """
+import os, signal, sys, tempfile
+point = os.environ["WB_KILL_AT"]
+if point == "writing-aggregate":  # SIGKILL with half of aggregate.json in its temp file
+    import workbench.sweeps.aggregate as aggregate
+    real_write = aggregate.atomic_write_text
+    def write(path, text):
+        if path.name == "aggregate.json":
+            handle, temp = tempfile.mkstemp(prefix=".aggregate.json.", suffix=".tmp", dir=path.parent)
+            os.write(handle, text[: len(text) // 2].encode())
+            os.killpg(0, signal.SIGKILL)
+        return real_write(path, text)
+    aggregate.atomic_write_text = write
+elif point == "between-runs":  # SIGKILL right after a run is recorded finished, before the next starts
+    from workbench.storage import events
+    real_emit = events.EventWriter.emit
+    def emit(self, type, **fields):
+        event = real_emit(self, type, **fields)
+        if type == "sweep_run_finished":
+            os.killpg(0, signal.SIGKILL)
+        return event
+    events.EventWriter.emit = emit
+sys.argv = ["workbench", *sys.argv[1:]]
+from workbench.cli import main
+main()
+"""
+
+SWEEP_RECIPE = SHORT
+
+
+@pytest.fixture(scope="module")
+def straight_sweep(tmp_path_factory) -> tuple[Path, Path]:
+    """A two-seed sweep on the `processes` executor that ran straight through: (sweep file, its dir)."""
+    import subprocess
+
+    root = tmp_path_factory.mktemp("sweep")
+    (root / "recipe.toml").write_text(SWEEP_RECIPE)
+    path = root / "sweep.toml"
+    path.write_text('recipe = "recipe.toml"\nseeds = "0-1"\n[executor]\nuse = "processes"\nworkers = 1\n')
+    env = {**os.environ, "WORKBENCH_CACHE_DIR": str(root / "cache")}
+    done = subprocess.run([sys.executable, "-m", "workbench", "sweep", str(path), "--sweep-dir", str(root / "straight"),
+                           "--quiet"], capture_output=True, text=True, env=env, timeout=900)
+    assert done.returncode == 0, done.stderr
+    return path, root / "straight"
+
+
+def _sweep(path: Path, sweep_dir: Path, cache: Path, *extra: str, kill_at: str | None = None):
+    import subprocess
+
+    env = {**os.environ, "WORKBENCH_CACHE_DIR": str(cache), "WB_KILL_AT": kill_at or "none"}
+    return subprocess.Popen([sys.executable, "-c", KILL_AT, "sweep", str(path), "--sweep-dir", str(sweep_dir),
+                             "--quiet", *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["during-a-run", "between-runs", "writing-aggregate"])
+def test_sweep_killed_at_each_point_resumes_to_the_same_aggregate(straight_sweep, tmp_path, point):
+    """SIGKILL of the whole sweep (its workers die with it) during a run, between two runs, and while
+    `aggregate.json` is being written; `--resume` then gives `aggregate.json` byte for byte as the
+    sweep that ran straight through, and never reads the half-written temp file."""
+    import signal
+    import time
+
+    from workbench.storage.events import read_events
+
+    path, straight = straight_sweep
+    killed = tmp_path / "killed"
+    proc = _sweep(path, killed, tmp_path / "cache", kill_at=None if point == "during-a-run" else point)
+    if point == "during-a-run":
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            runs = killed / "runs"
+            if runs.is_dir() and any(e["type"] == "epoch" for r in runs.iterdir() for e in read_events(r)):
+                break
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=900)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "aggregate.json").exists()
+    if point == "writing-aggregate":
+        assert list(killed.glob(".aggregate.json.*.tmp"))  # the half-written temp file the kill left
+    resumed = _sweep(path, killed, tmp_path / "cache", "--resume")
+    _, err = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, err
+    assert (killed / "aggregate.json").read_text() == (straight / "aggregate.json").read_text()
+    if point != "during-a-run":
+        assert any(e["type"] == "sweep_run_skipped" for e in read_events(killed))  # the finished run is kept
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_job_fails_that_run_only_and_resume_completes_it(straight_sweep, tmp_path):
+    """The `processes` executor's worker running seed 0 is killed with SIGKILL mid-training: that run is
+    reported failed (in the events and report.md), seed 1 still finishes, and `--resume` completes the
+    sweep to the straight sweep's aggregate."""
+    import signal
+    import time
+
+    from workbench.storage.events import read_events
+    from workbench.storage.runs import read_run_file
+
+    path, straight = straight_sweep
+    sweep_dir = tmp_path / "sweep"
+    proc = _sweep(path, sweep_dir, tmp_path / "cache")
+    run0 = sweep_dir / "runs" / "base-s0"
+    deadline = time.monotonic() + 600
+    worker = None
+    while time.monotonic() < deadline and proc.poll() is None and worker is None:
+        pid = read_run_file(run0).get("pid")
+        if isinstance(pid, int) and pid != proc.pid and any(e["type"] == "epoch" for e in read_events(run0)):
+            worker = pid
+        time.sleep(0.05)
+    assert worker is not None, "the worker never started training"
+    os.kill(worker, signal.SIGKILL)
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode != 0 and "Traceback" not in err
+    events = list(read_events(sweep_dir))
+    failed = {e["run"]: e["error"] for e in events if e["type"] == "sweep_run_failed"}
+    finished = {e["run"] for e in events if e["type"] == "sweep_run_finished"}
+    assert list(failed) == ["base-s0"] and finished == {"base-s1"}, (failed, finished)
+    assert "base-s0" in (sweep_dir / "report.md").read_text()
+    resumed = _sweep(path, sweep_dir, tmp_path / "cache", "--resume")
+    _, err = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, err
+    assert (sweep_dir / "aggregate.json").read_text() == (straight / "aggregate.json").read_text()
