@@ -197,7 +197,7 @@ def test_two_shards_give_the_unsharded_results_json_figures_exactly(run_tiny_rec
     messages = [e["message"] for e in read_events(sharded_dir) if e["type"] == "log"]
     assert "none: gmi in 2 shard jobs (this process, one after another)" in messages
     # The merged reconstructions replace the shard files.
-    assert sorted(p.name for p in (sharded_dir / "none" / "reconstructions").iterdir()) == ["gmi.png", "gmi.safetensors"]
+    assert sorted(p.name for p in (sharded_dir / "none" / "reconstructions").iterdir()) == ["gmi.nearest.png", "gmi.png", "gmi.safetensors"]
 
 
 @pytest.mark.slow

@@ -157,12 +157,14 @@ class ShardedAttack:
     name: str
     attack: Any
     count: int
+    target: torch.nn.Module | None = None
+    """The trained target (its weights key the shard files; a black-box attack's context has no module)."""
 
     def __call__(self, ctx: AttackContext) -> AttackResult:
         name, count = self.name, self.count
         folder = self.run.run_dir / self.variant
         prepared = self.attack.run(dataclasses.replace(ctx, shard=AttackShard(0, count, search=False)))
-        key = shard_key(self.attack, ctx.oracle.module if ctx.target is None else ctx.target, ctx.seed)
+        key = shard_key(self.attack, self.target if self.target is not None else ctx.target, ctx.seed)
         pending = [k for k in range(count) if load_shard(shard_path(folder, name, k, count), key) is None]
         if len(pending) < count:
             ctx.emit("log", level="info", message=f"{name}: {count - len(pending)} of {count} shards already "
@@ -179,14 +181,15 @@ class ShardedAttack:
         return merged
 
 
-def sharded(pool: WorkerPool, ctx: RunContext, variant: str, name: str, attack: Any) -> ShardedAttack | None:
+def sharded(pool: WorkerPool, ctx: RunContext, variant: str, name: str, attack: Any,
+            target: torch.nn.Module | None = None) -> ShardedAttack | None:
     """The `compute` for `run_attack` when the recipe shards attack `name`, else None; refuses an
     attack that cannot merge shards exactly."""
     count = shard_count(attack)
     if count <= 1:
         return None
     check_shardable(name, attack)
-    return ShardedAttack(pool, ctx, variant, name, attack, count)
+    return ShardedAttack(pool, ctx, variant, name, attack, count, target)
 
 
 # ------------------------------------------------------------------ under torchrun: every rank a part

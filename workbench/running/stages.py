@@ -352,7 +352,7 @@ def _attack(ctx: RunContext, shared: SharedStages, variant: VariantConfig, model
     def emit(type: str, **fields: Any) -> None:
         ctx.emit(type, variant=variant.name, **fields)
 
-    jobs = attack_shards.sharded(pool, ctx, variant.name, name, attack) if pool is not None else None
+    jobs = attack_shards.sharded(pool, ctx, variant.name, name, attack, model) if pool is not None else None
     evaluation = shared.evaluation_model
     together = ctx.world.parallel and capabilities_of(attack, "attack").shards
     known = ctx.world.is_main and attack_shards.reconstructions_known(folder, name, cache, attack, model,
