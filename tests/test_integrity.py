@@ -76,7 +76,7 @@ def test_clean_results_keeps_good_entries_only():
 
 
 def test_tui_results_reader_survives_bad_entries(damaged_runs, tmp_path):
-    from workbench.tui.runs import read_results
+    from workbench.tui.results import read_results
 
     assert [v["name"] for v in read_results(damaged_runs / "wrong-types")] == ["none", "bido-hsic"]
     assert read_results(damaged_runs / "results-a-list") == []
@@ -465,7 +465,7 @@ async def test_tui_runs_and_results_screens_survive_damaged_runs(damaged_runs, t
     from test_tui import make_app, registry, wait_for  # noqa: F401
     from workbench.components.manager import get_plugin_manager
     from workbench.components.registry import Registry
-    from workbench.tui.runs import ResultsScreen
+    from workbench.tui.results import ResultsScreen
 
     app = make_app(damaged_runs, Registry(get_plugin_manager(entrypoints=False)), tmp_path)
     async with app.run_test(size=(160, 50)) as pilot:

@@ -14,7 +14,7 @@ from test_sweep import fake_results
 from test_tui import make_app, plain_text, registry, wait_for  # noqa: F401  (fixtures)
 from workbench.storage.runs import list_runs, summarize
 from workbench.sweeps.aggregate import aggregate, write_aggregate, write_pareto
-from workbench.tui.runs import SweepScreen
+from workbench.tui.results import SweepScreen
 
 T0 = 1_790_000_000.0
 

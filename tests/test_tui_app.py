@@ -22,7 +22,8 @@ from test_tui import (  # noqa: F401  (fixtures)
 from workbench.recipe.schema import validate_raw
 from workbench.tui.compose import EditorScreen
 from workbench.tui.demo import append_events, write_run
-from workbench.tui.runs import ResultsScreen, RunScreen
+from workbench.tui.results import ResultsScreen
+from workbench.tui.runs import RunScreen
 
 pytestmark = pytest.mark.asyncio
 

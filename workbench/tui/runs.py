@@ -1,36 +1,27 @@
-"""Runs mode: the list of runs, the live view of one run, and the results across runs."""
+"""Runs mode: the list of runs and the live view of one run (results across runs: `tui.results`)."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any
 
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, RichLog, Static
 
 from workbench.errors import WorkbenchError
-from workbench.reporting.columns import cell_text, figure, headline_columns, results_columns
-from workbench.storage.runs import RunInfo, clean_results, is_run_dir, summarize
-from workbench.tui.charts import half_block_image, line_chart, load_picture, scatter_chart
+from workbench.storage.runs import RunInfo, is_run_dir, summarize
+from workbench.tui.charts import half_block_image, line_chart, load_picture
 from workbench.tui.follow import EventFollower, RunState, format_seconds
 from workbench.tui.launch import cancel_run, resume_run
+from workbench.tui.listing import LEVEL_STYLE, files_stamp, progress_bar, styled_status
+from workbench.tui.results import ResultsScreen, SweepScreen
 from workbench.tui.sysinfo import CpuSampler, GpuReader, gibibytes, read_memory
-
-STATUS_STYLE = {"running": "bold cyan", "finished": "green", "failed": "bold red", "interrupted": "yellow",
-                "missing": "dim", "unknown": "dim", "starting": "cyan"}
-LEVEL_STYLE = {"error": "bold red", "warning": "yellow", "success": "green", "info": ""}
-
-
-def styled_status(status: str) -> Text:
-    return Text(status, style=STATUS_STYLE.get(status, ""))
 
 
 class RunScanner:
@@ -38,17 +29,6 @@ class RunScanner:
 
     def __init__(self) -> None:
         self._cache: dict[Path, tuple[tuple, RunInfo]] = {}
-
-    @staticmethod
-    def _stamp(run_dir: Path) -> tuple:
-        stamp = []
-        for name in ("events.jsonl", "results.json", "run.json"):
-            try:
-                stat = (run_dir / name).stat()
-                stamp.append((stat.st_mtime_ns, stat.st_size))
-            except OSError:
-                stamp.append(None)
-        return tuple(stamp)
 
     def scan(self, runs_dir: Path) -> list[RunInfo]:
         runs_dir = Path(runs_dir)
@@ -61,7 +41,7 @@ class RunScanner:
             try:
                 if not is_run_dir(path):
                     continue
-                stamp = self._stamp(path)
+                stamp = files_stamp(path)
                 cached = self._cache.get(path)
                 # A running run can die without writing anything: always look again at those.
                 if cached is None or cached[0] != stamp or cached[1].status == "running":
@@ -203,13 +183,6 @@ def _metric_groups(curves: dict[str, list[tuple[float, float]]]) -> dict[str, di
         else:
             groups["loss"][name] = points
     return groups
-
-
-def progress_bar(fraction: float | None, width: int = 30) -> str:
-    if fraction is None:
-        return "·" * width
-    filled = int(round(fraction * width))
-    return "█" * filled + "░" * (width - filled)
 
 
 class RunScreen(Screen):
@@ -425,189 +398,6 @@ class RunScreen(Screen):
 
 
 # ------------------------------------------------------------------ results
-
-
-def read_results(run_dir: Path) -> list[dict[str, Any]]:
-    """Per-variant results: the run's results.json, else each finished variant's own (a running run)."""
-    run_dir = Path(run_dir)
-    try:
-        data = clean_results(json.loads((run_dir / "results.json").read_text()))
-        if data is not None:
-            return data["variants"]
-    except (OSError, ValueError):
-        pass
-    found = []
-    for path in sorted(run_dir.glob("*/results.json")):
-        try:
-            variant = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(variant, dict):
-            found.append({**variant, "name": path.parent.name})
-    return (clean_results({"variants": found}) or {"variants": []})["variants"]
-
-
-
-def results_rows(run_dirs: list[Path], details: bool = False
-                 ) -> tuple[list[str], list[list[str]], list[tuple[str, float, float]]]:
-    """Columns, rows and privacy-vs-utility points (mean headline attack top-1, test accuracy).
-
-    The headline columns of report.md (test accuracy, each attack's headline top-1 ± its spread over
-    restarts, OOD FPR95 and AUROC), or with `details` every column of its details table."""
-    per_run = [(Path(d), read_results(d)) for d in run_dirs]
-    every = [v for _, vs in per_run for v in vs]
-    headline = headline_columns(every)
-    columns = results_columns(every) if details else headline
-    rows, points = [], []
-    for run_dir, variants in per_run:
-        for variant in variants:
-            cells = [_fmt(figure(variant, c.section, c.key)) if details else cell_text(variant, c, compact=True)
-                     for c in columns]
-            rows.append([run_dir.name, str(variant["name"]), *cells])
-            accuracy = figure(variant, "utility", "test_accuracy")
-            top1s = [figure(variant, c.section, c.key) for c in headline if c.section == "attacks"]
-            top1s = [x for x in top1s if x is not None]
-            if top1s and accuracy is not None:
-                label = variant["name"] if len(per_run) == 1 else f"{run_dir.name}/{variant['name']}"
-                points.append((label, sum(top1s) / len(top1s), accuracy))
-    return ["run", "variant", *(c.heading for c in columns)], rows, points
-
-
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4g}"
-
-
-class ResultsScreen(Screen):
-    """Privacy × utility × OOD across the variants of the selected runs, and their trade-off: the
-    headline columns (they fit 120 columns for a few attacks), every figure on `d`."""
-
-    BINDINGS = [Binding("escape", "back", "Back"), Binding("d", "details", "Details"),
-                Binding("f5", "reload", "Reload")]
-
-    def __init__(self, run_dirs: list[Path]) -> None:
-        super().__init__()
-        self.run_dirs = [Path(d) for d in run_dirs]
-        self.details = False
-
-    def compose(self) -> ComposeResult:
-        yield Header()
-        with Vertical():
-            yield Label("", id="results-title")
-            yield DataTable(id="results", zebra_stripes=True)
-            yield Static("", id="tradeoff")
-        yield Footer()
-
-    def on_mount(self) -> None:
-        self.action_reload()
-
-    def action_reload(self) -> None:
-        names = ", ".join(d.name for d in self.run_dirs)
-        shown = "every figure (d: headline)" if self.details else "headline; ± over restarts (d: every figure)"
-        self.query_one("#results-title", Label).update(f"Results: {names}  (top-1 ↓ more private; test acc ↑ "
-                                                       f"more useful; OOD AUROC ↑)  {shown}")
-        columns, rows, points = results_rows(self.run_dirs, details=self.details)
-        table = self.query_one(DataTable)
-        table.clear(columns=True)
-        table.add_columns(*columns)
-        for row in rows:
-            table.add_row(*row)
-        if not rows:
-            self.notify("no results yet in the selected runs", severity="warning")
-        chart = Text("Privacy vs utility\n", style="bold")
-        if points:
-            width = max(30, min(90, self.app.size.width - 4))
-            chart.append_text(scatter_chart(points, width=width, height=10, x_label="attack top-1 accuracy",
-                                            y_label="test accuracy"))
-        else:
-            chart.append("no attack figures yet: the plot needs attack top-1 and test accuracy", style="dim")
-        self.query_one("#tradeoff", Static).update(chart)
-
-    def action_details(self) -> None:
-        self.details = not self.details
-        self.action_reload()
-
-    def action_back(self) -> None:
-        self.app.pop_screen()
-
-
-class SweepScreen(Screen):
-    """One sweep: progress (k of N runs), its aggregate table (mean ± std over seeds, paired
-    differences against `none`) and its Pareto plot, re-read while the sweep runs."""
-
-    BINDINGS = [Binding("escape", "back", "Back"), Binding("f5", "reload", "Reload")]
-
-    def __init__(self, sweep_dir: Path) -> None:
-        super().__init__()
-        self.sweep_dir = Path(sweep_dir)
-        self._stamp: tuple | None = None
-
-    def compose(self) -> ComposeResult:
-        yield Header()
-        with VerticalScroll():
-            yield Label("", id="sweep-title")
-            yield Static("", id="sweep-progress")
-            yield DataTable(id="sweep-aggregate", zebra_stripes=True)
-            yield Static("", id="sweep-pareto")
-        yield Footer()
-
-    def on_mount(self) -> None:
-        self.action_reload()
-        self.set_interval(2.0, self._poll)
-
-    def _poll(self) -> None:
-        stamp = RunScanner._stamp(self.sweep_dir) + (_mtime(self.sweep_dir / "aggregate.json"),)
-        if stamp != self._stamp:
-            self.action_reload()
-
-    def action_reload(self) -> None:
-        from workbench.storage.runs import summarize_sweep
-        from workbench.sweeps.aggregate import cell, figure_title, headline_figures, verdict
-
-        self._stamp = RunScanner._stamp(self.sweep_dir) + (_mtime(self.sweep_dir / "aggregate.json"),)
-        info = summarize_sweep(self.sweep_dir)
-        self.query_one("#sweep-title", Label).update(
-            f"Sweep {info.name}  ({Path(info.recipe).name if info.recipe else ''})")
-        progress = Text(f"{progress_bar((info.done or 0) / info.total if info.total else None)}  ")
-        progress.append(f"{info.done or 0} of {info.total or '?'} runs finished", style="bold")
-        if info.failed:
-            progress.append(f", {info.failed} failed", style="bold red")
-        progress.append("  ")
-        progress.append_text(styled_status(info.status))
-        self.query_one("#sweep-progress", Static).update(progress)
-        table = self.query_one(DataTable)
-        table.clear(columns=True)
-        try:
-            data = json.loads((self.sweep_dir / "aggregate.json").read_text())
-            points = data["points"]
-        except (OSError, ValueError, KeyError, TypeError):
-            data, points = None, []
-        if data is not None:
-            columns = headline_figures(data)
-            table.add_columns("point", "variant", *(figure_title(c) for c in columns),
-                              *(f"Δ {figure_title(c)}" for c in columns))
-            for point in points:
-                for variant in point.get("variants", []):
-                    paired = variant.get("paired", {}).get("figures", {})
-                    table.add_row(point["id"], variant["name"], *(cell(variant["figures"].get(c)) for c in columns),
-                                  *(verdict(paired[c]) if c in paired else "–" for c in columns))
-        picture = self.sweep_dir / "pareto.png"
-        pareto = Text("Privacy against utility (pareto.png)\n", style="bold")
-        if picture.exists():
-            width = max(40, min(100, self.app.size.width - 4))
-            pareto.append_text(half_block_image(load_picture(picture, max_width=width, max_height_cells=24)))
-        else:
-            pareto.append("aggregate.json and pareto.png are written when the sweep ends", style="dim")
-        self.query_one("#sweep-pareto", Static).update(pareto)
-
-    def action_back(self) -> None:
-        self.app.pop_screen()
-
-
-def _mtime(path: Path) -> int | None:
-    try:
-        return path.stat().st_mtime_ns
-    except OSError:
-        return None
 
 
 def cancel(app, run_dir: Path) -> None:
