@@ -6,8 +6,8 @@ import inspect
 import re
 from pathlib import Path
 
-from workbench.components.manager import HOOK_NAMES
 from workbench.components import hookspecs
+from workbench.components.manager import HOOK_NAMES
 
 HOOKS_DOC = Path(__file__).parents[1] / "docs" / "hooks.md"
 PLUGINS_DOC = Path(__file__).parents[1] / "docs" / "plugins.md"

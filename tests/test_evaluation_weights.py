@@ -20,7 +20,8 @@ from workbench import load_registry
 from workbench.cli import main
 from workbench.components.protocols import AttackResult
 from workbench.errors import RecipeError, WorkbenchError
-from workbench.recipe.schema import load_recipe, resolve, to_toml
+from workbench.recipe.load import load_recipe, resolve
+from workbench.recipe.write import to_toml
 from workbench.running.evaluation import ResizedInput, evaluation_model, run_attack
 from workbench.storage.cache import StageCache
 from workbench.storage.events import read_events

@@ -231,7 +231,7 @@ def test_nearest_grid_puts_each_reconstruction_beside_its_nearest_private_and_pu
 
 def test_an_evaluator_may_not_be_called_e_or_pixel(tmp_path):
     from workbench.components.registry import load_registry
-    from workbench.recipe.schema import load_recipe
+    from workbench.recipe.load import load_recipe
 
     for name in ("E", "pixel"):
         path = tmp_path / f"{name}.toml"
@@ -300,7 +300,7 @@ def test_a_run_reports_every_evaluator_the_agreement_and_the_nearest_image_grid(
 
 def test_a_sweep_pins_every_evaluator_to_the_recipe_seed_so_its_runs_share_them(tmp_path):
     from workbench.components.registry import load_registry
-    from workbench.recipe.schema import load_recipe
+    from workbench.recipe.load import load_recipe
     from workbench.sweeps.spec import shared_stage_overrides
 
     registry = load_registry()

@@ -14,7 +14,7 @@ import torch
 from workbench.components.hookspecs import hookimpl
 from workbench.components.manager import get_plugin_manager
 from workbench.components.registry import Registry, load_registry
-from workbench.recipe.schema import load_recipe
+from workbench.recipe.load import load_recipe
 
 ROOT = Path(__file__).parents[1]
 EXAMPLE = ROOT / "examples" / "workbench-dcor"

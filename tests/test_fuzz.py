@@ -301,7 +301,7 @@ def mutated(draw, raw: dict, outside: Path) -> dict:
 
 def toml_text(raw: dict) -> str | None:
     """`raw` as TOML, or None when TOML cannot hold it (a NUL in a key, a value tomlkit refuses)."""
-    from workbench.recipe.schema import to_toml
+    from workbench.recipe.write import to_toml
 
     try:
         text = to_toml(raw)

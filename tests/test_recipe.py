@@ -9,16 +9,9 @@ import tomllib
 
 from workbench import load_registry
 from workbench.errors import RecipeError
-from workbench.recipe.schema import (
-    apply_overrides,
-    json_schema,
-    load_recipe,
-    recipe_hash,
-    resolve,
-    to_toml,
-    update_toml_text,
-)
+from workbench.recipe.load import apply_overrides, load_recipe, recipe_hash, resolve
 from workbench.recipe.template import STARTER_RECIPE
+from workbench.recipe.write import json_schema, to_toml, update_toml_text
 
 BASE = """\
 seed = 1

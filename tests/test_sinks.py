@@ -15,7 +15,7 @@ import pytest
 
 from workbench.api import NoParams, hookimpl
 from workbench.components.registry import load_registry
-from workbench.recipe.schema import load_recipe, recipe_hash, resolve
+from workbench.recipe.load import load_recipe, recipe_hash, resolve
 from workbench.running.runner import RunOptions, run_recipe
 from workbench.storage.events import read_events
 from workbench.storage.sinks import EventSinks, export_run, replay, sink_tables

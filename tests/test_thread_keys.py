@@ -16,7 +16,7 @@ from workbench_attacks.common import load_or_train
 def _run(tmp_path, extra: str = ""):
     """The context of a run of the tiny recipe (one variant, `none`) plus `extra` TOML, its data not loaded."""
     from workbench.components.registry import load_registry
-    from workbench.recipe.schema import load_recipe, resolve
+    from workbench.recipe.load import load_recipe, resolve
     from workbench.running.context import NoEvents, RunContext, World
     from workbench.testing import TINY_RECIPE
 

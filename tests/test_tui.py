@@ -20,7 +20,7 @@ from workbench.components.manager import get_plugin_manager
 from workbench.components.params import StrictModel
 from workbench.components.registry import Registry
 from workbench.errors import WorkbenchError
-from workbench.recipe.schema import validate_raw
+from workbench.recipe.load import validate_raw
 from workbench.tui import model as form
 from workbench.tui.charts import BrailleCanvas, half_block_image, line_chart, scatter_chart
 from workbench.tui.demo import T0, event_line, write_run

@@ -19,7 +19,7 @@ from test_tui import (  # noqa: F401  (fixtures)
     toy_registry,
     wait_for,
 )
-from workbench.recipe.schema import validate_raw
+from workbench.recipe.load import validate_raw
 from workbench.tui.compose import EditorScreen
 from workbench.tui.demo import append_events, write_run
 from workbench.tui.results import ResultsScreen

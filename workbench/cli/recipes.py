@@ -20,7 +20,7 @@ def recipes_validate(ctx: typer.Context,
                      files: Annotated[list[Path], typer.Argument(help="Recipe files to check.")]) -> None:
     """Check recipes: structure, every component name and every param. Lists all problems."""
     from workbench.errors import RecipeError
-    from workbench.recipe.schema import load_recipe
+    from workbench.recipe.load import load_recipe
 
     reg = registry(ctx)
     failed = False
@@ -44,7 +44,8 @@ def recipes_show(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override: key.path=value.")] = None,
 ) -> None:
     """Print the recipe as it will run: every default filled in, overrides applied."""
-    from workbench.recipe.schema import load_recipe, recipe_hash, resolve, to_toml
+    from workbench.recipe.load import load_recipe, recipe_hash, resolve
+    from workbench.recipe.write import to_toml
 
     reg = registry(ctx)
     recipe = load_recipe(file, set_ or [], reg)
@@ -78,6 +79,6 @@ def recipes_new(
 @app.command("schema")
 def recipes_schema(ctx: typer.Context) -> None:
     """JSON Schema of recipes (component tables narrowed to registered names) for editors."""
-    from workbench.recipe.schema import json_schema
+    from workbench.recipe.write import json_schema
 
     sys.stdout.write(json.dumps(json_schema(registry(ctx)), indent=2) + "\n")

@@ -25,7 +25,8 @@ from typing import Any
 
 from workbench.components.registry import Registry, load_registry
 from workbench.errors import WorkbenchError
-from workbench.recipe.schema import load_recipe, recipe_hash, resolve, to_toml, validate_raw
+from workbench.recipe.load import load_recipe, recipe_hash, resolve, validate_raw
+from workbench.recipe.write import to_toml
 from workbench.running import distributed, stages
 from workbench.running.context import NoEvents, RunContext, World
 from workbench.running.device import resolve_device

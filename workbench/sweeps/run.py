@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from workbench.components.capabilities import capabilities_of
 from workbench.components.protocols import Job
 from workbench.errors import RunError, WorkbenchError
-from workbench.recipe.schema import to_toml
+from workbench.recipe.write import to_toml
 from workbench.running.runner import RunOptions
 from workbench.storage.checkpoint import atomic_write_text
 from workbench.storage.events import EVENTS_FILE, EventWriter

@@ -31,15 +31,8 @@ from pydantic import ValidationError, field_validator
 
 from workbench.components.params import ComponentTable, StrictModel
 from workbench.errors import RecipeError, did_you_mean
-from workbench.recipe.schema import (
-    Recipe,
-    apply_overrides,
-    parse_toml,
-    recipe_hash,
-    resolve,
-    structure_problems,
-    validate_raw,
-)
+from workbench.recipe.load import apply_overrides, parse_toml, recipe_hash, resolve, validate_raw
+from workbench.recipe.schema import Recipe, structure_problems
 
 SWEEP_FILE = "sweep.toml"
 """The sweep as it ran (resolved: absolute recipe path, seeds as a list, the executor's defaults)."""

@@ -15,8 +15,9 @@ from textual.widgets import DataTable, Footer, Header, Input, Label, OptionList,
 from textual.widgets.option_list import Option
 
 from workbench.errors import RecipeError, WorkbenchError
-from workbench.recipe.schema import to_toml, update_toml_text, validate_raw
+from workbench.recipe.load import validate_raw
 from workbench.recipe.template import STARTER_RECIPE
+from workbench.recipe.write import to_toml, update_toml_text
 from workbench.tui import model as form
 from workbench.tui.launch import find_recipes, launch_run, new_run_dir
 
