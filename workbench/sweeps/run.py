@@ -29,6 +29,7 @@ from workbench.components.protocols import Job
 from workbench.errors import RunError, WorkbenchError
 from workbench.recipe.write import to_toml
 from workbench.running.runner import RunOptions
+from workbench.storage.cache import default_cache_dir
 from workbench.storage.checkpoint import atomic_write_text
 from workbench.storage.events import EVENTS_FILE, EventWriter
 from workbench.storage.runs import (
@@ -217,11 +218,7 @@ class SweepRunner:
 
     def _job(self, kind: str, run_dir: Path, threads: int | None | str = "executor", **fields: Any) -> Job:
         """A job of the sweep; `threads` the executor's share of the cores unless given."""
-        cache = self.options.cache_dir
-        if cache is None:
-            from workbench.storage.cache import default_cache_dir
-
-            cache = default_cache_dir()
+        cache = self.options.cache_dir or default_cache_dir()
         return Job(kind=kind, run_dir=str(run_dir), cache_dir=str(Path(cache).resolve()),
                    plugins_dir=str(self.options.plugins_dir) if self.options.plugins_dir else None,
                    threads=self._threads() if threads == "executor" else threads, **fields)
@@ -324,10 +321,9 @@ class SweepRunner:
         return failed
 
     def _jobs_per_variant(self, pending: list[tuple[PlannedRun, bool]]) -> bool:
-        """Whether the runs' variants go to the executor as separate jobs (see `_run_variants`): on an
-        executor whose jobs share this machine several at once (`processes`), when the sweep already
-        trained every stage the runs share (E, the attacks' priors), so each run only loads them. Elsewhere one job per run (a Slurm task or Ray
-        job per run; a run that trains its own E keeps it in one process)."""
+        """Whether the runs' variants go to the executor as separate jobs (`_run_variants`): on an executor
+        whose jobs share this machine several at once, once the sweep trained every stage the runs share
+        (E, the priors). Elsewhere one job per run (a run that trains its own E keeps it in one process)."""
         declared = self._executor_capabilities()
         if not (declared.shares_machine and (declared.workers or 1) > 1) or not self.sweep.spec.share_stages:
             return False
