@@ -155,14 +155,20 @@ def announce_finish(ctx: RunContext, started: float) -> None:
 
 
 def announce_failure(ctx: RunContext, error: str) -> str:
-    ctx.emit("run_failed", error=error)
-    ctx.events.close()
+    """`run_failed`, when it can still be written: a full disk that failed the run must not hide
+    the file that failed behind the event log's own write error."""
+    with contextlib.suppress(OSError, WorkbenchError):
+        ctx.emit("run_failed", error=error)
+    with contextlib.suppress(OSError, WorkbenchError):
+        ctx.events.close()
     return error
 
 
 def announce_interrupt(ctx: RunContext) -> None:
-    ctx.emit("run_interrupted", message="stopped by the user; resumable")
-    ctx.events.close()
+    with contextlib.suppress(OSError, WorkbenchError):
+        ctx.emit("run_interrupted", message="stopped by the user; resumable")
+    with contextlib.suppress(OSError, WorkbenchError):
+        ctx.events.close()
 
 
 def execute(ctx: RunContext) -> dict[str, Any] | None:
