@@ -194,3 +194,24 @@ def test_shared_stages_train_once_in_parallel_workers_with_the_same_results(run_
     # A second run finds both in the cache: no shared stage trains, the workers only load.
     _, again = run_tiny_recipe(two_variants, workers=2, cache_dir=tmp_path / "cache-2")
     assert again["evaluation_model"]["cached"] is True and again["variants"] == parallel["variants"]
+
+
+def test_a_failure_whose_events_cannot_be_written_keeps_its_own_error():
+    """A full disk that fails a run also fails `run_failed`: the run's error (the file that failed)
+    is what the user sees, not the event log's."""
+    from types import SimpleNamespace
+
+    from workbench.running.runner import announce_failure, announce_interrupt
+    from workbench.storage.files import StorageError
+
+    class FullDisk:
+        def emit(self, type, **fields):
+            raise StorageError("run/events.jsonl: cannot write (disk full)")
+
+        def close(self):
+            raise OSError(28, "No space left on device")
+
+    events = FullDisk()
+    ctx = SimpleNamespace(events=events, emit=events.emit)
+    assert announce_failure(ctx, "run/none/results.json: cannot write") == "run/none/results.json: cannot write"
+    announce_interrupt(ctx)  # no exception either
