@@ -6,10 +6,10 @@ import torch
 
 pytest_plugins = ["workbench.testing"]
 
-# The CLI hands --plugins-dir and sweep sinks to the runs it starts through the environment, and a
+# The TUI hands --plugins-dir to the runs it starts through the environment, and a
 # submitit task exports torch.distributed's variables (a WORLD_SIZE left behind makes every later
 # in-process run job wait for ranks that never come); a test must not leave them to the tests after it.
-_CLI_ENV = ("WORKBENCH_PLUGINS_DIR", "WORKBENCH_SINKS", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+_CLI_ENV = ("WORKBENCH_PLUGINS_DIR", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
             "MASTER_ADDR", "MASTER_PORT", "CUDA_VISIBLE_DEVICES")
 
 
