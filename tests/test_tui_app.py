@@ -140,6 +140,28 @@ async def test_results_across_runs(runs_dir, tmp_path, registry):
         assert len(table.columns) == 6
 
 
+async def test_results_headline_fits_120_columns_with_many_attacks(runs_dir, tmp_path, registry):
+    """Nine attacks do not fit beside each other: the headline keeps test accuracy and OOD, as many
+    attacks as fit, and names how many wait for `d` (which shows every figure of every attack)."""
+    attacks = ("gmi", "kedmi", "lomma-gmi", "lomma-kedmi", "plg-mi", "vmi", "ppa", "mi-face", "if-gmi")
+    write_run(runs_dir / "many", status="finished", attacks=attacks, ood=True)
+    app = make_app(runs_dir, registry, tmp_path)
+    async with app.run_test(size=(160, 50)) as pilot:
+        await app.push_screen(ResultsScreen([runs_dir / "many"]))
+        await pilot.pause(0.2)
+        table = app.screen.query_one(DataTable)
+        header = [str(c.label) for c in table.columns.values()]
+        assert table.virtual_size.width <= 120
+        assert header[:3] == ["run", "variant", "test acc ↑"] and "OOD AUROC ↑" in header
+        shown = [h for h in header if h.endswith("top-1 ↓")]
+        assert 1 <= len(shown) < len(attacks)
+        assert header[-1] == f"+{len(attacks) - len(shown)} attack columns: d"
+        await pilot.press("d")
+        await pilot.pause(0.2)
+        every = {str(c.label) for c in table.columns.values()}
+        assert {f"{a} top-1 ↓" for a in attacks} <= every
+
+
 async def open_section(pilot, screen, key: str) -> None:
     outline = screen.query_one("#outline", OptionList)
     index = next(i for i, s in enumerate(screen.sections) if s.key == key)

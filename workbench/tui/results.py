@@ -40,12 +40,17 @@ def read_results(run_dir: Path) -> list[dict[str, Any]]:
 
 
 
-def results_rows(run_dirs: list[Path], details: bool = False
+HEADLINE_WIDTH = 120
+"""The terminal columns the headline table fits in; attack columns beyond it wait for `d`."""
+
+
+def results_rows(run_dirs: list[Path], details: bool = False, width: int = HEADLINE_WIDTH
                  ) -> tuple[list[str], list[list[str]], list[tuple[str, float, float]]]:
     """Columns, rows and privacy-vs-utility points (mean headline attack top-1, test accuracy).
 
     The headline columns of report.md (test accuracy, each attack's headline top-1 ± its spread over
-    restarts, OOD FPR95 and AUROC), or with `details` every column of its details table."""
+    restarts, OOD FPR95 and AUROC) as far as they fit in `width` terminal columns (the attacks that do
+    not fit are left to the details), or with `details` every column of its details table."""
     per_run = [(Path(d), read_results(d)) for d in run_dirs]
     every = [v for _, vs in per_run for v in vs]
     headline = headline_columns(every)
@@ -62,7 +67,32 @@ def results_rows(run_dirs: list[Path], details: bool = False
             if top1s and accuracy is not None:
                 label = variant["name"] if len(per_run) == 1 else f"{run_dir.name}/{variant['name']}"
                 points.append((label, sum(top1s) / len(top1s), accuracy))
-    return ["run", "variant", *(c.heading for c in columns)], rows, points
+    headings = ["run", "variant", *(c.heading for c in columns)]
+    if details:
+        return headings, rows, points
+    attack_columns = [i + 2 for i, c in enumerate(columns) if c.section == "attacks"]
+    return (*fit_columns(headings, rows, attack_columns, width), points)
+
+
+def fit_columns(headings: list[str], rows: list[list[str]], attack_columns: list[int],
+                width: int) -> tuple[list[str], list[list[str]]]:
+    """The table within `width` terminal columns: attack columns (indices `attack_columns`) are dropped
+    from the right until it fits (test accuracy, OOD and the budget stay), and a last column says how
+    many wait for `d`."""
+    def span(index: int) -> int:  # a DataTable cell: its widest text plus one space each side
+        return max(len(headings[index]), *(len(row[index]) for row in rows)) + 2 if rows else len(headings[index]) + 2
+
+    keep = list(range(len(headings)))
+    attacks = list(attack_columns)
+    hidden = 0
+    more = len("+99 attack columns: d") + 2
+    while sum(span(i) for i in keep) + (more if hidden else 0) > width and attacks:
+        keep.remove(attacks.pop())
+        hidden += 1
+    if not hidden:
+        return headings, rows
+    note = f"+{hidden} attack column{'s' if hidden > 1 else ''}: d"
+    return [*(headings[i] for i in keep), note], [[*(row[i] for i in keep), ""] for row in rows]
 
 
 def _fmt(value: float | None) -> str:
