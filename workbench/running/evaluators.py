@@ -1,4 +1,4 @@
-"""Several evaluation models, and the nearest-neighbour evidence that needs none (issue 27).
+"""Several evaluation models, and the nearest-neighbour evidence that needs none.
 
 One evaluator's accuracy has many false positives (Ho et al. 2025): a reconstruction of a public
 shape that E happens to map to the target counts as a leak. So a recipe may name more evaluators

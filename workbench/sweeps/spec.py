@@ -296,7 +296,7 @@ def shared_stage_overrides(recipe: Recipe, raw: dict[str, Any], registry) -> lis
     overrides = []
     if recipe.evaluation is not None and "seed" not in (raw.get("evaluation") or {}):
         overrides.append(f"evaluation.seed={recipe.seed}")
-    for name in recipe.evaluators:  # the other evaluators likewise (issue 27)
+    for name in recipe.evaluators:  # the other evaluators likewise
         if "seed" not in ((raw.get("evaluators") or {}).get(name) or {}):
             overrides.append(f"evaluators.{name}.seed={recipe.seed}")
     for name, table in recipe.attacks.items():
