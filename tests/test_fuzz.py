@@ -186,6 +186,19 @@ def test_deeply_nested_override_is_one_line(tiny, monkeypatch, capsys):
 # ------------------------------------------------------------------ what the fuzzer found
 
 
+@pytest.mark.parametrize("key", ["\\u001e", "\\n", "a\\u2028b"])
+def test_a_key_that_does_not_print_is_shown_escaped_in_one_line(tmp_path, monkeypatch, capsys, key):
+    """Found by test_fuzz_every_shipped_recipe_validates_or_is_one_line_per_problem (seed 31): an OOD
+    test set named "\\x1e" (a record separator, which splits lines as a newline does) was shown raw
+    in the key path, so one problem read as two lines."""
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(TINY_RECIPE + f'\n[ood.test_sets."{key}"]\nuse = 0\n')
+    code, _, err = invoke(monkeypatch, capsys, "recipes", "validate", str(recipe))
+    lines = err.strip().splitlines()
+    assert code != 0 and lines and all(line.startswith(str(recipe)) for line in lines), err
+    assert any("ood.test_sets.'" in line for line in lines), err  # the key quoted and escaped
+
+
 @pytest.mark.parametrize("value", ["-1", '"variants.0.name=x"', "{a = 1}"])
 def test_sweep_whose_overrides_is_not_a_list_is_one_line(tmp_path, monkeypatch, capsys, value):
     """Found by test_fuzz_every_shipped_sweep_loads_or_is_one_line (seed 31): `overrides = -1` in a

@@ -190,10 +190,16 @@ KeyPath = tuple[str | int, ...]
 
 
 def format_path(path: Iterable[str | int]) -> str:
-    """`variants[1].defense.lambda_x`: how a key path is shown to the user."""
+    """`variants[1].defense.lambda_x`: how a key path is shown to the user. A key with characters that
+    do not print (a control character, a line break) is shown quoted and escaped, so a problem stays
+    one line."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int):
+            out += f"[{part}]"
+            continue
+        shown = str(part) if str(part).isprintable() else repr(str(part))
+        out += f".{shown}" if out else shown
     return out
 
 
