@@ -241,7 +241,7 @@ def test_mlflow_holds_params_metrics_and_artifacts(live):
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"results.json", "ood_histogram.png", "reconstructions"} <= artifacts
         assert [a.path for a in client.list_artifacts(run.info.run_id, "reconstructions")] == [
-            "reconstructions/gmi.png"
+            "reconstructions/gmi.nearest.png", "reconstructions/gmi.png"
         ]
     assert {"report.md", "results.json", "recipe.toml"} <= {
         a.path for a in client.list_artifacts(parent.info.run_id)
