@@ -37,9 +37,9 @@ from pydantic import Field
 from torch import Tensor
 
 from workbench.api import AttackCapabilities, AttackContext, AttackResult, QueryBudget, WorkbenchError, seeds
-from workbench_attacks.common import GAN_FIELDS, public_pool, resolve_classes
+from workbench_attacks.common import resolve_classes
 from workbench_attacks.core import GANBudget, dtype_of
-from workbench_attacks.gmi import GMI, GMIParams
+from workbench_attacks.gmi import OnGMIPrior
 
 REFERENCE = "m-kahla/Label-Only-Model-Inversion-Attacks-via-Boundary-Repulsion@8a2e200"
 
@@ -154,7 +154,7 @@ def unit_directions(count: int, points: int, dim: int, rng: torch.Generator) -> 
     return g / g.norm(dim=2, keepdim=True)
 
 
-class BREPMI:
+class BREPMI(OnGMIPrior):
     """BREP-MI: label-only boundary repulsion in GMI's latent space, through a counted label oracle."""
 
     name = "brep-mi"
@@ -163,18 +163,6 @@ class BREPMI:
     def __init__(self, params: BREPMIParams):
         self.params = params
 
-    def gmi(self) -> GMI:
-        p = self.params
-        fields = {k: getattr(p, k) for k in GAN_FIELDS}
-        return GMI(GMIParams(**fields, gp_weight=p.gp_weight, prior_seed=p.prior_seed))
-
-    def prior(self, ctx: AttackContext):
-        """(generator, critic, whether it came from the stage cache): GMI's prior on the public data."""
-        return self.gmi().prior(ctx, public_pool(ctx, self.name))
-
-    def prepare(self, ctx: AttackContext) -> None:
-        """Train (or load) GMI's prior once before the variants."""
-        self.prior(ctx)
 
     def labels(self, ctx: AttackContext, generator, z: Tensor) -> Tensor:
         """T's top-1 labels (CPU) of the images of latents `z`, through the label oracle."""

@@ -16,6 +16,8 @@ depends on how many latents share a forward pass (`max_batch`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -23,6 +25,7 @@ from torch import Tensor, nn
 
 from workbench.api import AttackCapabilities, AttackContext, AttackResult, seeds, split_forward
 from workbench_attacks.common import (
+    GAN_FIELDS,
     GAN_MEMORY_FORMAT,
     Group,
     ImagePool,
@@ -229,3 +232,25 @@ class GMI(ShardableSearch):
             ctx, problem, units, attack=self.name, iterations=p.iterations, max_batch=p.max_batch
         )
         return result(images, targets, restarts, confidence, gan_cached=float(hit))
+
+
+class OnGMIPrior:
+    """For an attack that searches GMI's prior (its params carry GMI's GAN fields, `gp_weight` and
+    `prior_seed`): the prior, shared through the stage cache with `gmi` and every other such attack."""
+
+    name: str
+    params: Any
+
+    def gmi(self) -> GMI:
+        p = self.params
+        fields = {k: getattr(p, k) for k in GAN_FIELDS}
+        return GMI(GMIParams(**fields, gp_weight=p.gp_weight, prior_seed=p.prior_seed))
+
+    def prior(self, ctx: AttackContext):
+        """(generator, critic, whether it came from the stage cache): GMI's prior on the public data."""
+        return self.gmi().prior(ctx, public_pool(ctx, self.name))
+
+    def prepare(self, ctx: AttackContext) -> None:
+        """Train (or load) GMI's prior once before the variants."""
+        self.prior(ctx)
+

@@ -33,9 +33,9 @@ from pydantic import Field
 from torch import Tensor
 
 from workbench.api import AttackCapabilities, AttackContext, AttackResult, QueryBudget, WorkbenchError, seeds
-from workbench_attacks.common import GAN_FIELDS, public_pool, resolve_classes
+from workbench_attacks.common import resolve_classes
 from workbench_attacks.core import GANBudget, check_finite, dtype_of
-from workbench_attacks.gmi import GMI, GMIParams
+from workbench_attacks.gmi import OnGMIPrior
 
 
 class MirrorBParams(GANBudget, QueryBudget):
@@ -111,7 +111,7 @@ def next_generation(
     return torch.cat([population[:1], children])
 
 
-class MirrorB:
+class MirrorB(OnGMIPrior):
     """Mirror-B: genetic search over the GAN's latents, scored by T's confidence through the oracle."""
 
     name = "mirror-b"
@@ -120,18 +120,6 @@ class MirrorB:
     def __init__(self, params: MirrorBParams):
         self.params = params
 
-    def gmi(self) -> GMI:
-        p = self.params
-        fields = {k: getattr(p, k) for k in GAN_FIELDS}
-        return GMI(GMIParams(**fields, gp_weight=p.gp_weight, prior_seed=p.prior_seed))
-
-    def prior(self, ctx: AttackContext):
-        """(generator, critic, whether it came from the stage cache): GMI's prior on the public data."""
-        return self.gmi().prior(ctx, public_pool(ctx, self.name))
-
-    def prepare(self, ctx: AttackContext) -> None:
-        """Train (or load) GMI's prior once before the variants."""
-        self.prior(ctx)
 
     def scores(self, ctx: AttackContext, generator, z: Tensor) -> Tensor:
         """T's probability vectors `[n, K]` (float64, CPU) for the images of latents `z`, through the oracle."""
