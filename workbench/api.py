@@ -28,7 +28,12 @@ internal and may change without notice.
 
 from __future__ import annotations
 
-from workbench.components.capabilities import AttackCapabilities, ExecutorCapabilities, OODLossCapabilities
+from workbench.components.capabilities import (
+    AttackCapabilities,
+    DefenseCapabilities,
+    ExecutorCapabilities,
+    OODLossCapabilities,
+)
 from workbench.components.hookspecs import hookimpl
 from workbench.components.params import (
     BatchSize,
@@ -109,6 +114,7 @@ __all__ = [
     "DataSplits",
     "DatasetComponent",
     "Defense",
+    "DefenseCapabilities",
     "DefenseContext",
     "DependencyMeasure",
     "Epochs",

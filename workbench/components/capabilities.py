@@ -48,6 +48,17 @@ class OODLossCapabilities:
 
 
 @dataclass(frozen=True)
+class DefenseCapabilities:
+    """A defense's declaration (an instance that holds another defense may take the held one's)."""
+
+    post_hoc: bool = False
+    """It leaves training alone: the target trains as `none` would (plain cross-entropy) and the defense
+    wraps the trained target in `finish_training` (Gaussian noise on its features, a purifier of its
+    logits). The variant's record in results.json says so (`defense.post_hoc`), and report.md,
+    report.html, the TUI and the sweep tables mark the variant `post-hoc`."""
+
+
+@dataclass(frozen=True)
 class ExecutorCapabilities:
     """An executor's declaration (an instance may refine it from its params)."""
 
@@ -70,6 +81,7 @@ BY_KIND: dict[str, type] = {
     "attack": AttackCapabilities,
     "ood_loss": OODLossCapabilities,
     "executor": ExecutorCapabilities,
+    "defense": DefenseCapabilities,
 }
 
 REQUIRED_METHODS: dict[tuple[str, str], tuple[str, ...]] = {
@@ -77,6 +89,7 @@ REQUIRED_METHODS: dict[tuple[str, str], tuple[str, ...]] = {
     ("attack", "shards"): ("merge_shards",),
     ("ood_loss", "prepares"): ("prepare", "restore"),
     ("ood_loss", "observes"): ("observe",),
+    ("defense", "post_hoc"): ("finish_training",),
 }
 """The methods a declared capability promises (checked when a component is created)."""
 
