@@ -505,3 +505,91 @@ def test_a_worker_killed_mid_job_fails_that_run_only_and_resume_completes_it(str
     _, err = resumed.communicate(timeout=900)
     assert resumed.returncode == 0, err
     assert (sweep_dir / "aggregate.json").read_text() == (straight / "aggregate.json").read_text()
+
+
+# ------------------------------------------------------------------ a rank of a torchrun run killed
+
+RANKS_ATTACK = """
+[attacks.gmi]
+use = "gmi"
+gan_steps = 40
+gan_batch_size = 16
+iterations = 40
+restarts = 2
+samples_per_class = 2
+classes = [0, 1, 2, 3]
+max_batch = 4
+"""
+"""GMI with its WGAN-GP prior trained by both ranks together, then a search of 4 forward batches of 4
+latents (4 classes x 2 restarts x 2 samples) that the two ranks split 2 + 2."""
+
+
+def _ranks_recipe() -> str:
+    from digits_recipes import digits_attack_recipe
+
+    return digits_attack_recipe("a rank killed", RANKS_ATTACK).replace("epochs = 20", "epochs = 1").replace(
+        "epochs = 15", "epochs = 1")
+
+
+def _nproc_run(cwd: Path, *args: str):
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "workbench", "run", *args, "--nproc", "2", "--quiet"], cwd=cwd,
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def straight_ranks_run(tmp_path_factory) -> dict:
+    """The 2-rank run uninterrupted: its results."""
+    root = tmp_path_factory.mktemp("ranks-straight")
+    (root / "tiny.toml").write_text(_ranks_recipe())
+    proc = _nproc_run(root, "tiny.toml", "--run-dir", "run", "--cache-dir", "cache")
+    _, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads((root / "run" / "results.json").read_text())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the rank's pid through /proc")
+@pytest.mark.parametrize("stage", ["attack:gmi:gan", "attack:gmi"], ids=["gan-prior-training", "sharded-search"])
+def test_a_rank_killed_is_one_line_naming_it_and_resume_gives_the_straight_figures(straight_ranks_run, tmp_path,
+                                                                                    stage):
+    """Rank 1 killed with SIGKILL while both ranks train GMI's GAN prior together, or while each searches
+    its shard: the run ends in bounded time with one line naming rank 1 (rank 0, which lost its peer or
+    was stopped by torchrun, says nothing more), the events end with that line, and `--resume` gives
+    the figures of the run that was not interrupted. The kill waits for rank 0's first progress event
+    of that stage (rank 0's events are the run's)."""
+    import signal
+    import time
+
+    from test_distributed import _rank_pid
+    from workbench.storage.events import read_events
+
+    (tmp_path / "tiny.toml").write_text(_ranks_recipe())
+    run_dir = tmp_path / "run"
+    proc = _nproc_run(tmp_path, "tiny.toml", "--run-dir", "run", "--cache-dir", "cache")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (run_dir / "events.jsonl").is_file() and any(
+                e["type"] == "progress" and e.get("stage") == stage for e in read_events(run_dir)):
+            break
+        time.sleep(0.05)
+    rank1 = _rank_pid(1, tmp_path)
+    assert proc.poll() is None and rank1 is not None, proc.communicate()
+    os.kill(rank1, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)  # torchrun notices within seconds; no rank waits forever
+    assert proc.returncode == 1 and "Traceback" not in err
+    resume = "resumable: workbench run run --resume --nproc 2"
+    assert one_line(err) == f"error: rank 1 of 2 was killed by signal SIGKILL; the others were stopped. The run " \
+                            f"directory is {resume}"
+    last = list(read_events(run_dir))[-1]
+    assert last["type"] == "run_failed" and last["error"].startswith("rank 1 of 2 ") and resume in last["error"]
+    assert not (run_dir / "results.json").exists()
+
+    resumed = _nproc_run(tmp_path, "run", "--resume", "--cache-dir", "cache")
+    _, err = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, err[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["variants"] == straight_ranks_run["variants"]
+    assert results["variants"][0]["attacks"]["gmi"]["top5"] > 0  # the search ran: figures, not an empty table

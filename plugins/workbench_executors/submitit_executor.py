@@ -131,7 +131,7 @@ class SubmititExecutor:
             return outcomes[0]
         # A rank that only lost contact when another one stopped adds nothing to that one's line.
         errors = [o.error or "failed" for o in failed]
-        telling = [e for e in errors[1:] if "lost contact with the other ranks" not in e]
+        telling = [e for e in errors[1:] if "lost contact with " not in e]
         return Outcome(ok=False, error="; ".join(dict.fromkeys([errors[0], *telling])))
 
     def close(self, cancel: bool = False) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -99,7 +100,7 @@ def _data_parallel_run(ctx: typer.Context, nproc: int | None, recipe: Path, run_
     from workbench.cli.progress import ConsoleReporter
     from workbench.running import distributed
     from workbench.running.distributed import launched_world_size
-    from workbench.running.runner import RunOptions, run_on_every_rank
+    from workbench.running.runner import RankLost, RunInterrupted, RunOptions, run_on_every_rank
 
     if launched_world_size() == 1:  # `--nproc N`: torch's launcher starts N copies of this command
         _launch_torchrun(nproc, recipe, run_dir, overrides, resume, force, cache_dir, quiet, sinks, plugins_dir)
@@ -123,6 +124,12 @@ def _data_parallel_run(ctx: typer.Context, nproc: int | None, recipe: Path, run_
         if main:
             raise
         sys.exit(130)  # rank 0 says so (it writes the run); one line, not N
+    except (RankLost, RunInterrupted) as exc:
+        # Under `--nproc` the launcher's one line names the rank that died (or the interrupt) and how
+        # to resume; a rank that lost the others, or was stopped because of it, says nothing more.
+        if main and not os.environ.get(distributed.ENV_LAUNCHER):
+            raise
+        sys.exit(exc.exit_code)
     finally:
         signal.signal(signal.SIGTERM, previous)
     if main and run is not None:
@@ -144,6 +151,8 @@ def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: 
     from torch.distributed.run import parse_args
     from torch.distributed.run import run as torchrun
 
+    from workbench.running.distributed import ENV_LAUNCHER
+    from workbench.running.runner import RankLost
     from workbench.storage.runs import default_run_dir
 
     if run_dir is None:  # chosen here, so that the line after a failure can name it
@@ -159,13 +168,15 @@ def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: 
     # torchrun would set 1 thread per rank with a warning; share the cores out instead.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    os.environ[ENV_LAUNCHER] = "1"  # the ranks leave the line about a lost rank to this process
     try:
         torchrun(parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "workbench", *argv]))
     except ChildFailedError as exc:
         # The root cause: a rank killed by a signal (out of memory, kill -9) rather than one that
         # stopped because it was gone, or that torchrun itself stopped (SIGTERM); torchrun does not
         # always list the first rank to die, so when it lists only stopped ones, say no more.
-        listed = sorted((rank, f) for rank, f in exc.failures.items() if f.exitcode != -signal.SIGTERM)
+        listed = sorted((rank, f) for rank, f in exc.failures.items()
+                        if f.exitcode not in (-signal.SIGTERM, RankLost.exit_code))
         killed = [(rank, f) for rank, f in listed if f.exitcode < 0]
         resume = f"The run directory is resumable: workbench run {run_dir} --resume --nproc {nproc}"
         if not listed:
@@ -175,11 +186,29 @@ def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: 
         if code == 2:  # a user error: the rank said it in one line already; nothing to resume
             raise typer.Exit(code=2) from None
         how = f"was killed by signal {failure.signal_name()}" if code < 0 else f"exited with code {code}"
-        raise _LaunchFailed(f"rank {rank} of {nproc} {how}; the others were stopped. {resume}",
-                            130 if code == 130 else 1) from None
+        line = f"rank {rank} of {nproc} {how}; the others were stopped. {resume}"
+        if code < 0:
+            _record_lost_rank(run_dir, line)
+        raise _LaunchFailed(line, 130 if code == 130 else 1) from None
     except SignalException:  # Ctrl-C or SIGTERM: torchrun stopped the ranks; rank 0 recorded where
         raise _LaunchFailed(f"interrupted; continue with: workbench run {run_dir} --resume --nproc {nproc}",
                             130) from None
+
+
+def _record_lost_rank(run_dir: Path, line: str) -> None:
+    """`run_failed` naming the rank that was killed, when rank 0 could not say it: torchrun stopped it
+    (its events end `run_interrupted`) while it worked alone. Written here once every rank has ended."""
+    from workbench.storage.events import EventWriter, read_events
+
+    if not (run_dir / "events.jsonl").is_file():
+        return
+    events = list(read_events(run_dir))
+    if not events or events[-1]["type"] == "run_failed":
+        return
+    with contextlib.suppress(OSError, WorkbenchError):
+        writer = EventWriter(run_dir)
+        writer.emit("run_failed", error=line)
+        writer.close()
 
 
 class _LaunchFailed(WorkbenchError):

@@ -32,6 +32,8 @@ from workbench.errors import RunError
 ENV_WORLD_SIZE = "WORLD_SIZE"
 ENV_RANK = "RANK"
 ENV_LOCAL_RANK = "LOCAL_RANK"
+ENV_LAUNCHER = "WORKBENCH_NPROC_LAUNCHER"
+"""Set by `workbench run --nproc N` for its ranks: the launcher, not the ranks, reports a rank that died."""
 
 # The other ranks wait at the next decision while rank 0 works alone (an attack that does not split).
 TASK_CHANNEL_TIMEOUT = datetime.timedelta(days=7)

@@ -195,6 +195,10 @@ def execute(ctx: RunContext) -> dict[str, Any] | None:
         raise
     except Exception as exc:
         pool.close(cancel=True)
+        if ctx.world.parallel and collective_failed(exc):  # another rank died: run_failed names it
+            lost = rank_lost(exc, ctx.run_dir)
+            announce_failure(ctx, str(lost))
+            raise lost from None
         announce_failure(ctx, f"{type(exc).__name__}: {exc}")
         raise
     announce_finish(ctx, started)
@@ -241,6 +245,8 @@ def run_on_every_rank(options: RunOptions, listeners: Sequence[Any] = (), regist
             ctx = join_run(start, registry)
         with live if live is not None and ctx.world.is_main else contextlib.nullcontext():
             return ctx, execute(ctx)
+    except (RankLost, RunInterrupted):  # the CLI says these once (under --nproc, the launcher does)
+        raise
     except WorkbenchError as exc:
         if distributed.is_main_process():
             raise
@@ -250,14 +256,27 @@ def run_on_every_rank(options: RunOptions, listeners: Sequence[Any] = (), regist
     except (DistError, RuntimeError) as exc:
         if not collective_failed(exc):
             raise
-        if distributed.is_main_process():
-            raise WorkbenchError(f"another rank stopped during training ({first_line(exc)}); the run directory is "
-                                 f"resumable: workbench run {ctx.run_dir if ctx else options.run_dir} --resume "
-                                 f"--nproc {distributed.world_size()}") from None
-        raise WorkbenchError(f"rank {distributed.rank()}: lost contact with the other ranks "
-                             f"({first_line(exc)})") from None
+        raise rank_lost(exc, ctx.run_dir if ctx else options.run_dir) from None
     finally:
         distributed.shutdown()
+
+
+class RankLost(WorkbenchError):
+    """A collective failed because another rank went away (killed, out of memory). Under `--nproc` the
+    ranks exit quietly with `exit_code` and the launcher's one line names the rank that died."""
+
+    exit_code = 75
+
+
+def rank_lost(exc: BaseException, run_dir: Path | None) -> RankLost:
+    """The one line for a collective that failed because another rank went away: which one when it can
+    only be one (two ranks), and on rank 0 how to resume."""
+    n, me = distributed.world_size(), distributed.rank()
+    if me == 0:
+        return RankLost(f"{'rank 1' if n == 2 else 'another rank'} of {n} stopped during training "
+                        f"({first_line(exc)}); the run directory is resumable: workbench run {run_dir} --resume "
+                        f"--nproc {n}")
+    return RankLost(f"rank {me}: lost contact with {'rank 0' if n == 2 else 'the other ranks'} ({first_line(exc)})")
 
 
 def collective_failed(exc: BaseException) -> bool:
@@ -270,7 +289,9 @@ def collective_failed(exc: BaseException) -> bool:
 
 
 def first_line(exc: BaseException) -> str:
-    """The gist of a collective's error: its first line, without gloo's `[source.cc:123]` prefix."""
+    """The gist of a collective's error: its first line, without gloo's `[source.cc:123]` prefix nor
+    its advice after the first sentence ("This is typically caused by a remote worker crashing...")."""
     text = str(exc).strip().splitlines()
     first = re.sub(r"^\[[^\]]*\]\s*", "", text[0]) if text else ""
+    first = first.split(". This is typically", 1)[0]
     return f"{type(exc).__name__}: {first.replace('[', '(').replace(']', ')')}"
