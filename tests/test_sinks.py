@@ -715,3 +715,83 @@ def test_a_sweeps_sinks_travel_in_its_run_jobs_not_the_environment(tmp_path, mon
     assert execute(job) == str(tmp_path / "run")
     assert tb_hparams(tmp_path / "run" / "tensorboard")["none"]  # the sink wrote the run's hparams
     assert ours() == before
+
+
+@pytest.mark.slow
+def test_sink_targets_that_disappear_mid_run_warn_once_and_export_writes_them_whole(tmp_path, monkeypatch, capsys):
+    """The MLflow store deleted after the sink wrote the first epoch, the TensorBoard directory made
+    read-only once its run-level writer is open (a variant's folder cannot be made then): one warning
+    per sink, the run finishes, and `workbench export` of that run afterwards writes what the live
+    sinks of an undisturbed run of the same recipe wrote (figures, steps, params, hparams, images).
+    Each fault is made in the sink's own thread, right after it handled that event."""
+    import contextlib
+
+    from test_faults import read_only
+    from workbench_sinks.mlflow_sink import MLflowSink
+    from workbench_sinks.tensorboard_sink import TensorBoardSink
+
+    recipe = TWO_EPOCHS + '\n[[sinks]]\nuse = "tensorboard"\n\n[[sinks]]\nuse = "mlflow"\nexperiment = "sinks-test"\n'
+
+    def run(root: Path) -> Path:
+        root.mkdir()
+        (root / "recipe.toml").write_text(recipe)
+        run_dir, _ = run_recipe(RunOptions(recipe=root / "recipe.toml", run_dir=root / "run", cache_dir=root / "cache",
+                                           workers=1))
+        return run_dir
+
+    undisturbed = run(tmp_path / "undisturbed")
+    faults = contextlib.ExitStack()
+    made: list[str] = []
+    tb_write, mlflow_write = TensorBoardSink.write, MLflowSink.write
+
+    def tb_then_read_only(self, event):
+        tb_write(self, event)
+        if event["type"] == "run_started" and "tensorboard" not in made:
+            made.append("tensorboard")
+            faults.enter_context(read_only(self.root, monkeypatch))
+
+    def mlflow_then_deleted(self, event):
+        mlflow_write(self, event)
+        if event["type"] == "epoch" and "mlflow" not in made:
+            made.append("mlflow")
+            shutil.rmtree(self.store)
+
+    monkeypatch.setattr(TensorBoardSink, "write", tb_then_read_only)
+    monkeypatch.setattr(MLflowSink, "write", mlflow_then_deleted)
+    with faults:
+        disturbed = run(tmp_path / "disturbed")
+    monkeypatch.setattr(TensorBoardSink, "write", tb_write)
+    monkeypatch.setattr(MLflowSink, "write", mlflow_write)
+    assert sorted(made) == ["mlflow", "tensorboard"]
+    assert_complete(disturbed)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "ERROR" not in err, err[-2000:]  # MLflow's own error log stays quiet
+    warnings = warnings_of(disturbed)
+    [tb_warning] = [m for m in warnings if "'tensorboard'" in m]
+    [mlflow_warning] = [m for m in warnings if "'mlflow'" in m]
+    assert len(warnings) == 2, warnings
+    assert tb_warning.startswith("event sink 'tensorboard' failed in write (") and "Permission denied" in tb_warning
+    assert str(disturbed / "tensorboard" / "none") in tb_warning
+    assert mlflow_warning == (
+        f"event sink 'mlflow' failed in write ({mlflow_warning.split('(')[1].split(')')[0]}) and was dropped: "
+        f"{disturbed.resolve() / 'mlflow'}: the MLflow store was deleted during the run; the run goes on without "
+        f"it, and `workbench export {disturbed} --sink mlflow --to DIR` writes it again from events.jsonl")
+
+    code, _, err = invoke(monkeypatch, capsys, "export", str(disturbed), "--sink", "tensorboard", "--to",
+                          str(tmp_path / "tb"))
+    assert code == 0, err
+    assert tb_scalars(tmp_path / "tb") == tb_scalars(undisturbed / "tensorboard") != {}
+    assert tb_hparams(tmp_path / "tb") == tb_hparams(undisturbed / "tensorboard")
+    assert tb_images(tmp_path / "tb" / "none") == tb_images(undisturbed / "tensorboard" / "none")
+    code, _, err = invoke(monkeypatch, capsys, "export", str(disturbed), "--sink", "mlflow", "--to",
+                          str(tmp_path / "mlflow"))
+    assert code == 0, err
+    live_client, live_runs = mlflow_runs(undisturbed / "mlflow")
+    client, runs = mlflow_runs(tmp_path / "mlflow")
+    assert set(runs) == set(live_runs) == {"run", "none"}
+    for name in runs:
+        figures = {k: v for k, (v, _) in mlflow_history(client, runs[name]).items()}  # times differ: two runs
+        assert figures == {k: v for k, (v, _) in mlflow_history(live_client, live_runs[name]).items()}
+        assert figures or name == "run"  # the variant's epochs and results (the parent run has none)
+        assert runs[name].data.params == live_runs[name].data.params
+        assert runs[name].info.status == live_runs[name].info.status == "FINISHED"

@@ -60,6 +60,7 @@ class MLflowSink:
         self.children: dict[str, str] = {}
         self.pending: list[tuple[str, Any]] = []
         self.finished = False
+        self.store: Path | None = None  # the local store's folder (None with a tracking_uri)
 
     def open(self, run_dir: Path, recipe: dict[str, Any]) -> None:
         try:
@@ -68,6 +69,9 @@ class MLflowSink:
             raise WorkbenchError(f"the mlflow package is not installed: {EXTRA}") from None
         for name in ("mlflow", "alembic"):  # no "creating tables" chatter in the run's output
             logging.getLogger(name).setLevel(logging.WARNING)
+        # The store logs each database error with its traceback before raising it; the raised error is
+        # the sink's one warning line.
+        logging.getLogger("mlflow.store").setLevel(logging.CRITICAL)
         self.run_dir = Path(run_dir)
         self.recipe = recipe
         self.translate = Translator(self.run_dir, progress=self.params.progress)
@@ -82,6 +86,7 @@ class MLflowSink:
             directory = Path(self.params.directory) if self.params.directory else Path("mlflow")
             directory = (directory if directory.is_absolute() else self.run_dir / directory).resolve()
             directory.mkdir(parents=True, exist_ok=True)
+            self.store = directory
             uri = f"sqlite:///{directory / 'mlflow.db'}"
             artifact_location = (directory / "artifacts").as_uri()
         self.client = MlflowClient(tracking_uri=uri)
@@ -96,6 +101,7 @@ class MLflowSink:
     # -------------------------------------------------------------- events
 
     def write(self, event: dict[str, Any]) -> None:
+        self._check_store()
         if event.get("type") == "run_started":
             self._start(event)
         for item in self.translate(event):
@@ -105,6 +111,15 @@ class MLflowSink:
                 self._finish(item)
         if len(self.pending) >= _BATCH or event.get("type") == "stage_finished":
             self.flush()
+
+    def _check_store(self) -> None:
+        """A local store deleted while the run goes on is one clear error (the sink's one warning), not
+        SQLite writing on into the deleted file or the artifacts recreating half a store."""
+        if self.store is not None and not (self.store / "mlflow.db").is_file():
+            raise WorkbenchError(
+                f"{self.store}: the MLflow store was deleted during the run; the run goes on without it, and "
+                f"`workbench export {self.run_dir} --sink mlflow --to DIR` writes it again from events.jsonl"
+            )
 
     def _start(self, event: dict[str, Any]) -> None:
         """The parent run and a nested run per variant; a resumed run continues its MLflow runs."""
@@ -220,7 +235,7 @@ class MLflowSink:
                 self.client.log_artifact(run_id, str(png), None if relative == "." else relative)
 
     def close(self) -> None:
-        if self.parent is None:
+        if self.parent is None or (self.store is not None and not (self.store / "mlflow.db").is_file()):
             return
         self.flush()
         if not self.finished:  # the stream ended without run_finished/failed (a replay of a killed run)
