@@ -17,7 +17,7 @@ import torch
 from pydantic import Field, field_validator
 from torch import Tensor
 
-from workbench.api import ComponentTable, Defense, StrictModel, seeds
+from workbench.api import ComponentTable, Defense, DefenseCapabilities, StrictModel, seeds
 
 DefenseTable = ComponentTable.of("defense")
 
@@ -80,6 +80,8 @@ class RandomErasing(Defense):
     def __init__(self, params: RandomErasingParams):
         self.params = params
         self.inner: Defense = params.defense.instance
+        # As the held defense declares (around Gaussian noise: post-hoc, trained with erasing, then wrapped).
+        self.capabilities = getattr(self.inner, "capabilities", None) or DefenseCapabilities()
         self.seed = 0
 
     @property

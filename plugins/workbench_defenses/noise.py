@@ -21,15 +21,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.api import (
-    Defense,
-    LossOutput,
-    StrictModel,
-    WorkbenchError,
-    cross_entropy,
-    iterate_batches,
-    seeds,
-)
+from workbench.api import StrictModel, WorkbenchError, iterate_batches, seeds
+from workbench_defenses.post_hoc import PostHocDefense
 from workbench_defenses.tldmi import find_head
 
 
@@ -68,15 +61,12 @@ class NoisyLinear(nn.Linear):
         return F.linear(z, self.weight, self.bias)
 
 
-class GaussianNoise(Defense):
+class GaussianNoise(PostHocDefense):
     """Post-hoc: train as `none`, then add Gaussian noise to the penultimate feature of the trained target."""
 
     def __init__(self, params: GaussianNoiseParams):
-        self.params = params
+        super().__init__(params)
         self.head: NoisyLinear | None = None
-        self.seed = 0
-        self.data = None
-        self.emit = lambda *args, **kwargs: None
 
     def prepare_model(self, model, num_classes, ctx=None):
         try:
@@ -88,13 +78,8 @@ class GaussianNoise(Defense):
                                  "facenet, timm models with a linear classifier)") from None
         self.head = NoisyLinear(head)
         setattr(parent, attr, self.head)
-        if ctx is not None:
-            self.seed, self.data, self.emit = ctx.seed, ctx.data, ctx.emit
+        self.keep_context(ctx)
         return model
-
-    def loss(self, *, x, y, logits, hiddens, model) -> LossOutput:
-        ce = cross_entropy(logits, y)
-        return LossOutput(ce, {"ce": float(ce.detach())})
 
     def finish_training(self, model: nn.Module) -> None:
         p = self.params
@@ -112,9 +97,8 @@ class GaussianNoise(Defense):
             self.head.fresh_std.fill_(scale)
         shown = f"σ = {p.sigma:g}" + (f" × feature RMS {rms:.4g} = {scale:.4g}" if p.relative
                                       else f", feature RMS {rms:.4g}" if rms is not None else "")
-        self.emit("log", level="info", message=(
-            f"gaussian-noise: post-hoc, {'one fixed noise vector' if p.mode == 'fixed' else 'fresh noise per forward'}"
-            f" ({shown}) added to the penultimate feature of the trained target for evaluation and attacks"))
+        self.announce("gaussian-noise", f"{'one fixed noise vector' if p.mode == 'fixed' else 'fresh noise per forward'}"
+                      f" ({shown}) added to the penultimate feature of the trained target for evaluation and attacks")
 
 
 @torch.no_grad()

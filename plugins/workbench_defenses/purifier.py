@@ -19,15 +19,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.api import (
-    Defense,
-    LossOutput,
-    StrictModel,
-    WorkbenchError,
-    cross_entropy,
-    iterate_batches,
-    seeds,
-)
+from workbench.api import StrictModel, WorkbenchError, iterate_batches, seeds
+from workbench_defenses.post_hoc import PostHocDefense
 
 
 class PurifierParams(StrictModel):
@@ -97,37 +90,28 @@ def purifier_loss(purified: Tensor, logits: Tensor, mse_weight: float) -> tuple[
     return ce + mse_weight * mse, ce, mse
 
 
-class Purifier(Defense):
+class Purifier(PostHocDefense):
     """Post-hoc: train the target as `none`, then fit a conditional-MLP purifier of its logits."""
 
     def __init__(self, params: PurifierParams):
-        self.params = params
+        super().__init__(params)
         self.wrapper: PurifiedClassifier | None = None
-        self.seed = 0
-        self.data = None
-        self.emit = lambda *args, **kwargs: None
 
     def prepare_model(self, model, num_classes, ctx=None):
-        if ctx is not None:
-            self.seed, self.data, self.emit = ctx.seed, ctx.data, ctx.emit
+        self.keep_context(ctx)
         self.wrapper = PurifiedClassifier(model, num_classes, self.params.cond_dim, self.seed)
         return self.wrapper
 
     def param_groups(self, model):
         return [{"params": [p for p in model.target.parameters() if p.requires_grad]}]
 
-    def loss(self, *, x, y, logits, hiddens, model) -> LossOutput:
-        ce = cross_entropy(logits, y)
-        return LossOutput(ce, {"ce": float(ce.detach())})
-
     def finish_training(self, model: nn.Module) -> None:
         if self.data is None:
             raise WorkbenchError("purifier: needs the private training data to fit on (prepare_model got no context)")
         figures = fit_purifier(model, self.data.train, self.params, self.seed)
-        self.emit("log", level="info", message=(
-            f"purifier: post-hoc, MIBench's conditional-MLP purifier fitted on the {len(self.data.train)} private "
-            f"training images ({self.params.epochs} epochs) now wraps the trained target's logits; last epoch: "
-            + ", ".join(f"{k} {v:.4g}" for k, v in figures.items())))
+        self.announce("purifier", f"MIBench's conditional-MLP purifier fitted on the {len(self.data.train)} private "
+                      f"training images ({self.params.epochs} epochs) now wraps the trained target's logits; last "
+                      "epoch: " + ", ".join(f"{k} {v:.4g}" for k, v in figures.items()))
 
 
 def fit_purifier(model: PurifiedClassifier, data, params: PurifierParams, seed: int) -> dict[str, float]:

@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from workbench.cli.common import out, registry
@@ -42,7 +43,7 @@ def plugins_list(
     kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
 ) -> None:
     """Every registered component by kind, with the plugin that provides it and its params."""
-    from workbench.components.capabilities import as_json
+    from workbench.components.capabilities import as_json as capabilities_json
     from workbench.components.registry import KINDS
 
     reg = registry(ctx)
@@ -56,7 +57,7 @@ def plugins_list(
                 "kind": component.kind, "name": component.name, "plugin": component.plugin,
                 "distribution": info.distribution if info else None, "version": info.version if info else None,
                 "summary": component.summary, "params": _params_rows(component.params),
-                "capabilities": as_json(component.capabilities()),
+                "capabilities": capabilities_json(component.capabilities()),
             })
     if as_json:
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
@@ -74,7 +75,8 @@ def plugins_list(
             plugin = r["plugin"] + (f" ({r['distribution']} {r['version']})" if r["distribution"] else "")
             declared = ", ".join(k if v is True else f"{k}={v}" for k, v in r["capabilities"].items()
                                  if v not in (False, None, (), []))
-            table.add_row(r["name"], plugin, r["summary"] + (f" [{declared}]" if declared else ""), params)
+            summary = r["summary"] + (f" [{declared}]" if declared else "")
+            table.add_row(r["name"], plugin, escape(summary), params)  # `[post_hoc]` is text, not markup
         if not kind_rows:
             table.add_row("(none registered)", "", "", "")
         out.print(table)

@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.table import Table
 
-from workbench.reporting.columns import headline_cells
+from workbench.reporting.columns import headline_cells, variant_label
 
 
 def results_table(results: dict[str, Any]) -> Table:
@@ -33,5 +33,5 @@ def aggregate_table(data: dict[str, Any]) -> Table:
         table.add_column(column)
     for point in data["points"]:
         for variant in point["variants"]:
-            table.add_row(point["id"], variant["name"], *(cell(variant["figures"].get(c)) for c in columns))
+            table.add_row(point["id"], variant_label(variant), *(cell(variant["figures"].get(c)) for c in columns))
     return table

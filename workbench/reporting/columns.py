@@ -51,6 +51,31 @@ class Column:
         return self.title + {True: " ↑", False: " ↓", None: ""}[self.higher]
 
 
+POST_HOC = "post-hoc"
+"""The mark beside a variant whose defense declares `DefenseCapabilities(post_hoc=True)`: its target
+trained as `none` would and the defense wrapped it afterwards (results.json: `defense.post_hoc`)."""
+
+
+def is_post_hoc(variant: dict[str, Any]) -> bool:
+    """Whether a variant's record (results.json, or a sweep's aggregate) says its defense is post-hoc."""
+    defense = variant.get("defense")
+    return isinstance(defense, dict) and defense.get("post_hoc") is True
+
+
+def variant_label(variant: dict[str, Any]) -> str:
+    """The variant's name as the tables show it: `noise (post-hoc)` for a post-hoc defense's variant."""
+    return f"{variant['name']} ({POST_HOC})" if is_post_hoc(variant) else str(variant["name"])
+
+
+def post_hoc_note(variants: list[dict[str, Any]]) -> str | None:
+    """One line naming the post-hoc variants and what the mark means, or None when there are none."""
+    marked = [f"`{v['name']}` ({v['defense'].get('use', '?')})" for v in variants if is_post_hoc(v)]
+    if not marked:
+        return None
+    return (f"{POST_HOC}: {', '.join(marked)}: the classifier trained without the defense (as `none`) and the "
+            "defense wraps the trained classifier; it changes what evaluation and attacks see, not the training")
+
+
 def figure(variant: dict[str, Any], section: str, key: str) -> float | None:
     """A numeric figure of one variant's results, or None (missing, or not a number)."""
     value: Any = variant.get(section, {})
@@ -165,7 +190,7 @@ def headline_cells(results: dict[str, Any]) -> tuple[list[str], list[list[str]],
     rows, marks = [], []
     for variant in variants:
         cells = [cell_text(variant, c) for c in columns]
-        rows.append([variant["name"], *cells])
+        rows.append([variant_label(variant), *cells])
         flags = []
         for column, text in zip(columns, cells, strict=True):
             value = figure(variant, column.section, column.key)

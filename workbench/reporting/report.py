@@ -17,7 +17,9 @@ from workbench.reporting.columns import (
     figure,
     headline_cells,
     headline_columns,
+    post_hoc_note,
     results_columns,
+    variant_label,
 )
 from workbench.reporting.drawing import save_png
 from workbench.reporting.plots import line_chart, scatter
@@ -52,7 +54,7 @@ def markdown_table(results: dict[str, Any]) -> str:
             if value is not None and best.get(column) == value and len(variants) > 1:
                 text = f"**{text}**"
             cells.append(text)
-        lines.append(f"| {variant['name']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {variant_label(variant)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -172,12 +174,14 @@ def evaluation_header(evaluation: dict[str, Any] | None) -> list[str]:
 
 
 def header_lines(run_dir: Path, results: dict[str, Any], recipe: Recipe) -> list[str]:
-    """The report's header as markdown list items (recipe, seed, machine, E, FID convention)."""
+    """The report's header as markdown list items (recipe, seed, machine, post-hoc variants, E, FID convention)."""
     machine = results.get("machine", {})
+    post_hoc = post_hoc_note(results["variants"])
     return [
         f"- recipe: `{results['recipe']}` (hash `{results['recipe_hash']}`), seed {results['seed']}",
         f"- device: {results.get('device', '?')}; " + ", ".join(f"{k} {v}" for k, v in machine.items()),
         f"- variants: {', '.join(v['name'] for v in results['variants'])}",
+        *([f"- {post_hoc}"] if post_hoc else []),
         *fid_conventions(run_dir, recipe),
         *evaluation_header(results.get("evaluation_model")),
     ]
@@ -274,6 +278,6 @@ def details_cells(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Every column of `results_columns`, four decimals: headings and one row per variant."""
     variants = results["variants"]
     columns = results_columns(variants)
-    rows = [[v["name"], *("–" if (x := figure(v, c.section, c.key)) is None else f"{x:.4f}" for c in columns)]
+    rows = [[variant_label(v), *("–" if (x := figure(v, c.section, c.key)) is None else f"{x:.4f}" for c in columns)]
             for v in variants]
     return ["variant", *(c.heading for c in columns)], rows

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from workbench.reporting.columns import HEADLINE_ATTACK_KEYS, rounded
+from workbench.reporting.columns import HEADLINE_ATTACK_KEYS, is_post_hoc, rounded, variant_label
 from workbench.sweeps.stats import paired, summarize
 
 AGGREGATE_FILE = "aggregate.json"
@@ -58,23 +58,30 @@ def aggregate(points: list[dict[str, Any]]) -> dict[str, Any]:
     Returns `{"points": [{"id", "values", "seeds", "missing", "variants": [{"name", "figures":
     {figure: {"n", "mean", "std", "ci95", "values"}}, "paired": {...}}]}]}`; `values` follow
     the point's `seeds` (null where a run has no such figure); `paired` holds the per-seed
-    differences to `none` of the same point.
+    differences to `none` of the same point. A variant whose runs record a post-hoc defense keeps
+    that record (`"defense": {"use", "post_hoc": true}`), so the sweep's tables mark it.
     """
     out = []
     for point in points:
         done = [s for s in point["seeds"] if point["results"].get(s) is not None]
         missing = [s for s in point["seeds"] if point["results"].get(s) is None]
         per_variant: dict[str, dict[int, dict[str, float]]] = {}
+        post_hoc: dict[str, dict[str, Any]] = {}
         for seed in done:
             for variant in point["results"][seed].get("variants", []):
                 per_variant.setdefault(variant["name"], {})[seed] = flatten(variant)
+                if is_post_hoc(variant):
+                    post_hoc[variant["name"]] = {"use": variant["defense"].get("use"), "post_hoc": True}
         variants = []
         for name, by_seed in per_variant.items():
             names: dict[str, None] = {}
             for seed in done:
                 names.update(dict.fromkeys(by_seed.get(seed, {})))
             figures = {f: summarize([by_seed.get(seed, {}).get(f) for seed in done]) for f in names}
-            variants.append({"name": name, "figures": figures})
+            entry = {"name": name, "figures": figures}
+            if name in post_hoc:
+                entry["defense"] = post_hoc[name]
+            variants.append(entry)
         baseline = next((v for v in variants if v["name"] == BASELINE), None)
         if baseline is not None:
             for variant in variants:
@@ -183,7 +190,7 @@ def seeds_note(header: dict[str, Any]) -> str | None:
 
 def paired_rows(point: dict[str, Any], columns: list[str]) -> list[list[str]]:
     """variant, then a verdict per headline figure against `none` (paired over seeds)."""
-    return [[v["name"], *(verdict(v["paired"]["figures"][c]) if c in v["paired"]["figures"] else "–"
+    return [[variant_label(v), *(verdict(v["paired"]["figures"][c]) if c in v["paired"]["figures"] else "–"
                           for c in columns)] for v in point["variants"] if "paired" in v]
 
 
@@ -207,7 +214,7 @@ def render_report(data: dict[str, Any], header: dict[str, Any], failed: dict[str
         lines += ["| variant | " + " | ".join(figure_title(c) for c in columns) + " |",
                   "|---|" + "---:|" * len(columns)]
         for variant in point["variants"]:
-            lines.append(f"| {variant['name']} | " + " | ".join(cell(variant["figures"].get(c)) for c in columns)
+            lines.append(f"| {variant_label(variant)} | " + " | ".join(cell(variant["figures"].get(c)) for c in columns)
                          + " |")
         lines.append("")
         compared = paired_rows(point, columns)
@@ -235,7 +242,7 @@ def per_seed_rows(point: dict[str, Any], columns: list[str]) -> list[list[str]]:
                 values = (variant["figures"].get(column) or {}).get("values") or []
                 value = values[index] if index < len(values) else None
                 cells.append("–" if value is None else f"{value:.4f}")
-            rows.append([variant["name"], str(seed), *cells])
+            rows.append([variant_label(variant), str(seed), *cells])
     return rows
 
 
@@ -264,7 +271,7 @@ def render_html(sweep_dir: Path, data: dict[str, Any], header: dict[str, Any], f
             "title": point["id"] if point["values"] else "all runs",
             "values": ", ".join(f"`{k}` = {v}" for k, v in point["values"].items()),
             "missing": ", ".join(map(str, point["missing"])),
-            "rows": [[v["name"], *(cell(v["figures"].get(c)) for c in columns)] for v in point["variants"]],
+            "rows": [[variant_label(v), *(cell(v["figures"].get(c)) for c in columns)] for v in point["variants"]],
             "paired": paired_rows(point, columns),
             "per_seed": per_seed_rows(point, columns),
         })

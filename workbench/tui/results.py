@@ -13,7 +13,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
-from workbench.reporting.columns import cell_text, figure, headline_columns, results_columns
+from workbench.reporting.columns import cell_text, figure, headline_columns, results_columns, variant_label
 from workbench.storage.runs import clean_results
 from workbench.tui.charts import half_block_image, load_picture, scatter_chart
 from workbench.tui.listing import files_stamp, mtime, progress_bar, styled_status
@@ -60,7 +60,7 @@ def results_rows(run_dirs: list[Path], details: bool = False, width: int = HEADL
         for variant in variants:
             cells = [_fmt(figure(variant, c.section, c.key)) if details else cell_text(variant, c, compact=True)
                      for c in columns]
-            rows.append([run_dir.name, str(variant["name"]), *cells])
+            rows.append([run_dir.name, variant_label(variant), *cells])
             accuracy = figure(variant, "utility", "test_accuracy")
             top1s = [figure(variant, c.section, c.key) for c in headline if c.section == "attacks"]
             top1s = [x for x in top1s if x is not None]
@@ -210,7 +210,7 @@ class SweepScreen(Screen):
             for point in points:
                 for variant in point.get("variants", []):
                     paired = variant.get("paired", {}).get("figures", {})
-                    table.add_row(point["id"], variant["name"], *(cell(variant["figures"].get(c)) for c in columns),
+                    table.add_row(point["id"], variant_label(variant), *(cell(variant["figures"].get(c)) for c in columns),
                                   *(verdict(paired[c]) if c in paired else "–" for c in columns))
         picture = self.sweep_dir / "pareto.png"
         pareto = Text("Privacy against utility (pareto.png)\n", style="bold")
