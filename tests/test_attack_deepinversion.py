@@ -142,7 +142,7 @@ use = "deepinversion"
 
 
 @pytest.mark.slow
-def test_deepinversion_recovers_the_private_digits(run_tiny_recipe):
+def test_deepinversion_recovers_the_private_digits(run_tiny_recipe, shared_trained_stages):
     _, results = run_tiny_recipe(DIGITS_RECIPE, workers=1)
     figures = results["variants"][0]["attacks"]["deepinversion"]
     # Measured on the cached seed-0 target and E with these defaults: 1.00 (docs/attacks/deepinversion.md).

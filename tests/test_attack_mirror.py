@@ -122,7 +122,7 @@ restarts = 4
 
 
 @pytest.mark.slow
-def test_mirror_b_recovers_the_private_digits(run_tiny_recipe):
+def test_mirror_b_recovers_the_private_digits(run_tiny_recipe, shared_trained_stages):
     _, results = run_tiny_recipe(DIGITS_RECIPE, workers=1)
     figures = results["variants"][0]["attacks"]["mirror-b"]
     # Measured on the cached seed-0 target, E and prior with these settings: 0.90 and 0.65 of 20 images
