@@ -160,7 +160,7 @@ use = "if-gmi"
 
 
 @pytest.mark.slow
-def test_ifgmi_recovers_the_private_digits(run_tiny_recipe):
+def test_ifgmi_recovers_the_private_digits(run_tiny_recipe, shared_trained_stages):
     _, results = run_tiny_recipe(DIGITS_RECIPE, workers=1)
     figures = results["variants"][0]["attacks"]["if-gmi"]
     # Measured on the cached seed-0 target, E and prior with these defaults: 0.775, 0.825, 0.90 for

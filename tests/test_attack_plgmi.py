@@ -144,7 +144,7 @@ use = "plg-mi"
 
 
 @pytest.mark.slow
-def test_plgmi_recovers_the_private_digits(run_tiny_recipe, monkeypatch):
+def test_plgmi_recovers_the_private_digits(run_tiny_recipe, shared_trained_stages, monkeypatch):
     # Measured with this recipe and the plugin defaults (seed 0, one torch thread): top-1 0.98,
     # top-5 1.00 (chance 0.2). One thread: on a busy 2-core machine two threads per job spin
     # against each other and the 400-step cGAN runs many times slower.
