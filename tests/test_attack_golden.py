@@ -15,8 +15,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from workbench.api import AttackContext, DataSplits, seeds
-from workbench_attacks.common import Group
-from workbench_attacks.core import Chunk, search
+from workbench.attack_toolkit import Chunk, ClassDiscriminator, Group, MinibatchDiscrimination, search
 from workbench_attacks.gmi import GMIParams, GMISearch
 from workbench_attacks.kedmi import (
     KEDMI,
@@ -25,7 +24,6 @@ from workbench_attacks.kedmi import (
     discriminator_loss,
     generator_loss,
 )
-from workbench_attacks.networks import ClassDiscriminator, MinibatchDiscrimination
 
 Z, K, SIZE = 3, 4, 8
 
@@ -237,7 +235,7 @@ def test_kedmi_gan_losses_equal_the_reference_formulas():
 
 
 def kedmi_networks():
-    from workbench_attacks.networks import Generator
+    from workbench.attack_toolkit import Generator
 
     G = fixed(Generator(Z, 1, SIZE, 4), 0)
     D = fixed(ClassDiscriminator(1, SIZE, 4, num_classes=K, mbd_kernels=3, mbd_kernel_dim=2), 1)

@@ -9,8 +9,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from workbench.api import AttackContext, DataSplits, StageCache, WorkbenchError
-from workbench_attacks.common import Group, load_or_train
-from workbench_attacks.core import search
+from workbench.attack_toolkit import Group, load_or_train, search
 from workbench_attacks.gmi import GMIParams, GMISearch
 
 
@@ -91,7 +90,7 @@ def test_a_nan_prior_is_never_cached_and_a_cached_one_is_never_loaded(tmp_path):
 
 
 def test_a_nan_gan_loss_stops_training_naming_the_stage():
-    from workbench_attacks.core import GANBudget, train_gan
+    from workbench.attack_toolkit import GANBudget, train_gan
 
     g, d = G(), Head(1)
     budget = GANBudget(gan_steps=3, critic_iters=1)

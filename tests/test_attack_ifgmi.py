@@ -13,8 +13,8 @@ from torch import nn
 
 from digits_recipes import digits_attack_recipe
 from workbench.api import WorkbenchError
+from workbench.attack_toolkit import Generator
 from workbench_attacks.ifgmi import IFGMIParams, generator_layers, project_l1, staged_search
-from workbench_attacks.networks import Generator
 from workbench_attacks.ppa import poincare_loss
 
 

@@ -17,8 +17,7 @@ from torch.utils.data import TensorDataset
 
 from digits_recipes import digits_attack_recipe
 from workbench.api import AttackContext, DataSplits, StageCache
-from workbench_attacks.common import Group, ImagePool
-from workbench_attacks.core import Chunk
+from workbench.attack_toolkit import Chunk, Group, ImagePool
 from workbench_attacks.lomma import (
     Identity,
     LOMMAGMIParams,

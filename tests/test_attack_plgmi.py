@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from digits_recipes import digits_attack_recipe
 from workbench.api import AttackContext, DataSplits, StageCache
-from workbench_attacks.common import ImagePool
+from workbench.attack_toolkit import ImagePool
 from workbench_attacks.plgmi import (
     ProjectionDiscriminator,
     augment,

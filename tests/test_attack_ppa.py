@@ -19,9 +19,9 @@ from torch.utils.data import TensorDataset
 
 from digits_recipes import digits_attack_recipe
 from workbench.api import AttackContext, DataSplits, StageCache, WorkbenchError, model_state, state_to_tensors
+from workbench.attack_toolkit import Critic, Generator
 from workbench.testing import TINY_RECIPE
 from workbench_attacks.gmi import GMI, GMIParams
-from workbench_attacks.networks import Critic, Generator
 from workbench_attacks.ppa import (
     PPA,
     PPAParams,

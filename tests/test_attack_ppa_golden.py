@@ -10,8 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from workbench.api import AttackContext, DataSplits
-from workbench_attacks.common import Group
-from workbench_attacks.core import search
+from workbench.attack_toolkit import Group, search
 from workbench_attacks.ppa import PPAParams, PPASearch
 
 Z, K = 3, 4

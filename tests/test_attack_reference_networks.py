@@ -1,6 +1,6 @@
 """Golden tests: the GAN priors' networks are the references' own at the references' settings.
 
-The reference classes are transcribed here independently of `workbench_attacks.networks`, from
+The reference classes are transcribed here independently of `workbench.attack_toolkit`, from
 DefendMI (`AlanPeng0897/Defend_MI@2a3f25f`): `GMI/generator.py:5-59` (`Generator`,
 `GeneratorMNIST`), `GMI/discri.py:6-54` (`DGWGAN32`, `DGWGAN`) and `DMI/discri.py:8-95`
 (`MinibatchDiscrimination`, `MinibatchDiscriminator`, `MinibatchDiscriminator_MNIST`). Each
@@ -15,7 +15,7 @@ import torch
 import torch.nn.init as init
 from torch import nn
 
-from workbench_attacks.networks import ClassDiscriminator, Critic, Generator
+from workbench.attack_toolkit import ClassDiscriminator, Critic, Generator
 
 # ---------------------------------------------------------------- the reference classes, transcribed
 

@@ -11,15 +11,22 @@ import pytest
 import torch
 
 from workbench.api import AttackContext, AttackShard, WorkbenchError
+from workbench.attack_toolkit import (
+    ClassDiscriminator,
+    Critic,
+    Generator,
+    Group,
+    make_groups,
+    merge_shards,
+    result,
+    search,
+)
 from workbench.running import attack_shards
 from workbench.running.runner import RunInterrupted
 from workbench.storage.events import read_events
 from workbench.testing import TINY_RECIPE
-from workbench_attacks.common import Group, make_groups
-from workbench_attacks.core import merge_shards, result, search
 from workbench_attacks.gmi import GMIParams, GMISearch
 from workbench_attacks.kedmi import KEDMI, KEDMIParams, KEDMISearch
-from workbench_attacks.networks import ClassDiscriminator, Critic, Generator
 
 CLASSES, Z = 5, 8
 

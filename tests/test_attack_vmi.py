@@ -20,8 +20,7 @@ from torch.utils.data import TensorDataset
 
 from digits_recipes import digits_attack_recipe
 from workbench.api import AttackContext, AttackShard, DataSplits, StageCache, seeds
-from workbench_attacks.common import Group, ImagePool
-from workbench_attacks.core import merge_shards, result, search
+from workbench.attack_toolkit import Group, ImagePool, merge_shards, result, search
 from workbench_attacks.vmi import (
     VMI,
     VMIParams,
@@ -303,7 +302,7 @@ def test_loss_is_the_sum_over_classes_of_mean_identity_plus_kl():
     problem = VMISearch(params, G, T)
     mean, scale = random_gaussian(2, 9)
     groups = [Group(1, 0), Group(3, 0)]
-    from workbench_attacks.core import Chunk
+    from workbench.attack_toolkit import Chunk
 
     chunk = Chunk(groups, [seeds.generator(0, "x", g.target_class) for g in groups], [1, 1])
     eps = [torch.randn(2, Z, generator=seeds.generator(0, "x", g.target_class)).double() for g in groups]

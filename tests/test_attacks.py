@@ -223,7 +223,7 @@ def test_kedmi_recovers_classes_and_caches_per_target(toy, registry, tmp_path):
 
     # The K+1 GAN learns the target's soft labels: another target means another cache entry.
     data, target, evaluator = toy
-    from workbench_attacks.common import public_pool
+    from workbench.attack_toolkit import public_pool
 
     pool = public_pool(context(toy), "kedmi")
     key_a = attack.gan_key(pool, context(toy))
@@ -298,7 +298,7 @@ def test_attacks_report_user_errors(toy, registry):
 
 @pytest.mark.parametrize("image_size", [16, 28, 32, 64])
 def test_networks_are_sized_for_the_data(image_size):
-    from workbench_attacks.networks import ClassDiscriminator, Critic, Generator
+    from workbench.attack_toolkit import ClassDiscriminator, Critic, Generator
 
     generator = Generator(10, 3, image_size, 4).eval()
     with torch.no_grad():
@@ -322,7 +322,7 @@ def test_params_document_every_field(registry):
 
 
 def test_first_classes_limits_the_attacked_classes():
-    from workbench_attacks.common import resolve_classes
+    from workbench.attack_toolkit import resolve_classes
 
     assert resolve_classes(None, 1000, "gmi", 300) == list(range(300))
     assert resolve_classes(None, 5, "gmi", 300) == list(range(5))

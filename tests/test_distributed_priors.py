@@ -31,13 +31,12 @@ from torch import nn
 from digits_recipes import digits_attack_recipe
 from test_distributed import _events
 from workbench.api import AttackContext, StageCache
+from workbench.attack_toolkit import ClassDiscriminator, Critic, load_or_train
 from workbench.errors import RunError
 from workbench.running import distributed
-from workbench_attacks.common import load_or_train
 from workbench_attacks.gmi import GMIParams, train_wgan_gp
 from workbench_attacks.kedmi import KEDMIParams, train_kplus1_gan
 from workbench_attacks.lomma import LOMMAGMIParams, distill
-from workbench_attacks.networks import ClassDiscriminator, Critic
 from workbench_attacks.plgmi import PLGMIParams, ProjectionDiscriminator, train_cgan
 
 WORLD = 2

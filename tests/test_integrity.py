@@ -394,8 +394,8 @@ def test_a_prior_entry_holding_only_some_keys_is_retrained_from_fresh_weights(tm
     import torch
 
     from workbench.api import AttackContext
+    from workbench.attack_toolkit import load_or_train
     from workbench.storage.cache import StageCache
-    from workbench_attacks.common import load_or_train
 
     cache = StageCache(tmp_path)
     key = {"gan": {"z_dim": 4}, "public": "abc", "seed": 0}

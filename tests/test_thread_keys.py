@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from workbench.api import AttackContext, StageCache
+from workbench.attack_toolkit import load_or_train
 from workbench.running.threads import threads_for, threads_per_job
-from workbench_attacks.common import load_or_train
 
 
 def _run(tmp_path, extra: str = ""):

@@ -19,8 +19,9 @@ internal and may change without notice.
 - Executors: `execute_outcome(job)` runs a `Job` in any process; `die_with_parent()` for workers.
 - Data parallel (torchrun): `gather_with_grad` (a batch statistic over the global batch),
   `world_size`, `rank`, `is_main_process` (the one process that writes files); for a stage
-  trained by every rank together (an attack's prior): `agree_on_hit`, `training_together`,
-  `split_forward`, `average_gradients`, `in_data_parallel`, `broadcast_module`.
+  trained by every rank together (an attack's prior; `StageCache.load_or_compute` takes rank 0's
+  cache decision and weights): `training_together`, `split_forward`, `average_gradients`,
+  `in_data_parallel`.
 - Threat model: `TargetOracle` (what a black-box or label-only attack sees of the target, queries
   counted), `QueryBudget` (the params mixin with `query_budget`), `ThreatModelError`.
 - Errors: `WorkbenchError` (one clear line for the user) and `did_you_mean`.
@@ -77,9 +78,7 @@ from workbench.running import seeds
 from workbench.running.batches import iterate_batches
 from workbench.running.device import autocast
 from workbench.running.distributed import (
-    agree_on_hit,
     average_gradients,
-    broadcast_module,
     gather_with_grad,
     in_data_parallel,
     is_main_process,
@@ -144,11 +143,9 @@ __all__ = [
     "Width",
     "WorkbenchError",
     "accuracy",
-    "agree_on_hit",
     "autocast",
     "average_gradients",
     "bounded_int",
-    "broadcast_module",
     "collect_images",
     "cross_entropy",
     "did_you_mean",

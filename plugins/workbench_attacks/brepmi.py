@@ -37,8 +37,7 @@ from pydantic import Field
 from torch import Tensor
 
 from workbench.api import AttackCapabilities, AttackContext, AttackResult, QueryBudget, WorkbenchError, seeds
-from workbench_attacks.common import resolve_classes
-from workbench_attacks.core import GANBudget, dtype_of
+from workbench.attack_toolkit import GANBudget, dtype_of, resolve_classes
 from workbench_attacks.gmi import OnGMIPrior
 
 REFERENCE = "m-kahla/Label-Only-Model-Inversion-Attacks-via-Boundary-Repulsion@8a2e200"

@@ -34,8 +34,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from workbench.api import AttackCapabilities, AttackContext, AttackResult, StrictModel, WorkbenchError, seeds
-from workbench_attacks.common import report_steps, resolve_classes
-from workbench_attacks.core import check_finite, dtype_of
+from workbench.attack_toolkit import check_finite, dtype_of, report_steps, resolve_classes
 
 # ---------------------------------------------------------------- params
 

@@ -24,29 +24,28 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from workbench.api import AttackCapabilities, AttackContext, AttackResult, seeds, split_forward
-from workbench_attacks.common import (
+from workbench.attack_toolkit import (
     GAN_FIELDS,
     GAN_MEMORY_FORMAT,
+    Chunk,
+    Critic,
+    GANBudget,
+    Generator,
     Group,
     ImagePool,
+    SearchBudget,
+    SearchProblem,
+    ShardableSearch,
+    dtype_of,
     gan_config,
     load_or_train,
     make_groups,
     public_pool,
     resolve_classes,
-)
-from workbench_attacks.core import (
-    Chunk,
-    GANBudget,
-    SearchBudget,
-    SearchProblem,
-    ShardableSearch,
-    dtype_of,
     result,
     search,
     train_gan,
 )
-from workbench_attacks.networks import Critic, Generator
 
 
 class GMIParams(GANBudget, SearchBudget):

@@ -30,9 +30,17 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from workbench.api import AttackCapabilities, AttackContext, AttackResult, WorkbenchError
-from workbench_attacks.common import Group, emit_progress, report_steps, resolve_classes
-from workbench_attacks.core import check_finite, dtype_of, group_stream
-from workbench_attacks.networks import Generator, _resize
+from workbench.attack_toolkit import (
+    Generator,
+    Group,
+    check_finite,
+    dtype_of,
+    emit_progress,
+    group_stream,
+    report_steps,
+    resize,
+    resolve_classes,
+)
 from workbench_attacks.ppa import PPA, PPAParams, poincare_loss, random_resized_crop
 
 # ---------------------------------------------------------------- params
@@ -116,7 +124,7 @@ def generator_layers(generator: nn.Module) -> list[Callable[[Tensor], Tensor]]:
         return g.project(z).view(z.shape[0], g.first, 4, 4)
 
     def last(h: Tensor) -> Tensor:
-        return _resize(g.to_image(h), g.image_size).sigmoid()
+        return resize(g.to_image(h), g.image_size).sigmoid()
 
     modules = list(g.blocks)
     middle = [nn.Sequential(*modules[i : i + 3]) for i in range(0, len(modules), 3)]

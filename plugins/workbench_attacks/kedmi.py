@@ -27,27 +27,26 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from workbench.api import AttackContext, AttackResult, seeds, split_forward, weights_fingerprint
-from workbench_attacks.common import (
+from workbench.attack_toolkit import (
     GAN_MEMORY_FORMAT,
+    Chunk,
+    ClassDiscriminator,
+    GANBudget,
+    Generator,
     Group,
     ImagePool,
-    gan_config,
-    load_or_train,
-    public_pool,
-    resolve_classes,
-)
-from workbench_attacks.core import (
-    Chunk,
-    GANBudget,
     SearchBudget,
     SearchProblem,
     ShardableSearch,
     dtype_of,
+    gan_config,
+    load_or_train,
+    public_pool,
+    resolve_classes,
     result,
     search,
     train_gan,
 )
-from workbench_attacks.networks import ClassDiscriminator, Generator
 
 
 class KEDMIParams(GANBudget, SearchBudget):

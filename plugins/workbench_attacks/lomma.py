@@ -42,16 +42,20 @@ from workbench.api import (
     split_forward,
     weights_fingerprint,
 )
-from workbench_attacks.common import (
+from workbench.attack_toolkit import (
+    Chunk,
     Group,
     ImagePool,
+    check_finite,
+    dtype_of,
     freeze,
     make_groups,
     public_pool,
     resolve_classes,
+    result,
+    search,
     stage_cache,
 )
-from workbench_attacks.core import Chunk, check_finite, dtype_of, result, search
 from workbench_attacks.gmi import GMI, GMIParams, GMISearch
 from workbench_attacks.kedmi import KEDMI, KEDMIParams, KEDMISearch, realness_logit
 

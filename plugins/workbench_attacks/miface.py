@@ -16,13 +16,15 @@ from pydantic import Field
 from torch import Tensor
 
 from workbench.api import AttackContext, AttackResult
-from workbench_attacks.common import Group, make_groups, resolve_classes
-from workbench_attacks.core import (
+from workbench.attack_toolkit import (
     Chunk,
+    Group,
     SearchBudget,
     SearchProblem,
     ShardableSearch,
     dtype_of,
+    make_groups,
+    resolve_classes,
     result,
     search,
 )

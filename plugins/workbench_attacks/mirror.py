@@ -33,8 +33,7 @@ from pydantic import Field
 from torch import Tensor
 
 from workbench.api import AttackCapabilities, AttackContext, AttackResult, QueryBudget, WorkbenchError, seeds
-from workbench_attacks.common import resolve_classes
-from workbench_attacks.core import GANBudget, check_finite, dtype_of
+from workbench.attack_toolkit import GANBudget, check_finite, dtype_of, resolve_classes
 from workbench_attacks.gmi import OnGMIPrior
 
 

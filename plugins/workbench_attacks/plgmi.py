@@ -31,27 +31,25 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from workbench.api import AttackContext, AttackResult, seeds, split_forward, weights_fingerprint
-from workbench_attacks.common import (
+from workbench.attack_toolkit import (
+    Chunk,
+    GANBudget,
     Group,
     ImagePool,
+    SearchBudget,
+    SearchProblem,
+    ShardableSearch,
+    dtype_of,
     gan_config,
     load_or_train,
     make_groups,
     public_pool,
     resolve_classes,
-)
-from workbench_attacks.core import (
-    Chunk,
-    GANBudget,
-    SearchBudget,
-    SearchProblem,
-    ShardableSearch,
-    dtype_of,
     result,
     search,
     train_gan,
+    working_size,
 )
-from workbench_attacks.networks import working_size
 
 # ---------------------------------------------------------------- params
 

@@ -45,10 +45,21 @@ from workbench.api import (
     seeds,
     tensors_with_prefix,
 )
-from workbench_attacks.common import GAN_FIELDS, Group, make_groups, public_pool, resolve_classes
-from workbench_attacks.core import Chunk, GANBudget, SearchProblem, check_finite, dtype_of, search
+from workbench.attack_toolkit import (
+    GAN_FIELDS,
+    Chunk,
+    GANBudget,
+    Generator,
+    Group,
+    SearchProblem,
+    check_finite,
+    dtype_of,
+    make_groups,
+    public_pool,
+    resolve_classes,
+    search,
+)
 from workbench_attacks.gmi import GMI, GMIParams
-from workbench_attacks.networks import Generator
 from workbench_attacks.privacy import _image_batches, _run_model, accuracy_over_restarts, topk_hits
 
 POINCARE_XI = 1e-4
@@ -80,7 +91,7 @@ class PPAParams(GANBudget):
     not fit is one clear error. Never downloaded, never a pickle."""
     generator_architecture: Literal["dcgan"] = "dcgan"
     """Network the file's weights are loaded into: `dcgan` = GMI's generator
-    (`workbench_attacks.networks.Generator`: z [n, z_dim] -> images in [0, 1] at the data's size;
+    (`workbench.attack_toolkit.Generator`: z [n, z_dim] -> images in [0, 1] at the data's size;
     DefendMI `GMI/generator.py` layer for layer at 64 px RGB / 32 px grey, checked in
     `tests/test_attack_reference_networks.py`), the prior of GMI and KED-MI. The only one the
     workbench has; PPA's own is StyleGAN2-ADA, which it has not."""

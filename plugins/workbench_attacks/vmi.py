@@ -30,13 +30,16 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from workbench.api import AttackContext, AttackResult
-from workbench_attacks.common import Group, make_groups, public_pool, resolve_classes
-from workbench_attacks.core import (
+from workbench.attack_toolkit import (
     Chunk,
     GANBudget,
+    Group,
     SearchBudget,
     SearchProblem,
     dtype_of,
+    make_groups,
+    public_pool,
+    resolve_classes,
     result,
     search,
 )

@@ -1,13 +1,12 @@
-"""The attack core GMI, KED-MI, MI-Face (and the attacks to come) share.
+"""The latent search every optimisation attack shares: budgets, the loop, results, shards.
 
-- `GANBudget` / `SearchBudget`: the param fields every GAN prior and every latent search has.
-- `train_gan`: one GAN-training skeleton (Adam for both players, `critic_iters` discriminator
-  steps per generator step, progress, a stop on non-finite losses).
+- `SearchBudget`: the param fields every per-class latent search has.
 - `search`: one latent-search loop over (class, restart) groups: chunking by `max_batch`, one
   random stream per group, progress events, projection (clamp) after every step and a stop on
   non-finite losses or reconstructions. An attack supplies only its `SearchProblem`: how a
   group starts, the optimiser, the loss, the projection and the final images.
-- `check_finite`: the one-line error every divergence ends in.
+- `result`, `merge_shards`, `ShardableSearch`: the attack's result, and exact merging of a
+  search split into shards.
 
 Every random draw comes from `workbench.api.seeds`, keyed by the run seed, the attack and the
 (class, restart) pair, so a class's result does not depend on which other classes are attacked
@@ -18,7 +17,7 @@ minibatch discrimination sees one block of classes, by design).
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,38 +31,11 @@ from workbench.api import (
     AttackShard,
     StrictModel,
     WorkbenchError,
-    average_gradients,
     seeds,
 )
-from workbench_attacks.common import Group, emit_progress, report_steps
+from workbench.attack_toolkit.plumbing import Group, check_finite, emit_progress, report_steps
 
 # ---------------------------------------------------------------- shared params
-
-
-class GANBudget(StrictModel):
-    """The fields every GAN prior shares (GMI's WGAN-GP, KED-MI's K+1 GAN)."""
-
-    z_dim: int = Field(100, ge=1)
-    """Latent size of the generator (reference 100: GMI `Celeba/attack.py:34`, DefendMI
-    `GMI/generator.py`, KEDMI `attack.py:50`)."""
-    gan_width: int = Field(16, ge=4)
-    """Generator/discriminator channels at full resolution, doubling per halving up to 8x
-    (reference 64: DefendMI `GMI/generator.py:5-59`, `DMI/discri.py`). Digits: 16 (a CPU
-    deviation)."""
-    gan_steps: int = Field(150, ge=1)
-    """Generator updates. Reference: epochs over the public data with a generator step every
-    5th batch: WGAN-GP 300 epochs (DefendMI `GMI/config/*.json`), K+1 GAN 100 epochs (DefendMI
-    `DMI/config/{celeba,mnist}.json`; KED-MI authors 120), i.e. tens of thousands of steps on
-    CelebA. Digits: 100-150 (a CPU deviation)."""
-    gan_batch_size: int = Field(64, ge=2)
-    """Public images per GAN step (reference 64, every config)."""
-    gan_lr: float = Field(1e-3, gt=0)
-    """Adam learning rate of both players, betas (0.5, 0.999). Reference 2e-4 on CelebA
-    (DefendMI `GMI/config/celeba.json`, `DMI/config/celeba.json`), 4e-3 for the MNIST WGAN-GP
-    (`GMI/config/mnist.json`). Digits: 1e-3 (a deviation: short budgets need a larger step)."""
-    critic_iters: int = Field(5, ge=1)
-    """Discriminator updates per generator update (reference 5: `n_critic`, DefendMI
-    `GMI/train_gan.py:80-116`, KEDMI `k+1_gan.py:159`)."""
 
 
 class SearchBudget(StrictModel):
@@ -87,87 +59,6 @@ class SearchBudget(StrictModel):
     class blocks), go in `shards` contiguous runs to the run's executor, and merge into exactly
     the figures of one job. GANs and surrogates train once, before the shards. Needs at least
     `shards` batches: lower `max_batch` if the run says so. See docs/attacks.md."""
-
-
-# ---------------------------------------------------------------- non-finite values
-
-
-def check_finite(value: Tensor, *, attack: str, stage: str, what: str, hint: str = "") -> None:
-    """A one-line WorkbenchError naming the attack and stage when `value` holds NaN or inf."""
-    if not bool(torch.isfinite(value).all()):
-        raise WorkbenchError(
-            f"attack {attack!r}, stage {stage}: {what} is not finite (NaN or inf); "
-            + (hint or "the figures would be meaningless, so the attack stops here")
-        )
-
-
-def check_module_finite(module: nn.Module, *, attack: str, stage: str, what: str) -> None:
-    """Stop when any parameter or buffer of `module` is not finite (a diverged prior)."""
-    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise WorkbenchError(
-                f"attack {attack!r}, stage {stage}: the {what}'s {name} is not finite (NaN or inf): "
-                "the prior diverged and is not cached; lower gan_lr or change the seed"
-            )
-
-
-# ---------------------------------------------------------------- GAN training
-
-
-def train_gan(
-    generator: nn.Module,
-    discriminator: nn.Module,
-    budget: GANBudget,
-    *,
-    d_loss: Callable[[], Tensor],
-    g_loss: Callable[[], Tensor],
-    attack: str,
-    stage: str,
-    on_progress: Callable[..., None] | None = None,
-    betas: tuple[float, float] = (0.5, 0.999),
-) -> dict[str, float]:
-    """Train both players in place: per generator step, `critic_iters` discriminator steps.
-
-    `d_loss()` / `g_loss()` draw their own batches (from the caller's generator) and return the
-    loss to minimise for that player. Adam with betas (0.5, 0.999) for both (every reference).
-    A non-finite loss stops training with a one-line error (the prior is then never cached).
-    `betas`: Adam's for both players ((0.0, 0.9) for PLG-MI's hinge cGAN).
-
-    Data parallel (every rank in `training_together`): the losses draw the same global batch on
-    every rank and run their networks through `split_forward`; gradients are averaged here.
-    """
-    g_opt = torch.optim.Adam(generator.parameters(), lr=budget.gan_lr, betas=betas)
-    d_opt = torch.optim.Adam(discriminator.parameters(), lr=budget.gan_lr, betas=betas)
-    generator.train()
-    discriminator.train()
-    reports = report_steps(budget.gan_steps, 1)
-    loss_d = loss_g = torch.zeros(())
-    for step in range(1, budget.gan_steps + 1):
-        for _ in range(budget.critic_iters):
-            loss_d = d_loss()
-            d_opt.zero_grad(set_to_none=True)
-            loss_d.backward()
-            average_gradients(discriminator)  # under torchrun: the mean over the ranks
-            d_opt.step()
-        loss_g = g_loss()
-        g_opt.zero_grad(set_to_none=True)
-        loss_g.backward()
-        average_gradients(generator)
-        g_opt.step()
-        if step in reports:
-            both = torch.stack([loss_d.detach(), loss_g.detach()])
-            check_finite(
-                both,
-                attack=attack,
-                stage=stage,
-                what=f"the GAN loss at step {step}",
-                hint="the prior diverged and is not cached; lower gan_lr or change the seed",
-            )
-            if on_progress is not None:
-                on_progress(step=step, total=budget.gan_steps, loss_d=float(both[0]), loss_g=float(both[1]))
-    generator.eval()
-    discriminator.eval()
-    return {"loss_d": loss_d.item(), "loss_g": loss_g.item()}
 
 
 # ---------------------------------------------------------------- latent search

@@ -1,4 +1,4 @@
-"""Plumbing the attacks share: public-data access, fingerprints, seeding, progress, batching.
+"""Plumbing the attacks share: public-data access, class groups, progress, non-finite checks.
 
 Kept apart from the attacks so each attack file reads as its recipe: train the prior, search.
 """
@@ -6,7 +6,7 @@ Kept apart from the attacks so each attack file reads as its recipe: train the p
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +18,6 @@ from workbench.api import (
     AttackContext,
     StageCache,
     WorkbenchError,
-    in_data_parallel,
-    world_size,
 )
 
 # Public sets up to this size are held in memory as one tensor: sampling a GAN batch is then
@@ -28,6 +26,11 @@ IN_MEMORY_LIMIT_BYTES = 1 << 30
 
 # Streaming more than this many progress events per class would flood events.jsonl and the TUI.
 MAX_EVENTS_PER_CLASS = 20
+
+
+GAN_MEMORY_FORMAT = torch.channels_last
+"""The GAN priors' layout: channels-last convolutions train their small 16-64 px networks
+12-16 % faster on the CPU (one thread, measured) and suit CUDA's bf16 kernels too."""
 
 
 class ImagePool:
@@ -160,61 +163,23 @@ def emit_progress(
         )
 
 
-GAN_MEMORY_FORMAT = torch.channels_last
-"""The GAN priors' layout: channels-last convolutions train their small 16-64 px networks
-12-16 % faster on the CPU (one thread, measured) and suit CUDA's bf16 kernels too."""
-
-GAN_FIELDS = ("z_dim", "gan_width", "gan_steps", "gan_batch_size", "gan_lr", "critic_iters")
-"""The params every GAN prior shares (`core.GANBudget`); each attack adds its own to its key."""
+# ---------------------------------------------------------------- non-finite values
 
 
-NETWORKS_REVISION = 2
-"""Bumped whenever `networks` changes a prior's layers, so no cache entry of the old layers is
-ever loaded into the new ones (2: the references' own networks, 5x5 kernels and their widths)."""
+def check_finite(value: Tensor, *, attack: str, stage: str, what: str, hint: str = "") -> None:
+    """A one-line WorkbenchError naming the attack and stage when `value` holds NaN or inf."""
+    if not bool(torch.isfinite(value).all()):
+        raise WorkbenchError(
+            f"attack {attack!r}, stage {stage}: {what} is not finite (NaN or inf); "
+            + (hint or "the figures would be meaningless, so the attack stops here")
+        )
 
 
-def gan_config(params: Any, *extra: str) -> dict[str, Any]:
-    """The GAN part of an attack's cache key: the shared GAN params plus the attack's `extra`."""
-    return {"networks": NETWORKS_REVISION, **{k: getattr(params, k) for k in (*GAN_FIELDS, *extra)}}
-
-
-def freeze(*modules: nn.Module) -> None:
-    """Eval mode and no parameter gradients: a trained prior is only searched through."""
-    for module in modules:
-        module.eval()
-        module.requires_grad_(False)
-
-
-def load_or_train(
-    ctx: AttackContext,
-    name: str,
-    stage: str,
-    key: dict[str, Any],
-    networks: dict[str, nn.Module],
-    train: Callable[[], dict[str, float]],
-) -> bool:
-    """Fill `networks` from the stage cache, or run `train()` and store them; frozen either
-    way; True on a cache hit. `StageCache.load_or_compute` does the work (bad or non-finite
-    entries never loaded, a NaN prior never cached, rank 0's decision under torchrun); this adds
-    the attack's log lines.
-
-    `train()` trains `networks` in place and returns figures kept in the entry's metadata.
-    """
-    cache = stage_cache(ctx)
-    # The cache adds the device, thread count and world size to the key (`StageCache.environment`).
-    together = False
-
-    def compute() -> dict[str, Any]:
-        nonlocal together
-        together = in_data_parallel()
-        return {"figures": train()}
-
-    _meta, hit = cache.load_or_compute(stage, key, networks, compute, what=f"attack {name!r}, stage {stage}")
-    freeze(*networks.values())
-    path = cache.path(stage, key)
-    if hit:
-        ctx.emit("log", level="info", message=f"{name}: loaded {stage} from the stage cache")
-    elif path is not None:
-        ranks = f" by {world_size()} ranks together" if together else ""
-        ctx.emit("log", level="info", message=f"{name}: trained {stage}{ranks}, cached at {path}")
-    return hit
+def check_module_finite(module: nn.Module, *, attack: str, stage: str, what: str) -> None:
+    """Stop when any parameter or buffer of `module` is not finite (a diverged prior)."""
+    for name, tensor in [*module.named_parameters(), *module.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise WorkbenchError(
+                f"attack {attack!r}, stage {stage}: the {what}'s {name} is not finite (NaN or inf): "
+                "the prior diverged and is not cached; lower gan_lr or change the seed"
+            )

@@ -46,7 +46,8 @@ def _levels(image_size: int) -> int:
     return int(math.log2(working_size(image_size) // 4))
 
 
-def _resize(x: Tensor, size: int) -> Tensor:
+def resize(x: Tensor, size: int) -> Tensor:
+    """`x` at `size` x `size` (bilinear), unchanged when it is already: the networks' boundary."""
     if x.shape[-1] == size:
         return x
     return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
@@ -70,7 +71,9 @@ class Generator(nn.Module):
         widths = [width * min(8, 2 ** (levels - 1 - i)) for i in range(levels)]
         self.first = widths[0]
         self.project = nn.Sequential(
-            nn.Linear(z_dim, widths[0] * 16, bias=False), nn.BatchNorm1d(widths[0] * 16), nn.ReLU(inplace=True)
+            nn.Linear(z_dim, widths[0] * 16, bias=False),
+            nn.BatchNorm1d(widths[0] * 16),
+            nn.ReLU(inplace=True),
         )
         blocks: list[nn.Module] = []
         for c_in, c_out in zip(widths, widths[1:], strict=False):
@@ -84,7 +87,7 @@ class Generator(nn.Module):
 
     def forward(self, z: Tensor) -> Tensor:
         h = self.project(z).view(z.shape[0], self.first, 4, 4)
-        return _resize(self.to_image(self.blocks(h)), self.image_size).sigmoid()
+        return resize(self.to_image(self.blocks(h)), self.image_size).sigmoid()
 
 
 class DownTrunk(nn.Module):
@@ -99,7 +102,9 @@ class DownTrunk(nn.Module):
     defined per sample (the references' comment: "InstanceNorm2d instead of LayerNorm").
     """
 
-    def __init__(self, in_channels: int, image_size: int, width: int, *, cap: int = 8, norm_first: bool = False):
+    def __init__(
+        self, in_channels: int, image_size: int, width: int, *, cap: int = 8, norm_first: bool = False
+    ):
         super().__init__()
         self.size = working_size(image_size)
         layers: list[nn.Module] = []
@@ -119,7 +124,7 @@ class DownTrunk(nn.Module):
 
     def maps(self, x: Tensor) -> Tensor:
         """The last 4x4 feature maps `[n, out_channels, 4, 4]`."""
-        return self.layers(_resize(x, self.size))
+        return self.layers(resize(x, self.size))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.maps(x).flatten(1)
