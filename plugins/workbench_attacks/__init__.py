@@ -1,6 +1,6 @@
 """Built-in workbench plugin: model-inversion attacks and the privacy metrics that judge them.
 
-Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`, `lomma-gmi`, `lomma-kedmi`, `plg-mi`, `vmi`, `ppa`, `if-gmi`, `deepinversion`, `mirror-b`. Privacy metrics (kind `metric`, section
+Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`, `lomma-gmi`, `lomma-kedmi`, `plg-mi`, `vmi`, `ppa`, `if-gmi`, `deepinversion`, `mirror-b`, `brep-mi`, `lokt`. Privacy metrics (kind `metric`, section
 `attacks`): `attack-accuracy`, `knn-dist`, `fid` (in E's feature space), `fid-inception`; judged by every
 evaluator of the run: `agreed-accuracy`, `nearest-neighbour`, `prdc` (`evaluators_metrics`).
 The metric math is in `workbench_attacks.privacy` as pure functions.
@@ -21,6 +21,7 @@ from workbench_attacks.evaluators_metrics import (
 from workbench_attacks.gmi import GMI, GMIParams
 from workbench_attacks.ifgmi import IFGMI, IFGMIParams
 from workbench_attacks.kedmi import KEDMI, KEDMIParams
+from workbench_attacks.lokt import LOKT, LOKTParams
 from workbench_attacks.lomma import LOMMAGMI, LOMMAKEDMI, LOMMAGMIParams, LOMMAKEDMIParams
 from workbench_attacks.miface import MIFace, MIFaceParams
 from workbench_attacks.mirror import MirrorB, MirrorBParams
@@ -104,6 +105,12 @@ def register_attacks(register):
         BREPMI,
         params=BREPMIParams,
         summary="BREP-MI (label-only): boundary repulsion on spheres in GMI's latent space, top-1 labels only (Kahla et al. 2022).",
+    )
+    register(
+        "lokt",
+        LOKT,
+        params=LOKTParams,
+        summary="LOKT (label-only): a T-ACGAN from the target's labels, surrogates on its samples, PLG-MI's inversion on them (Nguyen et al. 2023).",
     )
     register(
         "vmi",
