@@ -235,25 +235,26 @@ def test_two_inversion_steps_equal_hand_written_adam_on_the_surrogates():
     g.eval().requires_grad_(False)
     torch.manual_seed(5)
     surrogates = [nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).double().eval().requires_grad_(False) for _ in range(2)]
-    # No augmentation (crop scale 1, no rotation): each view is the image itself.
-    p = LOKTParams(z_dim=3, iterations=2, lr=0.1, restarts=1, samples_per_class=2, crop_scale=(1.0, 1.0), rotation=0)
+    p = LOKTParams(z_dim=3, iterations=2, lr=0.1, restarts=1, samples_per_class=2, crop_scale=(0.6, 0.9), rotation=10)
     data = DataSplits(train=None, test=None, public=None, num_classes=3, in_channels=1, image_size=4)
     ctx = AttackContext(target=SurrogateEnsemble(surrogates), data=data, evaluation_model=None,
                         device=torch.device("cpu"), seed=0)
     images, targets, _restarts, _confidence = search(ctx, LOKTSearch(p, g, surrogates), [[Group(2, 0)]],
                                                      attack="lokt", iterations=2, max_batch=8)
-    z = torch.randn(2, 3, generator=group_stream(0, "lokt", Group(2, 0))).double()
+    # By hand, from the group's stream: the latents, then per step and surrogate two independent views
+    # (the augmentation is PLG-MI's `augment`, tested with PLG-MI).
+    stream = group_stream(0, "lokt", Group(2, 0))
+    z = torch.randn(2, 3, generator=stream).double()
     y = torch.tensor([2, 2])
     m = v = torch.zeros_like(z)
     for step in (1, 2):  # Adam(lr 0.1, betas (0.9, 0.999), eps 1e-8) on the reference's batch-mean loss
         leaf = z.clone().requires_grad_(True)
         x = g(leaf, y)
-        # Per surrogate margin(S(x₁)) + margin(S(x₂)) batch means, both views x itself; then / K.
         loss = 0
-        for s in surrogates:
-            o = s(x)
-            margin = torch.stack([-o[i, 2] + o[i, :2].max() for i in range(2)])
-            loss = loss + 2 * margin.mean()
+        for s in surrogates:  # per surrogate margin(S(aug₁ x)) + margin(S(aug₂ x)), batch means; then / K
+            for _view in range(2):
+                o = s(augment(x, stream, (0.6, 0.9), 10.0))
+                loss = loss + torch.stack([-o[i, 2] + o[i, :2].max() for i in range(2)]).mean()
         loss = loss / len(surrogates)
         (grad,) = torch.autograd.grad(loss, leaf)
         m, v = 0.9 * m + 0.1 * grad, 0.999 * v + 0.001 * grad**2
