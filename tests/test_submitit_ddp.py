@@ -170,6 +170,16 @@ def test_several_nodes_on_the_local_cluster_is_one_line(tmp_path):
     ([Outcome(ok=False, error="another rank stopped during training (x)"), RuntimeError("Traceback\n  ...\nKilled")],
      "another rank stopped during training (x); submitit job 42 task 1: Killed"),
     ([Outcome(ok=True, value="run"), Outcome(ok=True)], None),
+    # A task whose process was killed: submitit's UncompletedJobError, its error stream only its own log.
+    ([RuntimeError("Job 42 (task: 0) with path /x/42_0_result.pkl\nhas not produced any output (state: INTERRUPTED)\n"
+                   "Error stream produced:\n----------------------------------------\nsubmitit INFO (2026-12-07 "
+                   "06:19:01,761) - Loading pickle: /x/42_submitted.pkl\n")],
+     "submitit job 42: its process ended without a result (killed, out of memory or lost; submitit state INTERRUPTED)"),
+    ([RuntimeError("Job 42 (task: 0) with path /x\nhas not produced any output (state: OUT_OF_MEMORY)\nError stream "
+                   "produced:\n----\nsubmitit INFO (x) - Starting\nslurmstepd: error: Detected 1 oom-kill event(s)\n")],
+     "submitit job 42: its process ended without a result (killed, out of memory or lost; submitit state "
+     "OUT_OF_MEMORY); "
+     "its last error line: slurmstepd: error: Detected 1 oom-kill event(s)"),
 ])
 def test_a_job_of_several_tasks_is_rank_zeros_value_or_one_error_line(values, error):
     outcome = SubmititExecutor._outcome(FakeHandle("42", values))

@@ -3,6 +3,7 @@ subprocesses on this machine, for laptops and tests). Needs the `[slurm]` extra.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -164,8 +165,26 @@ def _task_outcome(handle, task: int | None) -> Outcome:
     """One task's `Outcome` (`task` None: the job's only one); a task that died is an error line."""
     try:
         value = handle.result() if task is None else handle.task(task).result()
-    except Exception as exc:  # the task itself died: timeout, preemption, out of memory
-        lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    except Exception as exc:  # the task itself died: killed, timeout, preemption, out of memory
         where = f"submitit job {handle.job_id}" + ("" if task is None else f" task {task}")
-        return Outcome(ok=False, error=f"{where}: {lines[-1] if lines else type(exc).__name__}")
+        return Outcome(ok=False, error=f"{where}: {_death(exc)}")
     return value if isinstance(value, Outcome) else Outcome(ok=True, value=value)
+
+
+_SUBMITIT_LOG = re.compile(r"^(submitit (DEBUG|INFO|WARNING|ERROR) \(|-{4,}$)")
+
+
+def _death(exc: Exception) -> str:
+    """Why a task gave no result, in one line. A task whose process died (SIGKILL, the out-of-memory
+    killer, a node lost) is submitit's "has not produced any output (state: X)" followed by its error
+    stream (the state is not always telling: a killed local job may read FINISHED): the state, then the stream's last line that is not submitit's own log (`Killed`,
+    `slurmstepd: error: ... oom-kill`), if any. Otherwise the error's last line."""
+    text = str(exc).strip()
+    head, marker, stream = text.partition("Error stream produced:")
+    state = re.search(r"has not produced any output \(state: ([A-Z_]+)\)", head)
+    told = [line.strip() for line in (stream if marker else text).splitlines()
+            if line.strip() and not _SUBMITIT_LOG.match(line.strip())]
+    if state is None:
+        return told[-1] if told else type(exc).__name__
+    died = f"its process ended without a result (killed, out of memory or lost; submitit state {state.group(1)})"
+    return f"{died}; its last error line: {told[-1]}" if marker and told else died
