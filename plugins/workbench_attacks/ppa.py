@@ -46,7 +46,6 @@ from workbench.api import (
     tensors_with_prefix,
 )
 from workbench.attack_toolkit import (
-    GAN_FIELDS,
     Chunk,
     GANBudget,
     Generator,
@@ -55,11 +54,10 @@ from workbench.attack_toolkit import (
     check_finite,
     dtype_of,
     make_groups,
-    public_pool,
     resolve_classes,
     search,
 )
-from workbench_attacks.gmi import GMI, GMIParams
+from workbench_attacks.gmi import OnGMIPrior
 from workbench_attacks.privacy import _image_batches, _run_model, accuracy_over_restarts, topk_hits
 
 POINCARE_XI = 1e-4
@@ -374,20 +372,16 @@ class PPASearch(SearchProblem):
 # ---------------------------------------------------------------- the attack
 
 
-class PPA:
-    """PPA: candidates by T's confidence, Poincaré-loss optimisation, selection over transforms."""
+class PPA(OnGMIPrior):
+    """PPA: candidates by T's confidence, Poincaré-loss optimisation, selection over transforms.
+
+    With `generator = "gmi"` it searches GMI's prior (`OnGMIPrior`: the same cache entry as `gmi`)."""
 
     name = "ppa"
     capabilities = AttackCapabilities(prepares=True, seeded_prior=True)
 
     def __init__(self, params: PPAParams):
         self.params = params
-
-    def gmi(self) -> GMI:
-        """GMI with this attack's GAN fields: the same prior, the same cache entry."""
-        p = self.params
-        fields = {k: getattr(p, k) for k in GAN_FIELDS}
-        return GMI(GMIParams(**fields, gp_weight=p.gp_weight, prior_seed=p.prior_seed))
 
     def generator_for(self, ctx: AttackContext) -> tuple[nn.Module, bool]:
         """(frozen generator on the context's device, whether it came from the stage cache)."""
@@ -403,7 +397,7 @@ class PPA:
                 ctx.data.image_size,
             )
             return generator.to(torch.device(ctx.device)), False
-        generator, _critic, hit = self.gmi().prior(ctx, public_pool(ctx, self.name))
+        generator, _critic, hit = self.prior(ctx)
         return generator, hit
 
     def prepare(self, ctx: AttackContext) -> None:
