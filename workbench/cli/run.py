@@ -168,9 +168,9 @@ def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: 
     # torchrun would set 1 thread per rank with a warning; share the cores out instead.
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
-    os.environ[ENV_LAUNCHER] = "1"  # the ranks leave the line about a lost rank to this process
     try:
-        torchrun(parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "workbench", *argv]))
+        with _environment(ENV_LAUNCHER, "1"):  # the ranks leave the line about a lost rank to this process
+            torchrun(parse_args(["--standalone", "--nproc-per-node", str(nproc), "--module", "workbench", *argv]))
     except ChildFailedError as exc:
         # The root cause: a rank killed by a signal (out of memory, kill -9) rather than one that
         # stopped because it was gone, or that torchrun itself stopped (SIGTERM); torchrun does not
@@ -193,6 +193,20 @@ def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: 
     except SignalException:  # Ctrl-C or SIGTERM: torchrun stopped the ranks; rank 0 recorded where
         raise _LaunchFailed(f"interrupted; continue with: workbench run {run_dir} --resume --nproc {nproc}",
                             130) from None
+
+
+@contextlib.contextmanager
+def _environment(name: str, value: str):
+    """`name=value` in this process's environment (which torchrun's ranks inherit) inside the block only."""
+    previous = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
 
 
 def _record_lost_rank(run_dir: Path, line: str) -> None:
