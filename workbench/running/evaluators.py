@@ -8,10 +8,15 @@ picture that puts each reconstruction beside its nearest private and nearest pub
 
 The runner calls two functions: `build_evaluators` (a shared stage: E, then the others) and
 `judge_attack` (per variant and attack: every attack metric with every evaluator, and the grid).
+A judgement is kept in the stage cache (stage `judgement`), keyed by what it reads: a rerun whose
+reconstructions, target, evaluators, metrics and data are the same loads its figures instead of
+computing every metric again.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +34,13 @@ from workbench.reporting.grids import image_grid
 from workbench.running.batches import iterate_batches
 from workbench.running.evaluation import evaluation_model
 from workbench.storage.cache import StageCache
+from workbench.storage.checkpoint import weights_fingerprint
 
 PRIMARY = "E"
 """The name of the recipe's `[evaluation]` model among the evaluators (`top1@E`)."""
+
+JUDGEMENT_STAGE = "judgement"
+"""The stage-cache folder of judged attacks (figures only, no tensors)."""
 
 
 @dataclass(frozen=True)
@@ -55,32 +64,66 @@ def build_evaluators(recipe: Recipe, resolved: dict[str, Any], registry: Registr
     training, data, seed): the same config is the same model, shared by every variant, sweep point
     and attack; another seed or backbone is another model. Its result event is section
     `evaluator/<name>`, so it never reads as E's."""
-    model, figures = evaluation_model(recipe, resolved, registry, data, cache, device, emit)
-    models, others = {PRIMARY: model}, {}
-    for name, config in recipe.evaluators.items():
-        def emit_as(type: str, _name: str = name, **fields: Any) -> None:
-            if type == "result" and fields.get("section") == "evaluation_model":
-                fields["section"] = f"evaluator/{_name}"
-            elif type == "log" and "message" in fields:
-                fields["message"] = f"evaluator {_name}: {fields['message']}"
-            emit(type, **fields)
+    models, figures = {}, {}
+    for name in evaluator_names(recipe):
+        models[name], figures[name] = build_evaluator(name, recipe, resolved, registry, data, cache, device, emit)
+    return Evaluators(models, evaluators_figures(figures))
 
-        as_e = recipe.model_copy(update={"evaluation": config})
-        models[name], others[name] = evaluation_model(as_e, {**resolved, "evaluation": resolved["evaluators"][name]},
-                                                      registry, data, cache, device, emit_as)
-    if others:
-        figures = {**figures, "evaluators": others}
-    return Evaluators(models, figures)
+
+def evaluator_names(recipe: Recipe) -> list[str]:
+    """E, then the recipe's other evaluators in its order."""
+    return [PRIMARY, *recipe.evaluators]
+
+
+def build_evaluator(name: str, recipe: Recipe, resolved: dict[str, Any], registry: Registry, data: DataSplits,
+                    cache: StageCache, device: torch.device, emit: Callable[..., Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """One evaluator, E (`PRIMARY`) or one of the recipe's `evaluators`, trained or loaded; (model, figures).
+    Each seeds itself, so they train alike in any order and in any process (the run's workers train
+    them in parallel)."""
+    if name == PRIMARY:
+        return evaluation_model(recipe, resolved, registry, data, cache, device, emit)
+
+    def emit_as(type: str, **fields: Any) -> None:
+        if type == "result" and fields.get("section") == "evaluation_model":
+            fields["section"] = f"evaluator/{name}"
+        elif type == "log" and "message" in fields:
+            fields["message"] = f"evaluator {name}: {fields['message']}"
+        emit(type, **fields)
+
+    as_e = recipe.model_copy(update={"evaluation": recipe.evaluators[name]})
+    return evaluation_model(as_e, {**resolved, "evaluation": resolved["evaluators"][name]}, registry, data, cache,
+                            device, emit_as)
+
+
+def evaluators_figures(by_name: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What results.json reports of the evaluators: E's figures, with `evaluators`: {name: figures}
+    for the others (when there are any)."""
+    others = {name: figures for name, figures in by_name.items() if name != PRIMARY}
+    return {**by_name[PRIMARY], "evaluators": others} if others else by_name[PRIMARY]
 
 
 def judge_attack(metrics: list[Any], target: nn.Module, data: DataSplits, evaluators: dict[str, nn.Module],
                  result: AttackResult, device: torch.device, picture: Path | None = None,
-                 primary: nn.Module | None = None) -> dict[str, Any]:
+                 primary: nn.Module | None = None, cache: StageCache | None = None,
+                 key: dict[str, Any] | None = None) -> dict[str, Any]:
     """The attack's own figures, then every attack metric's with every evaluator in the context;
     with `picture`, the side-by-side grid of nearest images is saved there (`nearest_grid`).
-    `primary` stands in for E when `evaluators` is empty (a runner that set only E)."""
+    `primary` stands in for E when `evaluators` is empty (a runner that set only E).
+
+    With a `cache`, the figures are looked up there first and stored after: `key` names what else
+    the metrics read (their resolved configs, the data's config and seed); the reconstructions,
+    the attack's own figures and the weights of the target and of every evaluator are added here."""
     if not evaluators and primary is not None:
         evaluators = {PRIMARY: primary}
+    entry = None
+    if cache is not None:
+        entry = {**(key or {}), **judgement_inputs(target, evaluators, result)}
+        found = cache.load_state(JUDGEMENT_STAGE, entry)
+        if found is not None and isinstance(found[1].get("figures_json"), str):
+            figures = json.loads(found[1]["figures_json"])  # text, so the figures keep their order
+            if picture is not None:
+                save_png(nearest_grid(result, data), picture)
+            return figures
     ctx = EvalContext(model=target, data=data, device=device, evaluation_model=evaluators.get(PRIMARY),
                       evaluators=dict(evaluators), attack=result)
     figures = dict(result.figures)
@@ -88,7 +131,24 @@ def judge_attack(metrics: list[Any], target: nn.Module, data: DataSplits, evalua
         figures.update(metric.evaluate(ctx))
     if picture is not None:
         save_png(nearest_grid(result, data), picture)
+    if cache is not None:
+        cache.save_state(JUDGEMENT_STAGE, entry, {}, {"figures_json": json.dumps(figures, default=str),
+                                                       "summary": f"judged {len(result.images)} reconstructions"})
     return figures
+
+
+def judgement_inputs(target: nn.Module, evaluators: dict[str, nn.Module], result: AttackResult) -> dict[str, Any]:
+    """The tensors a judgement reads, as fingerprints: the reconstructions (images, targets, restarts),
+    the attack's own figures, the target's and every evaluator's weights."""
+    digest = hashlib.sha256()
+    for name, tensor in (("images", result.images), ("targets", result.targets), ("restarts", result.restarts)):
+        if tensor is not None:
+            tensor = tensor.detach().to("cpu").contiguous()
+            digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return {"reconstructions": digest.hexdigest()[:16], "attack_figures": result.figures,  # any order: keys sort them
+            "target": weights_fingerprint(target),
+            "evaluators": {name: weights_fingerprint(model) for name, model in evaluators.items()}}
 
 
 # ------------------------------------------------------------------ nearest neighbours

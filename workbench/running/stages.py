@@ -36,7 +36,13 @@ from workbench.running import attack_shards, distributed, seeds
 from workbench.running.context import NoEvents, RunContext, SharedStages
 from workbench.running.device import describe_machine
 from workbench.running.evaluation import OODEvaluator, attack_context, check_disjoint, run_attack
-from workbench.running.evaluators import build_evaluators, judge_attack
+from workbench.running.evaluators import (
+    build_evaluator,
+    build_evaluators,
+    evaluator_names,
+    evaluators_figures,
+    judge_attack,
+)
 from workbench.running.pool import WorkerPool
 from workbench.running.threads import threads_for
 from workbench.running.trainer import OODFeed, train_classifier
@@ -51,6 +57,8 @@ from workbench.storage.events import json_safe
 from workbench.storage.runs import RESULTS_FILE, TARGET_FILE, read_variant_results
 
 EVALUATION_STAGE = "evaluation-model"
+EVALUATOR_STAGE = "evaluator:"
+"""A worker's job for one evaluation model (`evaluator:E`, `evaluator:<name>`): E's stage trains them all."""
 
 
 def quiet(ctx: RunContext) -> RunContext:
@@ -104,11 +112,14 @@ def prepare_shared_stages(ctx: RunContext, pool: WorkerPool | None = None) -> Sh
     names = shared_stage_names(ctx)
     threads = ctx.cpu_threads
     shared = SharedStages()
-    if pool is not None and min(ctx.workers, len(names)) > 1 and threads:
-        trained = pool.run_jobs("shared-stage", names, threads, f"training {len(names)} shared stages in "
-                                f"{min(ctx.workers, len(names))} worker processes")
+    jobs = worker_jobs(ctx, names)
+    if pool is not None and min(ctx.workers, len(jobs)) > 1 and threads:
+        trained = dict(zip(jobs, pool.run_jobs("shared-stage", jobs, threads, f"training {len(jobs)} shared stages "
+                                               f"in {min(ctx.workers, len(jobs))} worker processes"), strict=True))
         shared = shared_stage(quiet(ctx), shared, EVALUATION_STAGE)
-        shared = dataclasses.replace(shared, evaluation_figures=trained[names.index(EVALUATION_STAGE)])
+        figures = trained[EVALUATION_STAGE] if EVALUATION_STAGE in trained else evaluators_figures(
+            {name: trained[EVALUATOR_STAGE + name] for name in evaluator_names(ctx.recipe)})
+        shared = dataclasses.replace(shared, evaluation_figures=figures)  # "cached" as the workers found them
     else:
         for name in names:
             shared = shared_stage(ctx, shared, name)
@@ -118,8 +129,21 @@ def prepare_shared_stages(ctx: RunContext, pool: WorkerPool | None = None) -> Sh
     return shared
 
 
+def worker_jobs(ctx: RunContext, names: list[str]) -> list[str]:
+    """The shared stages as worker jobs: the attacks' priors first (GAN training, the longest), then
+    E's stage, split into one job per evaluation model when the recipe has several (each seeds
+    itself and is cached on its own, so they train in parallel to the same weights)."""
+    priors = [name for name in names if name != EVALUATION_STAGE]
+    if EVALUATION_STAGE not in names:
+        return priors
+    if not ctx.recipe.evaluators:
+        return [*priors, EVALUATION_STAGE]
+    return [*priors, *(EVALUATOR_STAGE + name for name in evaluator_names(ctx.recipe))]
+
+
 def shared_stage(ctx: RunContext, shared: SharedStages, name: str) -> SharedStages:
-    """Train or load one shared stage (see `shared_stage_names`), on every rank together."""
+    """Train or load one shared stage (see `shared_stage_names`, and `worker_jobs` for one evaluator
+    alone: its figures as `evaluation_figures`), on every rank together."""
     recipe = ctx.recipe
     with threads_for(ctx.cpu_threads):
         if name == EVALUATION_STAGE:
@@ -127,6 +151,11 @@ def shared_stage(ctx: RunContext, shared: SharedStages, name: str) -> SharedStag
                                                                ctx.cache, ctx.device, ctx.emit))
             return dataclasses.replace(shared, evaluation_model=judges.primary, evaluation_figures=judges.figures,
                                        evaluators=judges.models)
+        if name.startswith(EVALUATOR_STAGE):
+            _, figures = stage(ctx, name, lambda: build_evaluator(name.removeprefix(EVALUATOR_STAGE), recipe,
+                                                                  ctx.resolved, ctx.registry, ctx.data, ctx.cache,
+                                                                  ctx.device, ctx.emit))
+            return dataclasses.replace(shared, evaluation_figures=figures)
         table = recipe.attacks[name.removeprefix("prior:")]
         attack = ctx.registry.create_from("attack", table)
         actx = AttackContext(target=None, data=ctx.data, evaluation_model=None, device=ctx.device, seed=recipe.seed,
@@ -320,7 +349,8 @@ def evaluate(ctx: RunContext, shared: SharedStages, variant: VariantConfig, mode
                 figures["attacks"][name] = judge_attack(
                     attack_metrics, model, ctx.data, shared.evaluators, result, ctx.device,
                     picture=ctx.variant_dir(variant) / "reconstructions" / f"{name}.nearest.png",
-                    primary=shared.evaluation_model)
+                    primary=shared.evaluation_model, cache=ctx.cache,
+                    key={"metrics": ctx.resolved["metrics"], "data": ctx.resolved["data"], "seed": ctx.recipe.seed})
             ctx.emit("result", variant=variant.name, section="attacks", attack=name, figures=figures["attacks"][name])
     ctx.emit("stage_finished", stage="evaluate", variant=variant.name, seconds=round(time.perf_counter() - started, 3))
     return figures
