@@ -1,6 +1,6 @@
 """Built-in workbench plugin: model-inversion attacks and the privacy metrics that judge them.
 
-Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`, `lomma-gmi`, `lomma-kedmi`, `plg-mi`, `vmi`, `ppa`, `if-gmi`, `deepinversion`, `mirror-b`, `brep-mi`, `lokt`. Privacy metrics (kind `metric`, section
+Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`, `lomma-gmi`, `lomma-kedmi`, `plg-mi`, `vmi`, `ppa`, `if-gmi`, `deepinversion`, `mirror-b`, `rlb-mi`, `brep-mi`, `lokt`. Privacy metrics (kind `metric`, section
 `attacks`): `attack-accuracy`, `knn-dist`, `fid` (in E's feature space), `fid-inception`; judged by every
 evaluator of the run: `agreed-accuracy`, `nearest-neighbour`, `prdc` (`evaluators_metrics`).
 The metric math is in `workbench_attacks.privacy` as pure functions.
@@ -35,6 +35,7 @@ from workbench_attacks.privacy import (
     InceptionFIDParams,
     KNNDistance,
 )
+from workbench_attacks.rlbmi import RLBMI, RLBMIParams
 from workbench_attacks.vmi import VMI, VMIParams
 
 
@@ -99,6 +100,12 @@ def register_attacks(register):
         MirrorB,
         params=MirrorBParams,
         summary="Mirror (black-box): a genetic search over the GAN's latents scored by the target's confidence (An et al. 2022).",
+    )
+    register(
+        "rlb-mi",
+        RLBMI,
+        params=RLBMIParams,
+        summary="RLB-MI (black-box): a soft actor-critic agent per class searches the GAN's latents, rewarded by the target's probabilities (Han et al. 2023).",
     )
     register(
         "brep-mi",
