@@ -23,7 +23,16 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.api import AttackCapabilities, AttackContext, AttackResult, seeds, split_forward
+from workbench.api import (
+    AttackCapabilities,
+    AttackContext,
+    AttackResult,
+    BatchSize,
+    Count,
+    Steps,
+    seeds,
+    split_forward,
+)
 from workbench.attack_toolkit import (
     GAN_FIELDS,
     GAN_MEMORY_FORMAT,
@@ -58,19 +67,19 @@ class GMIParams(GANBudget, SearchBudget):
     seed. The prior sees only public data, so a sweep sets it once and all its runs share one prior."""
     gp_weight: float = Field(10.0, ge=0)
     """Weight of the WGAN-GP gradient penalty (reference 10: DefendMI `GMI/train_gan.py:80-116`)."""
-    iterations: int = Field(200, ge=1)
+    iterations: Steps = 200
     """Latent-search steps per restart. Reference: GMI authors 1500 (`iter_times`, both
     datasets); BiDO CelebA 2000 (DefendMI `GMI/attack.py:204`), MNIST 3000 (`--iter`,
     `GMI/attack.py:136,321`); LOMMA 2400. Digits: 200 (a CPU deviation)."""
-    restarts: int = Field(5, ge=1)
+    restarts: Count = 5
     """Independent restarts per class (fresh z and momentum), every one evaluated: top-1/top-5
     are mean ± sample std over them, no best-of selection. Reference (BiDO): 5 on CelebA
     (DefendMI `GMI/attack.py:197-213`), 100 on MNIST (`GMI/attack.py:320-321`). Digits: 5."""
-    samples_per_class: int = Field(8, ge=1)
+    samples_per_class: Count = 8
     """Latents per class and restart. Reference: 1 per identity per restart (DefendMI
     `GMI/attack.py:197-206`). Digits: 8, which makes the accuracy estimate less noisy; with
     `loss_batch` a latent's step does not depend on it."""
-    loss_batch: int = Field(5, ge=1)
+    loss_batch: BatchSize = 5
     """The reference batch B the summed per-latent losses are divided by (each latent moves
     with lr/B). Reference: one latent per identity in a batch, B = 60 in BiDO's CelebA protocol
     (300 ids in blocks of 60, DefendMI `GMI/attack.py:197-206`; LOMMA the same; 100 in the GMI
