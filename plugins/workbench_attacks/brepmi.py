@@ -36,7 +36,17 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from workbench.api import AttackCapabilities, AttackContext, AttackResult, QueryBudget, WorkbenchError, seeds
+from workbench.api import (
+    AttackCapabilities,
+    AttackContext,
+    AttackResult,
+    BatchSize,
+    Count,
+    QueryBudget,
+    Steps,
+    WorkbenchError,
+    seeds,
+)
 from workbench.attack_toolkit import GANBudget, dtype_of, resolve_classes
 from workbench_attacks.gmi import OnGMIPrior
 
@@ -55,7 +65,7 @@ class BREPMIParams(GANBudget, QueryBudget):
     """Private classes to attack (default: all). The reference attacks the first 300 labels T gives
     G's random samples (`brep_mi_utils.py:46-72`, untargeted); the workbench attacks a fixed list
     (the reference's targeted mode, `brep_mi_utils.py:77-103`) so attacks compare on the same classes."""
-    first_classes: int | None = Field(None, ge=1)
+    first_classes: Count | None = None
     """Attack only the first N private classes (reference 300: `num_targets`, `config2.yaml:10`)."""
     points: int = Field(32, ge=1, le=4096)
     """Points N on each sphere (reference 32: `sphere_points_count`, `config2.yaml:1`)."""
@@ -76,34 +86,34 @@ class BREPMIParams(GANBudget, QueryBudget):
     repulsion_only: bool = True
     """φ ∈ {0, −1}: only points outside the class push (reference True: `config2.yaml:12`,
     `brep_mi.py:75-76`); False uses φ ∈ {+1, −1}."""
-    patience: int = Field(200, ge=1)
+    patience: Steps = 200
     """A start ends after this many counted (accepted, non-expanding) iterations since its last
     expansion (reference 1000: `max_iters_at_radius_before_terminate`, `config2.yaml:8`, `brep_mi.py:43,46`).
     Digits: 200 (a CPU deviation; it dominates the run time)."""
-    max_iterations: int = Field(1000, ge=1)
+    max_iterations: Steps = 1000
     """Iterations per start at most, rejected ones included (not in the reference, which has no cap and
     need not terminate: spec A6.5). A start that reaches it reports what it has."""
     max_radius: float | None = Field(None, gt=0)
     """The radius never grows past this (not in the reference). Unset: no cap, as the reference, but a
     radius that would become non-finite never expands (spec A6.8: on digits some radii overflow to inf,
     where G gives NaN images and argmax picks class 0 forever)."""
-    init_batch: int = Field(256, ge=1)
+    init_batch: BatchSize = 256
     """Latents per initial-point batch (reference 256: `batch_dim_for_initial_points`, `config2.yaml:11`)."""
-    init_max_batches: int = Field(200, ge=1)
+    init_max_batches: Count = 200
     """Initial-point batches at most (not in the reference, which draws until it has its classes). A
     class T never gives to G's samples within them has no start: it is reported (`unattacked_starts`)
     and its image is the first latent drawn, which the evaluation model will judge a failure as a rule."""
-    restarts: int = Field(5, ge=1)
+    restarts: Count = 5
     """Independent starts per class and sample (reference: one start per class, `brep_mi.py:128-163`).
     Digits: 5, so accuracy is a mean ± std over restarts as for the other attacks."""
-    samples_per_class: int = Field(2, ge=1)
+    samples_per_class: Count = 2
     """Starts per class and restart (reference 1). Digits: 2 (5 × 2 = 10 starts per class)."""
     report: Literal["last_expansion", "final"] = "last_expansion"
     """Which point becomes the reconstruction: the one right after the last accepted expansion, as the
     reference scores (`brep_mi.py:97-100,113-116`; a start that never expanded is a failure there, here
     its initial point is returned), or the final point (the commented-out alternative, `brep_mi.py:114`;
     MIBench's choice)."""
-    max_batch: int = Field(2048, ge=1)
+    max_batch: BatchSize = 2048
     """Images per generator/oracle pass (results do not depend on it)."""
 
 
