@@ -33,7 +33,17 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.api import AttackCapabilities, AttackContext, AttackResult, StrictModel, WorkbenchError, seeds
+from workbench.api import (
+    AttackCapabilities,
+    AttackContext,
+    AttackResult,
+    Count,
+    Steps,
+    StrictModel,
+    WorkbenchError,
+    bounded_int,
+    seeds,
+)
 from workbench.attack_toolkit import check_finite, dtype_of, report_steps, resolve_classes
 
 # ---------------------------------------------------------------- params
@@ -46,14 +56,14 @@ class DeepInversionParams(StrictModel):
 
     classes: list[int] | None = None
     """Private classes to attack (default: all of them)."""
-    first_classes: int | None = Field(None, ge=1)
+    first_classes: Count | None = None
     """Attack only the first N private classes; ignored when `classes` is set."""
-    samples_per_class: int = Field(8, ge=1)
+    samples_per_class: Count = 8
     """Images per class in the joint batch (reference: batch 84 = 42 classes x 2, `README.md:48`,
     `deepinversion.py:191-202`; the paper 152). Digits: 8 x 5 classes = 40."""
-    restarts: int = Field(1, ge=1)
+    restarts: Count = 1
     """Independent joint batches, each from a new random start (reported as restarts)."""
-    iterations: int = Field(2000, ge=1)
+    iterations: Steps = 2000
     """Adam steps (reference setting 1: 2 000 at full resolution; setting 0, the default, 2 000 at
     half then 1 000 at full; setting 2: 20 000; `deepinversion.py:211-241`). Digits: 2 000."""
     lr: float = Field(0.25, gt=0)
@@ -61,7 +71,7 @@ class DeepInversionParams(StrictModel):
     betas: tuple[float, float] = (0.5, 0.9)
     """Adam betas (reference (0.5, 0.9), eps 1e-8, settings 0/1: `deepinversion.py:217-241`;
     setting 2 (0.9, 0.999))."""
-    warmup: int = Field(100, ge=0)
+    warmup: bounded_int(0, 10_000_000, "a number of steps") = 100
     """Linear warm-up steps of the cosine schedule (reference 100, `deepinversion.py:248`,
     `utils/utils.py:75-85`)."""
     main_loss_multiplier: float = Field(1.0, ge=0)
@@ -80,7 +90,7 @@ class DeepInversionParams(StrictModel):
     l2: float = Field(1e-5, ge=0)
     """α_l2: weight of the batch mean of each image's L2 norm (reference 1e-5,
     `imagenet_inversion.py:204`, `deepinversion.py:318`)."""
-    jitter: int = Field(1, ge=0)
+    jitter: bounded_int(0, 4096, "a shift in pixels") = 1
     """Largest random shift in pixels, by `roll` (reference 30 at 224 px, hard-coded,
     `imagenet_inversion.py:127`). Digits: 1 (spec §D)."""
     flip: bool = False
