@@ -24,10 +24,10 @@ import io
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import Tensor, nn
 
 from workbench.api import (
+    Count,
     EvalContext,
     Metric,
     StrictModel,
@@ -175,7 +175,7 @@ class AgreedAccuracy(Metric):
 
 
 class NearestNeighbourParams(StrictModel):
-    bank_limit: int | None = Field(20000, ge=1)
+    bank_limit: Count | None = 20000
     """At most this many private training images and this many public images (the first in
     dataset order) are searched; unset = all. The digits have 1,617 in all."""
 
@@ -243,12 +243,12 @@ class NearestNeighbour(Metric):
 
 
 class PRDCParams(StrictModel):
-    nearest_k: int = Field(5, ge=1)
+    nearest_k: Count = 5
     """k of the k-nearest-neighbour balls (Naeem et al. 2020 recommend 5); each side needs more
     than k images."""
     evaluator: str = "E"
     """Whose penultimate features: `E` or a name from the recipe's `evaluators`."""
-    private_per_class: int | None = Field(None, ge=1)
+    private_per_class: Count | None = None
     """Real side: at most this many private training images per attacked class (default: all)."""
 
 
