@@ -29,7 +29,15 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from workbench.api import AttackCapabilities, AttackContext, AttackResult, WorkbenchError
+from workbench.api import (
+    AttackCapabilities,
+    AttackContext,
+    AttackResult,
+    BatchSize,
+    Count,
+    Steps,
+    WorkbenchError,
+)
 from workbench.attack_toolkit import (
     Generator,
     Group,
@@ -51,16 +59,16 @@ class IFGMIParams(PPAParams):
     plus the stages. Reference values from `final-solution/IF-GMI@e792ef1` `configs/**/main-*.yaml`;
     defaults fit the embedded digits (16 px) on a 2-core CPU (spec A7, §D)."""
 
-    search_space: int = Field(1000, ge=1)
+    search_space: Count = 1000
     """Latents drawn for the initial selection (reference `search_space_size` 2000 FaceScrub, 5000
     CelebA; `IF-GMI:attacks/initial_selection.py:40-42`). Digits: 1000."""
-    num_candidates: int = Field(16, ge=1)
+    num_candidates: Count = 16
     """Candidates per class, every one optimised and (without `final_selection`) returned
     (reference 50: `candidates.num_candidates`, `intermediate_attack.py:213-233`). Digits: 16."""
-    samples_per_target: int = Field(16, ge=1)
+    samples_per_target: Count = 16
     """Kept per class when `final_selection` is on (reference: equal to `num_candidates`, so the
     selection is off, `IF-GMI@58ee187:configs/ffhq_facescrub/main-resnet.yaml:21,71`)."""
-    iterations: int = Field(50, ge=1)
+    iterations: Steps = 50
     """Adam steps of stage 0, the latent search (reference `steps[0]`: 50 FaceScrub, 70 CelebA,
     100 AFHQ; `configs/*/main-*.yaml`). Digits: 50."""
     feature_steps: list[int] = Field(default_factory=lambda: [10, 10])
@@ -85,7 +93,7 @@ class IFGMIParams(PPAParams):
     """`per_coordinate`: the radius is ρ·D with D the feature's size per sample (StyleGAN's
     absolute radii are norms of its own activations and do not transfer, spec A5.4);
     `absolute`: the value itself, as the reference reads it."""
-    loss_batch: int = Field(15, ge=1)
+    loss_batch: BatchSize = 15
     """The summed per-candidate Poincaré losses are divided by this (the reference's batch mean
     over `batch_size` x #GPUs = 5 x 3, `intermediate_attack.py:41,84-85`; Adam's step hardly
     depends on it)."""
