@@ -26,7 +26,17 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.api import AttackContext, AttackResult, seeds, split_forward, weights_fingerprint
+from workbench.api import (
+    AttackContext,
+    AttackResult,
+    Count,
+    Steps,
+    Width,
+    bounded_int,
+    seeds,
+    split_forward,
+    weights_fingerprint,
+)
 from workbench.attack_toolkit import (
     GAN_MEMORY_FORMAT,
     Chunk,
@@ -58,15 +68,15 @@ class KEDMIParams(GANBudget, SearchBudget):
     """Weight of the entropy of D's class prediction on generated images in G's loss, the
     entropy *summed* over the batch and the classes (reference 1e-4 with `HLoss` summing:
     KEDMI `k+1_gan.py:159-176`, `utils.py:388-395`; DefendMI `DMI/k+1_gan_HSIC.py:165-181`)."""
-    mbd_kernels: int = Field(16, ge=0)
+    mbd_kernels: bounded_int(0, 65_536, "a width") = 16
     """Kernels of D's minibatch-discrimination layer (0 switches it off). Reference 64
     (KEDMI `discri.py:7-70`, DefendMI `DMI/discri.py`). Digits: 16 (a CPU deviation: the
     pairwise term costs O(N²·kernels·kernel_dim) per batch; 64 × 50 made the digits GAN 16x
     slower with no measurable gain)."""
-    mbd_kernel_dim: int = Field(5, ge=1)
+    mbd_kernel_dim: Width = 5
     """Dimensions per minibatch-discrimination kernel. Reference 50 (KEDMI `discri.py:64`).
     Digits: 5 (a CPU deviation, see `mbd_kernels`)."""
-    iterations: int = Field(300, ge=1)
+    iterations: Steps = 300
     """Steps of the distributional search per fit. Reference: KED-MI authors 2400
     (KEDMI `recovery.py:107`); BiDO 5000 (DefendMI `DMI/recovery.py:23`, CelebA and MNIST);
     LOMMA 2400. Digits: 300 (a CPU deviation)."""
@@ -80,15 +90,15 @@ class KEDMIParams(GANBudget, SearchBudget):
     clip_z: bool = False
     """Clamp z = μ + σ·ε to [−1, 1] inside the graph, before G, in the search and in the draws
     (LOMMA `attack.py:136-138`, `metrics/fid.py:173`). KED-MI and BiDO do not (False)."""
-    fits: int = Field(5, ge=1)
+    fits: Count = 5
     """Independent Gaussian fits per class (each its own search). Reference: 1 on CelebA
     (DefendMI `DMI/recover_vib.py:106-155`), 5 on MNIST (`DMI/recovery.py:166-189`).
     Digits: 5."""
-    samples_per_class: int = Field(8, ge=1)
+    samples_per_class: Count = 8
     """Draws from each fitted Gaussian; attack accuracy is the mean over fits of each fit's mean
     ± sample std over its draws (the spread of one fit's draws, not of the fits). Reference: 5 on CelebA (`num_seeds`, DefendMI
     `DMI/recover_vib.py:106-155`), 100 on MNIST (`DMI/recovery.py:166-189`). Digits: 8."""
-    class_block: int = Field(60, ge=1)
+    class_block: Count = 60
     """Classes whose latents form one fixed batch for the prior D (minibatch discrimination
     couples a batch). Reference: 60 (300 identities in 5 blocks of 60, DefendMI
     `DMI/recover_vib.py`); the five private digits form one block."""
