@@ -34,7 +34,10 @@ from torch import Tensor, nn
 from workbench.api import (
     AttackContext,
     AttackResult,
+    BatchSize,
     ComponentTable,
+    Count,
+    Epochs,
     StrictModel,
     WorkbenchError,
     average_gradients,
@@ -79,7 +82,7 @@ class LOMMAFields(StrictModel):
     """λ_reg, the weight of the regulariser mean_d (f_T(x) − p_reg)² (variants `L_logit` and
     `ours` only; 0 switches it off). Reference 1.0 (`lam`, LOMMA
     `config/celeba/attacking/*.json`; used in `attack.py:83-104`)."""
-    p_reg_images: int = Field(5000, ge=1)
+    p_reg_images: Count = 5000
     """Public images (in dataset order) whose mean target feature is p_reg. Reference ≈5000
     (batches of 50 while `batch_idx·50 ≤ 5000`, LOMMA `attack.py:64-81`); digits: all ≈900."""
     surrogate_1: BackboneTable | None = BackboneTable(use="mcnn", width=8)
@@ -92,7 +95,7 @@ class LOMMAFields(StrictModel):
     surrogate_3: BackboneTable | None = BackboneTable(use="scnn", width=4)
     """Third surrogate. Reference: EfficientNet-B2 (LOMMA `models/classify.py:280-349`). Digits: SCNN width 4 (the spec's 2×256 MLP
     is not a registered backbone; a deviation)."""
-    distill_epochs: int = Field(20, ge=1)
+    distill_epochs: Epochs = 20
     """Distillation epochs over the public images per surrogate. Reference 20 (LOMMA
     `config/celeba/training_augmodel/*.json`; BiDO+ loads the 50-epoch students `_kd_0_50`)."""
     distill_optimizer: Literal["sgd", "adam"] = "adam"
@@ -105,11 +108,11 @@ class LOMMAFields(StrictModel):
     distill_weight_decay: float = Field(0.0, ge=0)
     """Weight decay of the distillation optimizer. Reference 1e-4 (LOMMA `engine.py:353-442`,
     with SGD). Digits: 0 (with Adam)."""
-    distill_step: int = Field(20, ge=1)
+    distill_step: Epochs = 20
     """StepLR period in epochs (reference 20, γ = `distill_gamma`: LOMMA `engine.py:353-442`)."""
     distill_gamma: float = Field(0.5, gt=0, le=1)
     """StepLR factor (reference 0.5, LOMMA `engine.py:353-442`)."""
-    distill_batch_size: int = Field(64, ge=1)
+    distill_batch_size: BatchSize = 64
     """Public images per distillation step (reference 64, `training_augmodel/*.json`)."""
     distill_temperature: float = Field(1.0, gt=0)
     """Temperature τ of KL(softmax(T/τ) ‖ softmax(S/τ)), divided by τ² and the batch (as the
