@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
-from workbench.api import AttackContext, AttackResult
+from workbench.api import AttackContext, AttackResult, Count, Steps
 from workbench.attack_toolkit import (
     Chunk,
     Group,
@@ -33,14 +33,14 @@ from workbench.attack_toolkit import (
 class MIFaceParams(SearchBudget):
     """MI-Face's budget (the paper runs plain gradient descent for up to 5000 steps)."""
 
-    iterations: int = Field(300, ge=1)
+    iterations: Steps = 300
     """Gradient steps per restart (paper: up to 5000, stopping early when the loss stalls)."""
     lr: float = Field(0.05, gt=0)
     """Adam step size in pixel units. Adam, not the paper's plain descent, so the step size does
     not depend on the target's logit scale."""
-    restarts: int = Field(2, ge=1)
+    restarts: Count = 2
     """Independent restarts per class (different start noise)."""
-    samples_per_class: int = Field(8, ge=1)
+    samples_per_class: Count = 8
     """Images optimised together per class and restart."""
     loss: Literal["ce", "one-minus-prob"] = "ce"
     """`ce`: -log softmax_y (keeps a gradient when the class is far off); `one-minus-prob`:
