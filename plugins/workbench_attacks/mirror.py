@@ -32,7 +32,17 @@ import torch
 from pydantic import Field
 from torch import Tensor
 
-from workbench.api import AttackCapabilities, AttackContext, AttackResult, QueryBudget, WorkbenchError, seeds
+from workbench.api import (
+    AttackCapabilities,
+    AttackContext,
+    AttackResult,
+    BatchSize,
+    Count,
+    QueryBudget,
+    WorkbenchError,
+    bounded_int,
+    seeds,
+)
 from workbench.attack_toolkit import GANBudget, check_finite, dtype_of, resolve_classes
 from workbench_attacks.gmi import OnGMIPrior
 
@@ -47,13 +57,13 @@ class MirrorBParams(GANBudget, QueryBudget):
     """WGAN-GP gradient-penalty weight of GMI's prior (part of its cache key, as in `gmi`)."""
     classes: list[int] | None = None
     """Private classes to attack (default: all of them)."""
-    first_classes: int | None = Field(None, ge=1)
+    first_classes: Count | None = None
     """Attack only the first N private classes; ignored when `classes` is set."""
-    pool_size: int = Field(100_000, ge=2)
+    pool_size: bounded_int(2, 10_000_000) = 100_000
     """Latents in the initial pool, each scored once (reference 100,000: `my_sample_z_w_space.py:59-64`)."""
-    population: int = Field(1000, ge=2)
+    population: bounded_int(2, 1_000_000) = 1000
     """Population size N (reference 1000, `scripts/run_*_blackbox.sh:4`; argparse default 100)."""
-    generations: int = Field(100, ge=0)
+    generations: bounded_int(0, 10_000_000, "a number of generations") = 100
     """Generations at most (reference 100, `my_blackbox_mirror.py:246`)."""
     min_score: float = Field(1.0, gt=0, le=1)
     """Stop a class once its elite's p_y reaches this (reference 0.95, `:250`). Digits: 1.0 = never:
@@ -71,9 +81,9 @@ class MirrorBParams(GANBudget, QueryBudget):
     (`:77-85`), which favours the worse parent; `proportional`: p_y1/(p_y1 + p_y2) (spec B.7.1)."""
     shared_mutation_noise: bool = True
     """One noise vector per generation for all children, as the code (`:134`); false: one per child."""
-    restarts: int = Field(1, ge=1)
+    restarts: Count = 1
     """Independent genetic searches per class on the same pool (each returns its elite)."""
-    max_batch: int = Field(1000, ge=1)
+    max_batch: BatchSize = 1000
     """Images per generator pass (results do not depend on it)."""
 
 
