@@ -30,7 +30,17 @@ from pydantic import Field
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from workbench.api import AttackContext, AttackResult, seeds, split_forward, weights_fingerprint
+from workbench.api import (
+    AttackContext,
+    AttackResult,
+    Count,
+    Steps,
+    Width,
+    bounded_int,
+    seeds,
+    split_forward,
+    weights_fingerprint,
+)
 from workbench.attack_toolkit import (
     Chunk,
     GANBudget,
@@ -58,16 +68,16 @@ class PLGMIParams(GANBudget, SearchBudget):
     """PLG-MI's budget. Defaults fit the embedded digits (16 px) on a 2-core CPU; each field doc
     gives the reference value and its file (`LetheSec/PLG-MI-Attack`); see docs/attacks.md."""
 
-    top_n: int = Field(30, ge=1)
+    top_n: Count = 30
     """Public images pseudo-labelled per private class (reference 30: README `--top_n=30`,
     PLG `top_n_selection.py:120-183`)."""
-    z_dim: int = Field(64, ge=1)
+    z_dim: Width = 64
     """Latent size of the conditional generator. Reference 128 (PLG `train_cgan.py`, `gen_dim_z`).
     Digits: 64 (a CPU deviation)."""
-    gan_width: int = Field(16, ge=4)
+    gan_width: bounded_int(4, 65_536, "a width") = 16
     """Channels at full resolution, doubling per halving (reference 64: `gen_num_features`,
     PLG `models/generators/resnet64.py`). Digits: 16 (a CPU deviation)."""
-    gan_steps: int = Field(400, ge=1)
+    gan_steps: Steps = 400
     """Generator updates. Reference 30 000 (README `--max_iteration=30000`). Digits: 400 (spec §D:
     400 / 1000 / 2000 steps gave top-1 0.95 / 0.95 / 0.84)."""
     gan_lr: float = Field(2e-4, gt=0)
@@ -75,20 +85,20 @@ class PLGMIParams(GANBudget, SearchBudget):
     `train_cgan.py:55-128`)."""
     gan_betas: tuple[float, float] = (0.0, 0.9)
     """Adam betas of both players (reference (0.0, 0.9): PLG `train_cgan.py:55-128`)."""
-    critic_iters: int = Field(5, ge=1)
+    critic_iters: Steps = 5
     """Discriminator updates per generator update (reference 5: `n_dis`, PLG `train_cgan.py:258-311`)."""
     alpha: float = Field(0.2, ge=0)
     """Weight of the margin loss on augmented fakes in G's loss (reference 0.2: `--alpha`, PLG
     `train_cgan.py:125,288`)."""
-    iterations: int = Field(200, ge=1)
+    iterations: Steps = 200
     """Adam steps of the inversion per restart. Reference 600 (PLG `reconstruct.py:46-160`).
     Digits: 200 (spec §D)."""
     lr: float = Field(0.1, gt=0)
     """Adam learning rate of the inversion (reference 0.1: PLG `reconstruct.py:46-160`)."""
-    restarts: int = Field(5, ge=1)
+    restarts: Count = 5
     """Independent restarts (seeds) per class, every one evaluated (reference 5 seeds: PLG
     `reconstruct.py:166-241`)."""
-    samples_per_class: int = Field(8, ge=1)
+    samples_per_class: Count = 8
     """Latents per class and restart. Reference 1 per identity per seed (PLG
     `reconstruct.py:166-241`). Digits: 8."""
     crop_scale: tuple[float, float] = (0.8, 1.0)
