@@ -41,6 +41,9 @@ from workbench.api import (
     AttackCapabilities,
     AttackContext,
     AttackResult,
+    BatchSize,
+    Count,
+    Steps,
     WorkbenchError,
     seeds,
     tensors_with_prefix,
@@ -101,12 +104,12 @@ class PPAParams(GANBudget):
     part of the prior's cache key, as in `gmi`."""
     classes: list[int] | None = None
     """Private classes to attack (default: all of them; the reference's `targets: all`)."""
-    first_classes: int | None = Field(None, ge=1)
+    first_classes: Count | None = None
     """Attack only the first N private classes; ignored when `classes` is set."""
-    max_batch: int = Field(256, ge=1)
+    max_batch: BatchSize = 256
     """Latents per forward pass. Results do not depend on it (every image draws its transforms
     from its class's stream; Adam's step does not depend on the other rows)."""
-    search_space: int = Field(2000, ge=1)
+    search_space: Count = 2000
     """Latents drawn for the initial selection (reference `search_space_size` 2000 in the default
     config, 5000 in `CelebA_FFHQ.yaml`; PPA `attacks/initial_selection.py`). Digits: 2000."""
     latent_clip: float | None = Field(1.0, gt=0)
@@ -114,10 +117,10 @@ class PPAParams(GANBudget):
     reference truncates StyleGAN's w (ψ 0.5, cutoff 8; `truncation_psi`, `truncation_cutoff`); a
     DCGAN has no mapping network, so GMI's latent range [−1, 1] (GMI `Celeba/attack.py:56`)
     stands in for the truncation (spec B4.7, a deviation)."""
-    num_candidates: int = Field(32, ge=1)
+    num_candidates: Count = 32
     """Latents kept (and optimised) per class after the initial selection (reference 200:
     `candidates.num_candidates`). Digits: 32 (a CPU deviation)."""
-    iterations: int = Field(70, ge=1)
+    iterations: Steps = 70
     """Adam steps per candidate (reference `num_epochs`: 50 in the default config, 70 in
     `CelebA_FFHQ.yaml` at 224 px). Digits: 70 (spec §D: 200 steps at a larger lr collapsed
     accuracy; without an image prior the step budget must stay short)."""
@@ -126,21 +129,21 @@ class PPAParams(GANBudget):
     betas: tuple[float, float] = (0.1, 0.1)
     """Adam betas (reference (0.1, 0.1), both configs; weight decay 0). The default config also has
     MultiStepLR([30, 40], 0.1); `CelebA_FFHQ.yaml`, which BiDO+ runs, has none, and neither here."""
-    loss_batch: int = Field(25, ge=1)
+    loss_batch: BatchSize = 25
     """The reference batch the summed per-latent Poincaré losses are divided by (reference
     `attack.batch_size` 25, a batch mean). Adam's step hardly depends on it (only through its ε)."""
     train_crop_scale: tuple[float, float] = (0.9, 1.0)
     """Area range of the RandomResizedCrop applied to G(w) before T at every step, ratio 1
     (reference scale (0.9, 1.0), ratio (1, 1): `attack.transformations`, after CenterCrop(800)
     and Resize(224), which a generator at the data's size does not need)."""
-    select_iterations: int = Field(100, ge=1)
+    select_iterations: Count = 100
     """Random transforms per optimised latent in the final selection (reference 100:
     `final_selection.iterations`, PPA `attacks/final_selection.py`)."""
     select_crop_scale: tuple[float, float] = (0.5, 0.9)
     """Area range of the final selection's RandomResizedCrop (reference (0.5, 0.9))."""
     select_crop_ratio: tuple[float, float] = (0.8, 1.2)
     """Aspect-ratio range of the final selection's RandomResizedCrop (reference (0.8, 1.2))."""
-    samples_per_target: int = Field(8, ge=1)
+    samples_per_target: Count = 8
     """Optimised latents kept per class by the final selection (reference 50 of 200:
     `final_selection.samples_per_target`). Digits: 8 of 32 (the same quarter)."""
     hflip: bool = False
