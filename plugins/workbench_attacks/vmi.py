@@ -29,7 +29,7 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from workbench.api import AttackContext, AttackResult
+from workbench.api import AttackContext, AttackResult, BatchSize, Count, Epochs, Steps, bounded_int
 from workbench.attack_toolkit import (
     Chunk,
     GANBudget,
@@ -70,23 +70,23 @@ class VMIParams(GANBudget, SearchBudget):
     """s of the label-smoothing cross-entropy: the target class gets 1 − s, each other class
     s / (K − 1) (reference default 0, i.e. plain CE: `--attack_labelsmooth`, VMI
     `attack_stylegan.py:39-51`)."""
-    kl_samples: int = Field(1000, ge=0)
+    kl_samples: bounded_int(0, 1_000_000) = 1000
     """Draws of q per step in the KL estimate −½ log det(L Lᵀ) + ½ mean ‖z‖² (reference 1000:
     VMI `attack_stylegan.py:331-392`, `attack_dcgan.py:323-330`). 0 uses the closed form
     ½(tr(L Lᵀ) + ‖m‖² − k − log det(L Lᵀ)) instead (a workbench option; same gradient in
     expectation)."""
-    batch_size: int = Field(32, ge=1)
+    batch_size: BatchSize = 32
     """Latents drawn from q per step for the identity term (its Monte-Carlo batch). Reference:
     64 (`--batchSize` default, VMI `attack_stylegan.py`), 32 in BiDO's script (DefendMI
     `VMI/run_scripts/celeba-stylegan-flow.sh`). Digits: 32."""
-    iterations: int = Field(300, ge=1)
+    iterations: Steps = 300
     """SGD steps per class. Reference: an epoch is ⌈10000 / batch⌉ steps (the loop
     `range(0, 10000, batchSize)`, VMI `attack_stylegan.py`, `attack_dcgan.py:293`); the CelebA
     script trains 31 epochs and the attack samples come from the epoch-20 miner
     (`--save_model_epochs 10,20,30`, `generate_vmi_attack_samples.py`), i.e. 20 × 157 = 3140
     steps at batch 64. Digits: 300 (a CPU deviation; spec §D: 200 / 500 steps gave 0.79 / 0.81
     at lr 0.05)."""
-    epochs: int | None = Field(None, ge=1)
+    epochs: Epochs | None = None
     """When set, the search runs `epochs` epochs of the reference's length (`epoch_length`)
     instead of `iterations` steps."""
     epoch_length: Literal["vmi", "bido"] = "vmi"
@@ -105,7 +105,7 @@ class VMIParams(GANBudget, SearchBudget):
     """SGD momentum (reference 0.9, not Nesterov: VMI `attack_stylegan.py:143-145`)."""
     weight_decay: float = Field(0.0, ge=0)
     """SGD weight decay on (m, L) (reference 0: `--wd` default, VMI `attack_stylegan.py`)."""
-    samples_per_class: int = Field(40, ge=1)
+    samples_per_class: Count = 40
     """Draws from each fitted q that are evaluated; the draw index is the result's `restarts`,
     so attack accuracy is mean ± std over draws (one fit per class: the std is over its draws). Reference 50 per identity
     (`generate_vmi_attack_samples.py`, spec B3.2). Digits: 40."""
