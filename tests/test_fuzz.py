@@ -536,3 +536,61 @@ def _get_key(text: str, dotted: str) -> Any:
             node = node[int(part)] if part.isdigit() else node[part]
         return node
     return None
+
+
+# ------------------------------------------------------------------ the attacks' own int params
+
+BOUNDED_ATTACK_MODULES = ("brepmi", "deepinversion", "evaluators_metrics", "gmi", "ifgmi", "kedmi", "lomma", "miface",
+                          "mirror", "plgmi", "ppa", "vmi")
+"""The attack plugin modules whose int params carry a range of their own (the newest attacks, LOKT,
+RL-BMI and C2FMI, and the shared toolkit's budgets keep the ±2³¹−1 safety net for now)."""
+
+
+def _own_int_fields(model: type) -> dict[str, dict]:
+    """The int params a class of `workbench_attacks.<BOUNDED_ATTACK_MODULES>` declares itself, with
+    their JSON Schema."""
+    schema = model.model_json_schema()["properties"]
+    own = {}
+    for cls in model.__mro__:
+        module = getattr(cls, "__module__", "")
+        if module.split(".")[0] != "workbench_attacks" or module.split(".")[-1] not in BOUNDED_ATTACK_MODULES:
+            continue
+        for name in getattr(cls, "__annotations__", {}):
+            if "seed" in name:  # a label, not a quantity a run loops over or allocates
+                continue
+            field = schema.get(name, {})
+            types = [field, *field.get("anyOf", [])]
+            if any(t.get("type") == "integer" for t in types):
+                own.setdefault(name, next(t for t in types if t.get("type") == "integer"))
+    return own
+
+
+def test_attack_int_params_carry_a_range_a_run_can_honour():
+    """Every iteration, restart, step, width and batch-size param of these attacks is bounded well below
+    the ±2³¹−1 safety net (the range shows in the JSON Schema and `plugins list`)."""
+    from workbench import load_registry
+
+    registry = load_registry()
+    checked = {}
+    for name in registry.names("attack") + registry.names("metric"):
+        kind = "attack" if name in registry.names("attack") else "metric"
+        for field, schema in _own_int_fields(registry.get(kind, name).params).items():
+            checked[f"{name}.{field}"] = schema
+    assert len(checked) > 60, sorted(checked)  # the modules above declare that many
+    unbounded = {k: s for k, s in checked.items() if s.get("maximum", 2**31) > 10_000_000 or "minimum" not in s}
+    assert not unbounded, unbounded
+
+
+@pytest.mark.parametrize(("key", "message"), [
+    ("iterations=100000000", "iterations: must be a number of steps from 1 to 10,000,000"),
+    ("restarts=0", "restarts: must be an integer from 1 to 1,000,000"),
+    ("samples_per_class=2000000", "samples_per_class: must be an integer from 1 to 1,000,000"),
+    ("loss_batch=100000", "loss_batch: must be a batch size from 1 to 65,536"),
+    ("gan_width=3", "gan_width: must be a width from 4 to 65,536"),
+])
+def test_huge_attack_params_name_key_and_range(tiny, monkeypatch, capsys, key, message):
+    tiny.write_text(TINY_RECIPE + '\n[attacks.plg]\nuse = "plg-mi"\n[attacks.g]\nuse = "gmi"\n')
+    attack = "plg" if key.startswith("gan_width") else "g"
+    code, _, err = invoke(monkeypatch, capsys, "recipes", "show", str(tiny), "--set", f"attacks.{attack}.{key}")
+    assert code == 2
+    assert f"attacks.{attack}.{message}" in one_line(err)
