@@ -40,9 +40,15 @@ from workbench.api import (
     AttackCapabilities,
     AttackContext,
     AttackResult,
+    BatchSize,
     ComponentTable,
+    Count,
+    Epochs,
     QueryBudget,
+    Steps,
+    Width,
     WorkbenchError,
+    bounded_int,
     seeds,
 )
 from workbench.attack_toolkit import (
@@ -78,39 +84,39 @@ class LOKTParams(GANBudget, QueryBudget):
 
     classes: list[int] | None = None
     """Private classes to attack (default: all of them)."""
-    first_classes: int | None = Field(None, ge=1)
+    first_classes: Count | None = None
     """Attack only the first N private classes. Reference 300 on CelebA: 5 blocks of 60 identities
     (`plg_tacgan.py:275-281`)."""
     # T-ACGAN (stage 1)
-    z_dim: int = Field(64, ge=1)
+    z_dim: Width = 64
     """Latent size of the conditional generator. Reference 128 (`gen_dim_z`, `train_tacgan.py:62-65`).
     Digits: 64 (a CPU deviation, as PLG-MI's digits tier)."""
-    gan_width: int = Field(16, ge=4)
+    gan_width: bounded_int(4, 65_536, "a width") = 16
     """Channels of G and D at full resolution (reference 64: `gen_num_features`, `dis_num_features`,
     `train_tacgan.py:60-72`). Digits: 16 (a CPU deviation)."""
-    warmup_steps: int = Field(100, ge=0)
+    warmup_steps: bounded_int(0, 10_000_000, "a number of steps") = 100
     """Unconditional T-ACGAN iterations first: no class terms and no T queries (reference `n_uncond`
     1000 for public CelebA, 2000 FFHQ, 3000 FaceScrub, 6000 PubFig: `train_tacgan.py:198-207`;
     class terms from `n_iter > n_uncond`, `:258,277,294`). Digits: 100."""
-    gan_steps: int = Field(400, ge=1)
+    gan_steps: Steps = 400
     """Conditional T-ACGAN iterations (one G step and `critic_iters` D steps each) after the warm-up
     (reference 19 000: `--max_iteration`, `train_tacgan.py:84-85`, to which `n_uncond` is added, `:207`).
     Digits: 400 (a CPU deviation; PLG-MI's digits cGAN works at 400, spec §D)."""
-    gan_batch_size: int = Field(64, ge=2)
+    gan_batch_size: bounded_int(2, 65_536, "a batch size") = 64
     """Fakes (and public images) per T-ACGAN step, each fake batch labelled by T in a conditional D step
     (reference 128: `--batch_size`, `train_tacgan.py:57-58`). Digits: 64."""
     gan_lr: float = Field(2e-4, gt=0)
     """Adam learning rate of G and D (reference 2e-4: `train_tacgan.py:75-76,183-184`)."""
     gan_betas: tuple[float, float] = (0.0, 0.9)
     """Adam betas of G and D (reference (0.0, 0.9): `train_tacgan.py:77-80,183-184`)."""
-    critic_iters: int = Field(5, ge=1)
+    critic_iters: Steps = 5
     """D steps per G step (reference 5: `--n_dis`, `train_tacgan.py:86-87,249`)."""
     alpha: float = Field(1.5, ge=0)
     """Weight α of the class terms in G's and D's losses (reference 1.5: the README's `--alpha=1.5`,
     `README.md:41`, and every checkpoint folder `tacgan_1.5_wgan`; the argparse default 0.2,
     `train_tacgan.py:104`, is PLG-MI's and is not what the authors ran)."""
     # Data set (stage 2)
-    data_per_class: int = Field(500, ge=1)
+    data_per_class: Count = 500
     """Latents per class conditioned on it and labelled by T: T label queries (reference 500: `max_iter` 2
     × `batch_size` 250, `create_dataset.py:52-54,113-124`)."""
     # Surrogates (stage 3)
@@ -136,25 +142,25 @@ class LOKTParams(GANBudget, QueryBudget):
     """Cosine-anneal the surrogates' learning rate to 0 over `surrogate_epochs`, stepped per epoch
     (reference: `CosineAnnealingLR(T_max=max_epochs)`, `train_surrogate_model.py:210,261`). Digits: off
     (constant Adam rate, the spec's prototype)."""
-    surrogate_epochs: int = Field(30, ge=1)
+    surrogate_epochs: Epochs = 30
     """Epochs per surrogate (reference 200: `--max_epochs`, `train_surrogate_model.py:132`). Digits: 30."""
-    surrogate_epoch_steps: int | None = Field(None, ge=1)
+    surrogate_epoch_steps: Steps | None = None
     """Steps per epoch. Reference 117 = int(30000 / 256), hard-coded (`train_surrogate_model.py:79`: the
     size of the public CelebA list, not of the 500 000-latent data set). Unset: one pass over the data
     set (digits: ⌈2500 / 64⌉ = 40)."""
-    surrogate_batch_size: int = Field(64, ge=1)
+    surrogate_batch_size: BatchSize = 64
     """Latents per surrogate step, drawn by an endless shuffled sampler (reference 256: `--batch_size`,
     `train_surrogate_model.py:134,225-229`). Digits: 64."""
     # Attack (stage 4)
-    iterations: int = Field(200, ge=1)
+    iterations: Steps = 200
     """Adam steps of the inversion on the surrogates (reference 600: `--iter_times`, `plg_tacgan.py:183`).
     Digits: 200 (PLG-MI's digits tier)."""
     lr: float = Field(0.1, gt=0)
     """Adam learning rate of the inversion (reference 0.1: `--lr`, `plg_tacgan.py:182,92`)."""
-    restarts: int = Field(5, ge=1)
+    restarts: Count = 5
     """Independent restarts (seeds) per class, every one evaluated (reference 5 seeds:
     `plg_tacgan.py:78-84,302`)."""
-    samples_per_class: int = Field(8, ge=1)
+    samples_per_class: Count = 8
     """Latents per class and restart. Reference 1 per identity per seed (`plg_tacgan.py:86-88`). Digits: 8."""
     inv_loss: Literal["margin", "ce", "poincare"] = "margin"
     """The identity loss on the surrogates' logits (reference `margin`: `--inv_loss_type=margin`,
@@ -169,7 +175,7 @@ class LOKTParams(GANBudget, QueryBudget):
     training and p 1 in the inversion, horizontal flip p 0.5, rotation p 0.5; `train_surrogate_model.py:69-74`,
     `plg_tacgan.py:69-74`). `digits`: crop and rotation only, the rotation always applied (digits are
     not mirror-symmetric; a deviation for the digits tier, as PLG-MI's)."""
-    max_batch: int = Field(256, ge=1)
+    max_batch: BatchSize = 256
     """Latents per forward pass of the inversion and the data set (results do not depend on it)."""
 
 
