@@ -80,7 +80,7 @@ BackboneTable = ComponentTable.of("backbone")
 
 class LOKTParams(GANBudget, QueryBudget):
     """LOKT's budget. Reference values: the README's commands (`README.md:40-85`) and the scripts'
-    argparse defaults (spec/attacks-label-only.md B3.7); digits values are CPU deviations, each named."""
+    argparse defaults; digits values are CPU deviations, each named (docs/attacks/lokt.md)."""
 
     classes: list[int] | None = None
     """Private classes to attack (default: all of them)."""
@@ -101,7 +101,7 @@ class LOKTParams(GANBudget, QueryBudget):
     gan_steps: Steps = 400
     """Conditional T-ACGAN iterations (one G step and `critic_iters` D steps each) after the warm-up
     (reference 19 000: `--max_iteration`, `train_tacgan.py:84-85`, to which `n_uncond` is added, `:207`).
-    Digits: 400 (a CPU deviation; PLG-MI's digits cGAN works at 400, spec §D)."""
+    Digits: 400 (a CPU deviation; PLG-MI's digits cGAN works at 400)."""
     gan_batch_size: bounded_int(2, 65_536, "a batch size") = 64
     """Fakes (and public images) per T-ACGAN step, each fake batch labelled by T in a conditional D step
     (reference 128: `--batch_size`, `train_tacgan.py:57-58`). Digits: 64."""
@@ -127,11 +127,11 @@ class LOKTParams(GANBudget, QueryBudget):
     surrogate_2: BackboneTable | None = BackboneTable(use="scnn", width=8)
     """Second surrogate. Reference DenseNet-161 (`README.md:64-67`). Digits: SCNN width 8."""
     surrogate_3: BackboneTable | None = BackboneTable(use="scnn", width=4)
-    """Third surrogate. Reference DenseNet-169 (`README.md:64-67`). Digits: SCNN width 4 (the spec's 2×256
-    MLP is not a registered backbone; a deviation)."""
+    """Third surrogate. Reference DenseNet-169 (`README.md:64-67`). Digits: SCNN width 4 (a 2×256
+    MLP would differ more from T, but is not a registered backbone)."""
     surrogate_optimizer: Literal["sgd", "adam"] = "adam"
     """Optimiser of the surrogates. Reference SGD, momentum 0.9 (`train_surrogate_model.py:208-209`).
-    Digits: Adam (small nets from scratch on 2500 images; SGD served LOMMA's digits surrogates poorly, spec §D)."""
+    Digits: Adam (small nets from scratch on 2500 images; SGD from scratch served LOMMA's digits surrogates poorly)."""
     surrogate_lr: float = Field(1e-3, gt=0)
     """Learning rate of the surrogates (reference 0.1: `--lr`, `train_surrogate_model.py:131`; the README
     does not override it). Digits: 1e-3 (Adam)."""
@@ -141,7 +141,7 @@ class LOKTParams(GANBudget, QueryBudget):
     surrogate_cosine: bool = False
     """Cosine-anneal the surrogates' learning rate to 0 over `surrogate_epochs`, stepped per epoch
     (reference: `CosineAnnealingLR(T_max=max_epochs)`, `train_surrogate_model.py:210,261`). Digits: off
-    (constant Adam rate, the spec's prototype)."""
+    (a constant Adam rate)."""
     surrogate_epochs: Epochs = 30
     """Epochs per surrogate (reference 200: `--max_epochs`, `train_surrogate_model.py:132`). Digits: 30."""
     surrogate_epoch_steps: Steps | None = None
