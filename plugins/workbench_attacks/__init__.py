@@ -1,6 +1,6 @@
 """Built-in workbench plugin: model-inversion attacks and the privacy metrics that judge them.
 
-Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`, `lomma-gmi`, `lomma-kedmi`, `plg-mi`, `vmi`, `ppa`, `if-gmi`, `deepinversion`, `mirror-b`, `rlb-mi`, `brep-mi`, `lokt`. Privacy metrics (kind `metric`, section
+Attacks (kind `attack`): `gmi`, `kedmi`, `mi-face`, `lomma-gmi`, `lomma-kedmi`, `plg-mi`, `vmi`, `ppa`, `if-gmi`, `deepinversion`, `mirror-b`, `c2fmi`, `rlb-mi`, `brep-mi`, `lokt`. Privacy metrics (kind `metric`, section
 `attacks`): `attack-accuracy`, `knn-dist`, `fid` (in E's feature space), `fid-inception`; judged by every
 evaluator of the run: `agreed-accuracy`, `nearest-neighbour`, `prdc` (`evaluators_metrics`).
 The metric math is in `workbench_attacks.privacy` as pure functions.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from workbench.api import NoParams, hookimpl
 from workbench_attacks.brepmi import BREPMI, BREPMIParams
+from workbench_attacks.c2fmi import C2FMI, C2FMIParams
 from workbench_attacks.deepinversion import DeepInversion, DeepInversionParams
 from workbench_attacks.evaluators_metrics import (
     PRDC,
@@ -106,6 +107,12 @@ def register_attacks(register):
         RLBMI,
         params=RLBMIParams,
         summary="RLB-MI (black-box): a soft actor-critic agent per class searches the GAN's latents, rewarded by the target's probabilities (Han et al. 2023).",
+    )
+    register(
+        "c2fmi",
+        C2FMI,
+        params=C2FMIParams,
+        summary="C2FMI (black-box): an inverse network from the target's vectors to a public embedding gives coarse latents, then differential evolution on the target's confidence (Ye et al. 2023).",
     )
     register(
         "brep-mi",

@@ -1,4 +1,4 @@
-"""C2FMI, the coarse-to-fine black-box attack (Ye et al., IEEE TDSC 2023), spec/attacks-black-box.md C.
+"""C2FMI, the coarse-to-fine black-box attack (Ye et al., IEEE TDSC 2023).
 
 As the authors' code runs it (`MiLabHITSZ/2022YeC2FMI@ca5142a`, `main_attack.py`, `utils/DE.py`,
 `models/predict2feature.py`, `utils/train_inv.py`), with T seen only through the run's oracle:
@@ -35,9 +35,15 @@ from workbench.api import (
     AttackCapabilities,
     AttackContext,
     AttackResult,
+    BatchSize,
     ComponentTable,
+    Count,
+    Epochs,
     QueryBudget,
+    Steps,
+    Width,
     WorkbenchError,
+    bounded_int,
     seeds,
 )
 from workbench.attack_toolkit import (
@@ -57,7 +63,7 @@ REFERENCE = "MiLabHITSZ/2022YeC2FMI@ca5142a"
 
 # The β schedule of `utils/DE.py:202-206` over the reference's 500 generations: 0.1 until the last
 # 30, then 0.1·(500 − g)/50. Kept as fractions of `generations` (30/500, 50/500) so a shorter run
-# decays over the same share of its generations (spec C.7.5).
+# decays over the same share of its generations.
 DECAY_WINDOW = 30 / 500
 DECAY_DIVISOR = 50 / 500
 
@@ -73,7 +79,7 @@ class C2FMIParams(GANBudget, QueryBudget):
     """WGAN-GP gradient-penalty weight of GMI's prior (part of its cache key, as in `gmi`)."""
     classes: list[int] | None = None
     """Private classes to attack (default: all of them)."""
-    first_classes: int | None = Field(None, ge=1)
+    first_classes: Count | None = None
     """Attack only the first N private classes; ignored when `classes` is set."""
 
     # ---------------------------------------------------------------- the embedding model
@@ -86,73 +92,73 @@ class C2FMIParams(GANBudget, QueryBudget):
     identities). `target`: T's top-1 labels on the public images (from the same oracle pass; for a
     public split without labels, e.g. CelebA here, whose public faces carry label −1): a deviation,
     the embedding then imitates T instead of being independent of it."""
-    embed_epochs: int = Field(15, ge=1)
+    embed_epochs: Epochs = 15
     """Epochs of the embedding model. Reference: 10 epochs of triplet + cross-entropy on CASIA
     (`utils/train_facenet.py:89-121`, `utils/update_one_epoch_facenet.py:44-46`; its stage 2 is
-    switched off, `:124`). Digits: 15 epochs of cross-entropy (spec C.5; no triplet loss, a deviation)."""
+    switched off, `:124`). Digits: 15 epochs of cross-entropy (no triplet loss, a deviation)."""
     embed_lr: float = Field(1e-3, gt=0)
     """Adam learning rate of the embedding model (reference 1e-3, `utils/train_facenet.py:91,99`)."""
     embed_gamma: float = Field(0.94, gt=0, le=1)
     """Per-epoch StepLR factor of the embedding model (reference 0.94, `utils/train_facenet.py:100`)."""
-    embed_batch: int = Field(64, ge=1)
+    embed_batch: BatchSize = 64
     """Batch of the embedding model (reference 64, `utils/train_facenet.py:92`)."""
     embed_target: Literal["logits", "feature"] = "logits"
     """What p2f maps to and stage I matches: the embedding's logits (reference,
     `utils/train_inv.py:24-29`, `main_attack.py:83-84`) or its penultimate feature (the commented-out
     alternative, `utils/train_inv.py:28`; there the L2-normalised 128-d feature)."""
-    public_limit: int | None = Field(None, ge=1)
+    public_limit: bounded_int(1, 10_000_000) | None = None
     """Use only the first N public images (dataset order) for the embedding and p2f (and the oracle
     pass). Reference: 160,000 (150,000 train + 10,000 test paths, `utils/train_inv.py:115-116`)."""
 
     # ---------------------------------------------------------------- the inverse network p2f
-    inv_hidden: int = Field(512, ge=1)
+    inv_hidden: Width = 512
     """Width of p2f's two hidden layers. Reference 4096 (`models/predict2feature.py:9-11`). Digits:
-    512 (the 4096×4096 layer dominates and a 5-entry input has no use for it; spec C.5)."""
+    512 (the 4096×4096 layer dominates and a 5-entry input has no use for it)."""
     inv_dropout: float = Field(0.25, ge=0, lt=1)
     """Dropout before p2f's last layer (reference 0.25, `models/predict2feature.py:15`)."""
-    inv_trunc: int | None = Field(None, ge=1)
+    inv_trunc: Count | None = None
     """Entries of T's vector p2f keeps (top-k, the rest 0): None = all K, as the attack's checkpoint
     (`predict2feature(tar_classes, tar_classes)`, `main_attack.py:162`); 1 = `train_inv.py:89`'s
     default (label-only); 100 = the anti-defense variant (`main_attack_antidefense.py:114`)."""
-    inv_epochs: int = Field(20, ge=1)
+    inv_epochs: Epochs = 20
     """Epochs of p2f (reference 20, `utils/train_inv.py:70`; the attack loads a 90-epoch checkpoint,
-    `main_attack.py:128`, that the script does not produce as configured, spec C.7.3)."""
+    `main_attack.py:128`, that the script does not produce as configured)."""
     inv_lr: float = Field(1e-3, gt=0)
     """Adam learning rate of p2f, weight decay 0 (reference 1e-3, `utils/train_inv.py:67,108`)."""
-    inv_batch: int = Field(128, ge=1)
+    inv_batch: BatchSize = 128
     """Batch of p2f, incomplete last batch dropped (reference 128, `drop_last`, `utils/train_inv.py:68,125-129`)."""
-    inv_step: int = Field(2, ge=1)
+    inv_step: Epochs = 2
     """StepLR period of p2f in epochs (reference 2, `utils/train_inv.py:109`)."""
     inv_gamma: float = Field(0.8, gt=0, le=1)
     """StepLR factor of p2f (reference 0.8, `utils/train_inv.py:109`)."""
 
     # ---------------------------------------------------------------- stage I (coarse)
-    stage1_batch: int = Field(16, ge=1)
+    stage1_batch: BatchSize = 16
     """Latents per class in stage I (reference 16, `main_attack.py:142`)."""
-    stage1_steps: int = Field(20, ge=1)
+    stage1_steps: Steps = 20
     """Adam steps of stage I (reference 20, `step`, `main_attack.py:140`)."""
     stage1_lr: float = Field(0.02, gt=0)
     """Adam learning rate of stage I (reference 0.02, `main_attack.py:137,189`)."""
-    stage1_step: int = Field(20, ge=1)
+    stage1_step: Steps = 20
     """StepLR period of stage I in steps (reference 20, γ `stage1_gamma`: `main_attack.py:190`; with
     20 steps it never fires)."""
     stage1_gamma: float = Field(0.95, gt=0, le=1)
     """StepLR factor of stage I (reference 0.95, `main_attack.py:190`)."""
-    stage1_keep: int = Field(10, ge=1)
+    stage1_keep: Count = 10
     """Stage-I latents handed to the search, the most confident under T (reference 10,
     `main_attack.py:74-78`)."""
-    init_mix: int = Field(2, ge=1)
+    init_mix: Count = 2
     """Prior samples averaged into one initial latent (reference 2 W samples, `main_attack.py:185-186`)."""
-    rand_mix: int = Field(3, ge=1)
+    rand_mix: Count = 3
     """Prior samples averaged into the random part of a population extension (reference 3 W samples,
     `utils/DE.py:24-28`)."""
 
     # ---------------------------------------------------------------- stage II (fine)
-    popsize: int = Field(32, ge=2)
+    popsize: bounded_int(2, 1_000_000) = 32
     """Population of the differential evolution (reference 32, `utils/DE.py:171`)."""
-    generations: int = Field(500, ge=0)
+    generations: bounded_int(0, 10_000_000, "a number of generations") = 500
     """Generations (reference 500, `max_gen`, `main_attack.py:25`)."""
-    nv: int = Field(4, ge=1)
+    nv: Count = 4
     """Difference vectors per child (reference 4, hard-coded, `utils/DE.py:202`)."""
     beta: float = Field(0.1, ge=0)
     """Scale of the difference vectors (reference 0.1, `utils/DE.py:204`), decayed as
@@ -165,9 +171,9 @@ class C2FMIParams(GANBudget, QueryBudget):
     `utils/DE.py:229-235`; no forced gene)."""
     clamp_z: float | None = Field(None, gt=0)
     """Clamp latents to [−c, c] after each search step (None = never, as the reference)."""
-    restarts: int = Field(1, ge=1)
+    restarts: Count = 1
     """Independent coarse-to-fine runs per class, each returning its best member (reference 1)."""
-    max_batch: int = Field(1000, ge=1)
+    max_batch: BatchSize = 1000
     """Images per generator pass (results do not depend on it)."""
 
     @model_validator(mode="after")
@@ -538,7 +544,7 @@ class C2FMI(OnGMIPrior):
         rng: torch.Generator,
     ) -> Tensor:
         """Stage I (`main_attack.py:36-107,183-190`): the `stage1_keep` latents (float64, CPU) ranked by
-        T on the batch generated before the last Adam step, as the reference ranks it (spec C.7.2)."""
+        T on the batch generated before the last Adam step, as the reference ranks it."""
         p = self.params
         device, dtype = torch.device(ctx.device), dtype_of(generator)
         start = torch.randn(p.stage1_batch, p.init_mix, p.z_dim, generator=rng, dtype=torch.float64).mean(
