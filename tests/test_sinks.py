@@ -766,7 +766,10 @@ def test_sink_targets_that_disappear_mid_run_warn_once_and_export_writes_them_wh
     assert_complete(disturbed)
     err = capsys.readouterr().err
     assert "Traceback" not in err and "ERROR" not in err, err[-2000:]  # MLflow's own error log stays quiet
-    warnings = warnings_of(disturbed)
+    # A sink thread that lags behind the run (SQLite on a loaded machine) may fail only after the run's
+    # terminal event, whose place is last in events.jsonl: that warning goes to stderr instead.
+    late = [line.removeprefix("warning: ") for line in err.splitlines() if line.startswith("warning: event sink")]
+    warnings = warnings_of(disturbed) + late
     [tb_warning] = [m for m in warnings if "'tensorboard'" in m]
     [mlflow_warning] = [m for m in warnings if "'mlflow'" in m]
     assert len(warnings) == 2, warnings
