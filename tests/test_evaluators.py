@@ -313,3 +313,43 @@ def test_a_sweep_pins_every_evaluator_to_the_recipe_seed_so_its_runs_share_them(
     overrides = shared_stage_overrides(recipe, tomllib.loads(path.read_text()), registry)
     assert "evaluation.seed=3" in overrides and "evaluators.wide.seed=3" in overrides
     assert not any(o.startswith("evaluators.own.") for o in overrides)  # its own seed stays
+
+
+def test_a_rerun_loads_the_judged_figures_instead_of_computing_the_metrics_again(run_tiny_recipe, isolated_cache,
+                                                                                 monkeypatch):
+    from workbench_attacks import evaluators_metrics, privacy
+
+    _, first = run_tiny_recipe(EVALUATORS_RECIPE, workers=1)
+    calls = []
+
+    def refuse(self, ctx):
+        calls.append(type(self).__name__)
+        raise AssertionError("judged again")
+
+    for metric in (privacy.AttackAccuracy, evaluators_metrics.AgreedAccuracy, evaluators_metrics.NearestNeighbour,
+                   evaluators_metrics.PRDC):
+        monkeypatch.setattr(metric, "evaluate", refuse)
+    run_dir, again = run_tiny_recipe(EVALUATORS_RECIPE, workers=1)
+    assert not calls
+    # The same figures, in the same order, as the run that computed them; the picture is drawn again.
+    assert json.dumps(again["variants"]) == json.dumps(first["variants"])
+    assert (run_dir / "none" / "reconstructions" / "gmi.nearest.png").is_file()
+    assert list((isolated_cache / "judgement").glob("*.safetensors"))
+    # Another metric setting is another judgement: computed, not loaded.
+    with pytest.raises(Exception, match="judged again"):
+        run_tiny_recipe(EVALUATORS_RECIPE.replace('evaluator = "wide"', 'evaluator = "wide"\nnearest_k = 3'), workers=1)
+    assert calls
+
+
+@pytest.mark.slow
+def test_the_evaluators_train_as_separate_worker_jobs_to_the_same_models(run_tiny_recipe, tmp_path):
+    two_variants = EVALUATORS_RECIPE + '\n[[variants]]\nname = "mid"\ndefense = { use = "mid", beta = 0.01 }\n'
+    _, inline = run_tiny_recipe(two_variants, workers=1, cache_dir=tmp_path / "cache-1")
+    run_dir, parallel = run_tiny_recipe(two_variants, workers=2, cache_dir=tmp_path / "cache-2")
+    assert json.dumps(parallel["evaluation_model"]) == json.dumps(inline["evaluation_model"])
+    assert parallel["evaluation_model"]["cached"] is False and parallel["evaluation_model"]["evaluators"]["wide"]["cached"] is False
+    assert json.dumps(parallel["variants"]) == json.dumps(inline["variants"])
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    trained = [e["stage"] for e in events if e["type"] == "stage_finished" and e["variant"] is None]
+    assert trained.count("evaluator:E") == 1 and trained.count("evaluator:wide") == 1 and trained.count("prior:gmi") == 1
+    assert "training 3 shared stages in 2 worker processes" in [e["message"] for e in events if e["type"] == "log"]

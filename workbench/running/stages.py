@@ -57,8 +57,7 @@ from workbench.storage.events import json_safe
 from workbench.storage.runs import RESULTS_FILE, TARGET_FILE, read_variant_results
 
 EVALUATION_STAGE = "evaluation-model"
-EVALUATOR_STAGE = "evaluator:"
-"""A worker's job for one evaluation model (`evaluator:E`, `evaluator:<name>`): E's stage trains them all."""
+EVALUATOR_STAGE = "evaluator:"  # a worker's job for one evaluation model: `evaluator:E`, `evaluator:<name>`
 
 
 def quiet(ctx: RunContext) -> RunContext:
