@@ -313,6 +313,14 @@ def fingerprint(tensor: Tensor) -> str:
     return hashlib.sha256(tensor.float().contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
+def epoch_done(ctx: AttackContext, attack: str, part: str, what: str, epoch: int, epochs: int,
+               loss: Tensor) -> None:
+    """The end of a training epoch of an attacker-side network: its loss checked, and one progress event."""
+    stage = f"attack:{attack}:{part}"
+    check_finite(loss.detach(), attack=attack, stage=stage, what=f"{what} in epoch {epoch + 1}")
+    ctx.emit("progress", stage=stage, step=epoch + 1, total=epochs, loss=float(loss.detach()))
+
+
 class Embedding(nn.Module):
     """The embedding model's output p2f maps to: its logits or its penultimate feature."""
 
@@ -435,19 +443,7 @@ class C2FMI(OnGMIPrior):
                     loss.backward()
                     opt.step()
                 schedule.step()
-                check_finite(
-                    loss.detach(),
-                    attack=self.name,
-                    stage=f"attack:{self.name}:embed",
-                    what=f"the embedding model's loss in epoch {epoch + 1}",
-                )
-                ctx.emit(
-                    "progress",
-                    stage=f"attack:{self.name}:embed",
-                    step=epoch + 1,
-                    total=p.embed_epochs,
-                    loss=float(loss.detach()),
-                )
+                epoch_done(ctx, self.name, "embed", "the embedding model's loss", epoch, p.embed_epochs, loss)
             model.eval()
             return {"loss": float(loss.detach())}
 
@@ -513,19 +509,7 @@ class C2FMI(OnGMIPrior):
                     loss.backward()
                     opt.step()
                 schedule.step()
-                check_finite(
-                    loss.detach(),
-                    attack=self.name,
-                    stage=f"attack:{self.name}:p2f",
-                    what=f"the inverse network's loss in epoch {epoch + 1}",
-                )
-                ctx.emit(
-                    "progress",
-                    stage=f"attack:{self.name}:p2f",
-                    step=epoch + 1,
-                    total=p.inv_epochs,
-                    loss=float(loss.detach()),
-                )
+                epoch_done(ctx, self.name, "p2f", "the inverse network's loss", epoch, p.inv_epochs, loss)
             p2f.eval()
             return {"loss": float(loss.detach())}
 

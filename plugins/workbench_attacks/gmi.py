@@ -262,3 +262,12 @@ class OnGMIPrior:
         """Train (or load) GMI's prior once before the variants."""
         self.prior(ctx)
 
+    def latent_probabilities(self, ctx: AttackContext, generator, z: Tensor,
+                             batch: int | None = None) -> Tensor:
+        """T's probability vectors `[n, K]` (float64, CPU) for the images of latents `z`, through the run's
+        oracle (a black-box attack's only view of T), `batch` latents per query at most."""
+        device, dtype = torch.device(ctx.device), dtype_of(generator)
+        with torch.no_grad():
+            return torch.cat([ctx.oracle.probabilities(generator(part.to(device, dtype))).double().cpu()
+                              for part in (z.split(batch) if batch else [z])])
+

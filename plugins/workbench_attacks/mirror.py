@@ -129,16 +129,6 @@ class MirrorB(OnGMIPrior):
     def __init__(self, params: MirrorBParams):
         self.params = params
 
-
-    def scores(self, ctx: AttackContext, generator, z: Tensor) -> Tensor:
-        """T's probability vectors `[n, K]` (float64, CPU) for the images of latents `z`, through the oracle."""
-        device, dtype = torch.device(ctx.device), dtype_of(generator)
-        out = []
-        with torch.no_grad():
-            for part in z.split(self.params.max_batch):
-                out.append(ctx.oracle.probabilities(generator(part.to(device, dtype))).double().cpu())
-        return torch.cat(out)
-
     def run(self, ctx: AttackContext) -> AttackResult:
         p = self.params
         if ctx.oracle is None:
@@ -147,7 +137,7 @@ class MirrorB(OnGMIPrior):
         generator, _critic, hit = self.prior(ctx)
         z = torch.randn(p.pool_size, p.z_dim, generator=seeds.generator(ctx.seed, "attack", self.name, "pool"),
                         dtype=torch.float64)
-        pool_probs = self.scores(ctx, generator, z)
+        pool_probs = self.latent_probabilities(ctx, generator, z, p.max_batch)
         check_finite(pool_probs, attack=self.name, stage=f"attack:{self.name}:pool", what="T's probabilities")
         mean, std = z.mean(dim=0), z.std(dim=0, unbiased=False)
         low, high = mean - p.bound_std * std, mean + p.bound_std * std
@@ -166,7 +156,8 @@ class MirrorB(OnGMIPrior):
                     if fitness[0] >= math.log(p.min_score):
                         break
                     population = next_generation(population, fitness, low, high, std, p, rng)
-                    fitness = self.scores(ctx, generator, population)[:, c].clamp_min(1e-300).log()
+                    probs = self.latent_probabilities(ctx, generator, population, p.max_batch)
+                    fitness = probs[:, c].clamp_min(1e-300).log()
                     done += 1
                 best = int(fitness.argmax())
                 elites.append(population[best])

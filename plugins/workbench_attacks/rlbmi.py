@@ -356,12 +356,6 @@ class RLBMI(OnGMIPrior):
     def __init__(self, params: RLBMIParams):
         self.params = params
 
-    def probabilities(self, ctx: AttackContext, generator, z: Tensor) -> Tensor:
-        """T's probability vectors `[n, K]` (float64, CPU) for the images of latents `z`, via the oracle."""
-        with torch.no_grad():
-            images = generator(z.to(ctx.device, dtype_of(generator)))
-            return ctx.oracle.probabilities(images).double().cpu()
-
     def noise(self, streams: list[torch.Generator], rows: int) -> Tensor:
         """e per agent `[A, rows or 1, dim or 1]`: one scalar per agent (and batch) in the reference."""
         if self.params.scalar_noise:
@@ -398,9 +392,9 @@ class RLBMI(OnGMIPrior):
                 action = agents.act(state.to(device), self.noise(play, 1).to(device)).cpu()
                 next_state = p.diversity * state + (1 - p.diversity) * action  # attack.py:26
                 if p.diversity == 0:  # s' = a: one image, one query
-                    p_state = p_action = self.probabilities(ctx, generator, action)
+                    p_state = p_action = self.latent_probabilities(ctx, generator, action)
                 else:
-                    both = self.probabilities(ctx, generator, torch.cat([next_state, action]))
+                    both = self.latent_probabilities(ctx, generator, torch.cat([next_state, action]))
                     p_state, p_action = both[:count], both[count:]
                 reward = rlb_reward(p_state, p_action, y, p)
                 check_finite(reward, attack=self.name, stage=f"attack:{self.name}", what="the reward")
@@ -424,7 +418,7 @@ class RLBMI(OnGMIPrior):
             z = torch.stack([torch.randn(dim, generator=g) for g in play])  # attack.py:53
             for _ in range(p.max_step):  # attack.py:54-57
                 z = p.diversity * z + (1 - p.diversity) * agents.act(z.to(device), self.noise(play, 1).to(device)).cpu()
-            score = self.probabilities(ctx, generator, z)[torch.arange(count), y]  # attack.py:58-61
+            score = self.latent_probabilities(ctx, generator, z)[torch.arange(count), y]  # attack.py:58-61
             better = score >= best_score  # attack.py:64: ties move to the later draw
             best_score = torch.where(better, score, best_score)
             best_latent[better] = z[better]
