@@ -104,6 +104,7 @@ def eval_context(result: AttackResult, private_x: torch.Tensor, private_y: torch
                        attack=result)
 
 
+@pytest.mark.slow  # a subprocess or a fresh interpreter: seconds, kept out of the fast lane
 def test_the_metric_runs_on_local_weights_without_a_hash(registry, random_weights):
     metric = registry.create("metric", "fid-inception", weights_file=str(random_weights), sha256=None,
                              image_size=75)

@@ -6,12 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import tomllib
 
 ROOT = Path(__file__).parents[1]
 PRESENTATION = ("cli", "tui")
 
 
+@pytest.mark.slow  # a subprocess or a fresh interpreter: seconds, kept out of the fast lane
 def test_cli_and_runner_do_not_import_textual():
     code = (
         "import sys, workbench, workbench.cli, workbench.running.runner, workbench.components.registry;"

@@ -10,6 +10,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from workbench.storage.events import json_safe
 
 PARENT = textwrap.dedent("""
@@ -48,6 +50,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow  # a subprocess or a fresh interpreter: seconds, kept out of the fast lane
 def test_workers_exit_within_seconds_when_their_parent_is_killed(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(PARENT)

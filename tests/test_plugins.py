@@ -133,6 +133,7 @@ def test_disable_env_blocks_a_plugin_by_name(monkeypatch):
     assert registry.names("defense") == []
 
 
+@pytest.mark.slow  # a subprocess or a fresh interpreter: seconds, kept out of the fast lane
 def test_broken_entry_point_is_reported_by_name(tmp_path):
     """A third-party package that fails to import: named in a warning, the rest keeps working."""
     dist = tmp_path / "broken_plugin-0.1.dist-info"

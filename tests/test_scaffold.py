@@ -118,6 +118,7 @@ def test_generated_tests_pass_for_every_kind(tmp_path):
     assert f"{expected} passed" in result.stdout, result.stdout[-3000:]
 
 
+@pytest.mark.slow  # a subprocess or a fresh interpreter: seconds, kept out of the fast lane
 def test_a_package_runs_its_own_tests_from_its_folder(tmp_path):
     """What a user does first: `pytest` inside the new package (its pyproject puts src on the path)."""
     folder = write_plugin_package("my-measure", tmp_path, "dependency")

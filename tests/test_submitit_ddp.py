@@ -62,6 +62,7 @@ def test_a_run_job_of_two_local_tasks_trains_data_parallel_and_only_rank_zero_wr
     assert len(list(isolated_cache.rglob("*.safetensors"))) == 1  # the target's cache entry, written once
 
 
+@pytest.mark.slow  # a subprocess or a fresh interpreter: seconds, kept out of the fast lane
 def test_a_run_that_cannot_start_on_the_ranks_is_rank_zeros_one_line_and_the_follower_ends_quietly(
         tmp_path, isolated_cache):
     recipe = tmp_path / "recipe.toml"

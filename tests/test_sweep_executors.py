@@ -17,6 +17,7 @@ from workbench.testing import TINY_RECIPE
 FAST = TINY_RECIPE.replace("epochs = 5", "epochs = 1")
 
 
+@pytest.mark.slow  # a subprocess or a fresh interpreter: seconds, kept out of the fast lane
 def test_executors_are_registered_without_importing_their_engines():
     code = ("import sys, workbench; r = workbench.load_registry(); names = r.names('executor'); "
             "assert {'inline', 'processes', 'submitit', 'ray'} <= set(names), names; "

@@ -335,6 +335,10 @@ def test_cancel_sends_sigterm_to_the_recorded_process(tmp_path):
     process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "workbench"],
                                start_new_session=True)
     try:
+        cmdline = Path(f"/proc/{process.pid}/cmdline")
+        deadline = time.monotonic() + 20  # a child just forked has an empty command line until it execs
+        while cmdline.exists() and b"workbench" not in cmdline.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         run_dir = write_run(tmp_path / "live", status="running", pid=process.pid)
         assert cancel_run(run_dir) == process.pid
         assert process.wait(timeout=20) == -signal.SIGTERM

@@ -39,6 +39,7 @@ async def test_recipes_screen_lists_shipped_and_user_recipes(tmp_path, registry)
     assert app.return_code == 0
 
 
+@pytest.mark.slow  # a subprocess or a fresh interpreter: seconds, kept out of the fast lane
 async def test_runs_screen_shows_each_status(runs_dir, tmp_path, registry):
     app = make_app(runs_dir, registry, tmp_path)
     async with app.run_test(size=(140, 40)) as pilot:
