@@ -171,13 +171,14 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
     import time
 
     recipe = tmp_path / "r.toml"
-    # 40 epochs: the signal must find the run still training on a loaded machine (CI once saw a 20-epoch
-    # run end before the signal came).
-    recipe.write_text(TINY_RECIPE.replace("epochs = 5", "epochs = 40"))
+    recipe.write_text(TINY_RECIPE.replace("epochs = 5", "epochs = 20"))
     run_dir = tmp_path / "run"
     env = {**__import__("os").environ, "WORKBENCH_CACHE_DIR": str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "workbench", "run", str(recipe), "--run-dir", str(run_dir)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # A shell starts a background job with SIGINT ignored, and Python keeps an inherited SIG_IGN (no
+    # KeyboardInterrupt): Ctrl-C as a terminal sends it needs the default disposition, whatever ran pytest.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     checkpoint = run_dir / "none" / "last.safetensors"
     deadline = time.monotonic() + 120
     while not checkpoint.exists() and time.monotonic() < deadline:
@@ -193,7 +194,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(tmp_path):
         [sys.executable, "-m", "workbench", "run", str(run_dir), "--resume"],
         capture_output=True, text=True, env=env, timeout=600,
     )
-    # The saved recipe says 40 epochs; resuming continues from the checkpoint, not from zero.
+    # The saved recipe says 20 epochs; resuming continues from the checkpoint, not from zero.
     assert shorter.returncode == 0, shorter.stderr
     assert "(resumed)" in shorter.stderr
     assert json.loads((run_dir / "results.json").read_text())["variants"][0]["name"] == "none"
