@@ -8,7 +8,9 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from workbench import load_registry
 from workbench.api import AttackContext, DataSplits, StageCache, WorkbenchError
+from workbench.components.capabilities import capabilities_of
 from workbench.attack_toolkit import Group, load_or_train, search
 from workbench_attacks.gmi import GMIParams, GMISearch
 
@@ -105,3 +107,19 @@ def test_a_nan_gan_loss_stops_training_naming_the_stage():
         WorkbenchError, match=r"attack 'kedmi', stage attack:kedmi:gan: the GAN loss .* not cached"
     ):
         train_gan(g, d, budget, d_loss=d_loss, g_loss=g_loss, attack="kedmi", stage="attack:kedmi:gan")
+
+
+def test_every_attack_that_sees_t_only_through_the_oracle_refuses_a_context_without_one():
+    """A hand-built context with no oracle ends a black-box or label-only attack in one line naming
+    its access, before any prior is trained."""
+    registry = load_registry()
+    oracle_only = {}
+    for name in registry.names("attack"):
+        attack = registry.create("attack", name)
+        access = capabilities_of(attack, "attack").access
+        if access != "white-box":
+            oracle_only[name] = access
+            with pytest.raises(WorkbenchError, match=rf"^attack {name!r} is {access} and needs the run's target oracle$"):
+                attack.run(ctx(target=None))
+    assert oracle_only == {"brep-mi": "label-only", "c2fmi": "black-box", "lokt": "label-only",
+                           "mirror-b": "black-box", "rlb-mi": "black-box"}

@@ -44,10 +44,9 @@ from workbench.api import (
     Count,
     QueryBudget,
     Steps,
-    WorkbenchError,
     seeds,
 )
-from workbench.attack_toolkit import GANBudget, dtype_of, resolve_classes
+from workbench.attack_toolkit import GANBudget, dtype_of
 from workbench_attacks.gmi import OnGMIPrior
 
 REFERENCE = "m-kahla/Label-Only-Model-Inversion-Attacks-via-Boundary-Repulsion@8a2e200"
@@ -240,10 +239,7 @@ class BREPMI(OnGMIPrior):
 
     def run(self, ctx: AttackContext) -> AttackResult:
         p = self.params
-        if ctx.oracle is None:
-            raise WorkbenchError(f"attack {self.name!r} is label-only and needs the run's target oracle")
-        classes = resolve_classes(p.classes, ctx.data.num_classes, self.name, p.first_classes)
-        generator, _critic, hit = self.prior(ctx)
+        classes, generator, hit = self.oracle_start(ctx)
         per_class = p.restarts * p.samples_per_class
         start, found, batches = self.initial_points(ctx, generator, classes, per_class)
         targets = torch.tensor([c for c in classes for _ in range(per_class)])

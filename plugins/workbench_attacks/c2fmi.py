@@ -53,7 +53,6 @@ from workbench.attack_toolkit import (
     dtype_of,
     load_or_train,
     public_pool,
-    resolve_classes,
 )
 from workbench_attacks.gmi import OnGMIPrior
 
@@ -583,10 +582,7 @@ class C2FMI(OnGMIPrior):
 
     def run(self, ctx: AttackContext) -> AttackResult:
         p = self.params
-        if ctx.oracle is None:
-            raise WorkbenchError(f"attack {self.name!r} is black-box and needs the run's target oracle")
-        classes = resolve_classes(p.classes, ctx.data.num_classes, self.name, p.first_classes)
-        generator, _critic, hit = self.prior(ctx)
+        classes, generator, hit = self.oracle_start(ctx)
         pool = public_pool(ctx, self.name)
         indices, probs = self.public_answers(ctx, pool)
         embed, embed_key = self.embedding(ctx, pool, indices, probs)

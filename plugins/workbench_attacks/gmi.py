@@ -50,6 +50,7 @@ from workbench.attack_toolkit import (
     load_or_train,
     make_groups,
     public_pool,
+    require_oracle,
     resolve_classes,
     result,
     search,
@@ -261,6 +262,15 @@ class OnGMIPrior:
     def prepare(self, ctx: AttackContext) -> None:
         """Train (or load) GMI's prior once before the variants."""
         self.prior(ctx)
+
+    def oracle_start(self, ctx: AttackContext) -> tuple[list[int], Generator, bool]:
+        """How a black-box or label-only attack on this prior begins: (the attacked classes, GMI's
+        generator, whether the prior came from the stage cache), once the run's oracle is there."""
+        require_oracle(ctx, self)
+        p = self.params
+        classes = resolve_classes(p.classes, ctx.data.num_classes, self.name, p.first_classes)
+        generator, _critic, hit = self.prior(ctx)
+        return classes, generator, hit
 
     def latent_probabilities(self, ctx: AttackContext, generator, z: Tensor,
                              batch: int | None = None) -> Tensor:

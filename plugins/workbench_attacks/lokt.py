@@ -59,6 +59,7 @@ from workbench.attack_toolkit import (
     freeze,
     make_groups,
     public_pool,
+    require_oracle,
     resolve_classes,
     search,
     train_gan,
@@ -404,8 +405,7 @@ class LOKT:
 
     def run(self, ctx: AttackContext) -> AttackResult:
         p = self.params
-        if ctx.oracle is None:
-            raise WorkbenchError(f"attack {self.name!r} is label-only and needs the run's target oracle")
+        require_oracle(ctx, self)
         classes = resolve_classes(p.classes, ctx.data.num_classes, self.name, p.first_classes)
         pool = public_pool(ctx, self.name)
         device, k = torch.device(ctx.device), ctx.oracle.num_classes

@@ -39,11 +39,10 @@ from workbench.api import (
     BatchSize,
     Count,
     QueryBudget,
-    WorkbenchError,
     bounded_int,
     seeds,
 )
-from workbench.attack_toolkit import GANBudget, check_finite, dtype_of, resolve_classes
+from workbench.attack_toolkit import GANBudget, check_finite, dtype_of
 from workbench_attacks.gmi import OnGMIPrior
 
 
@@ -131,10 +130,7 @@ class MirrorB(OnGMIPrior):
 
     def run(self, ctx: AttackContext) -> AttackResult:
         p = self.params
-        if ctx.oracle is None:
-            raise WorkbenchError(f"attack {self.name!r} is black-box and needs the run's target oracle")
-        classes = resolve_classes(p.classes, ctx.data.num_classes, self.name, p.first_classes)
-        generator, _critic, hit = self.prior(ctx)
+        classes, generator, hit = self.oracle_start(ctx)
         z = torch.randn(p.pool_size, p.z_dim, generator=seeds.generator(ctx.seed, "attack", self.name, "pool"),
                         dtype=torch.float64)
         pool_probs = self.latent_probabilities(ctx, generator, z, p.max_batch)

@@ -42,7 +42,6 @@ from workbench.api import (
     QueryBudget,
     Steps,
     Width,
-    WorkbenchError,
     seeds,
 )
 from workbench.attack_toolkit import (
@@ -53,7 +52,6 @@ from workbench.attack_toolkit import (
     emit_progress,
     make_groups,
     report_steps,
-    resolve_classes,
 )
 from workbench_attacks.gmi import OnGMIPrior
 
@@ -432,10 +430,7 @@ class RLBMI(OnGMIPrior):
 
     def run(self, ctx: AttackContext) -> AttackResult:
         p = self.params
-        if ctx.oracle is None:
-            raise WorkbenchError(f"attack {self.name!r} is black-box and needs the run's target oracle")
-        classes = resolve_classes(p.classes, ctx.data.num_classes, self.name, p.first_classes)
-        generator, _critic, hit = self.prior(ctx)
+        classes, generator, hit = self.oracle_start(ctx)
         groups = make_groups(classes, p.restarts)
         # Thousands of tiny sequential steps: on a CPU one thread is fastest (a second one waiting for
         # the first made an episode 10-50x slower on a busy 2-core machine), and the figures then do

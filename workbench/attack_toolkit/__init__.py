@@ -17,7 +17,8 @@ this (an import-linter contract keeps them to it).
   `ClassDiscriminator` (with `MinibatchDiscrimination`), layer for layer the authors' at 64 px RGB
   and 32 px grey, generalised to other sizes (`working_size`, `resize`).
 - Plumbing (`plumbing`): `public_pool` / `ImagePool` (the attacker's public images, sampled from
-  an explicit generator), `resolve_classes`, `make_groups` / `Group`, `emit_progress`,
+  an explicit generator), `resolve_classes`, `require_oracle` (a black-box or label-only attack's
+  view of T), `make_groups` / `Group`, `emit_progress`,
   `report_steps`, `stage_cache`, `check_finite` / `check_module_finite` (the one-line error a
   divergence ends in).
 
@@ -69,6 +70,7 @@ from workbench.attack_toolkit.plumbing import (
     make_groups,
     public_pool,
     report_steps,
+    require_oracle,
     resolve_classes,
     stage_cache,
 )
@@ -104,6 +106,7 @@ __all__ = [
     "pack_units",
     "public_pool",
     "report_steps",
+    "require_oracle",
     "resize",
     "resolve_classes",
     "result",

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from workbench.api import (
     AttackContext,
     StageCache,
+    TargetOracle,
     WorkbenchError,
 )
 
@@ -111,6 +112,16 @@ def resolve_classes(
             f"attack {name!r}: classes {bad} are outside the private classes 0..{num_classes - 1}"
         )
     return list(dict.fromkeys(int(c) for c in classes))
+
+
+def require_oracle(ctx: AttackContext, attack: Any) -> TargetOracle:
+    """The run's oracle for an attack that sees T only through it (its declared `capabilities.access`,
+    black-box or label-only); one clear error where a hand-built context has none."""
+    if ctx.oracle is None:
+        raise WorkbenchError(
+            f"attack {attack.name!r} is {attack.capabilities.access} and needs the run's target oracle"
+        )
+    return ctx.oracle
 
 
 def stage_cache(ctx: AttackContext) -> StageCache:
