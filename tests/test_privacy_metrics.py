@@ -306,3 +306,41 @@ def test_prdc_figures_compute_their_distances_in_one_job(monkeypatch):
 
     monkeypatch.setattr(sklearn.metrics.pairwise, "Parallel", no_pool)
     assert prdc_figures(torch.tensor(real), torch.tensor(fake), 3) == expected
+
+
+class CountingEvaluator(torch.nn.Module):
+    """forward_hidden counts its images; logits are a fixed linear map of the pixels."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 3)
+        self.images_seen = 0
+
+    def forward_hidden(self, x):
+        self.images_seen += len(x)
+        features = x.flatten(1)
+        return self.linear(features), [features]
+
+
+def test_model_outputs_runs_a_model_once_per_images_and_weights():
+    from workbench_attacks.privacy import model_outputs
+
+    torch.manual_seed(0)
+    model, images = CountingEvaluator(), torch.rand(10, 1, 2, 2)
+    logits, features = model_outputs(model, images, torch.device("cpu"), 4)
+    expected = images.flatten(1).double() @ model.linear.weight.double().T + model.linear.bias.double()
+    torch.testing.assert_close(logits.double(), expected, rtol=1e-6, atol=1e-6)
+    assert model.images_seen == 10
+    again, _ = model_outputs(model, images.clone(), torch.device("cpu"), 4)  # same content, another tensor
+    assert model.images_seen == 10 and torch.equal(again, logits)
+    again[:] = 0  # a caller's change never reaches the next caller
+    assert torch.equal(model_outputs(model, images, torch.device("cpu"), 4)[0], logits)
+    model_outputs(model, images + 1e-3, torch.device("cpu"), 4)  # other images
+    assert model.images_seen == 20
+    with torch.no_grad():
+        model.linear.bias += 1  # new weights: run again, new figures
+    moved, _ = model_outputs(model, images, torch.device("cpu"), 4)
+    assert model.images_seen == 30
+    torch.testing.assert_close(moved, logits + 1)
+    model_outputs(CountingEvaluator(), images, torch.device("cpu"), 4)  # another model
+    assert model.images_seen == 30

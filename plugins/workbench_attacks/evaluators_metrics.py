@@ -35,7 +35,7 @@ from workbench.api import (
     collect_images,
     nearest_indices,
 )
-from workbench_attacks.privacy import accuracy_over_restarts, topk_hits
+from workbench_attacks.privacy import accuracy_over_restarts, model_outputs, topk_hits
 
 PIXEL = "pixel"
 
@@ -54,28 +54,16 @@ def evaluators_of(ctx: EvalContext, metric: str) -> dict[str, nn.Module]:
     return evaluators
 
 
-@torch.no_grad()
 def logits_and_features(
     model: nn.Module, images: Tensor, device: torch.device, batch_size: int
 ) -> tuple[Tensor, Tensor]:
-    """(logits, penultimate features) of `images` on CPU in float; the model's mode is restored."""
+    """(logits, penultimate features) of `images` on CPU in float, shared with the other metrics
+    (`model_outputs`)."""
     if not hasattr(model, "forward_hidden"):
         raise WorkbenchError(
             "an evaluator has no forward_hidden(x) (its penultimate feature); use a workbench backbone"
         )
-    was_training = model.training
-    model.eval()
-    logits, features = [], []
-    try:
-        for start in range(0, len(images), batch_size):
-            out, hiddens = model.forward_hidden(images[start : start + batch_size].to(device))
-            logits.append(out.float().cpu())
-            features.append(hiddens[-1].flatten(1).float().cpu())
-    finally:
-        model.train(was_training)
-    if not logits:
-        return torch.empty(0), torch.empty(0)
-    return torch.cat(logits), torch.cat(features)
+    return model_outputs(model, images, device, batch_size)
 
 
 # ---------------------------------------------------------------- pure math
@@ -188,7 +176,6 @@ class NearestNeighbour(Metric):
     def __init__(self, params: NearestNeighbourParams | None = None):
         self.params = params if params is not None else NearestNeighbourParams()
         self._bank: tuple[Tensor, Tensor, Tensor] | None = None
-        self._bank_features: dict[int, Tensor] = {}  # by id of the evaluator: the bank never changes in a run
 
     def bank(self, ctx: EvalContext) -> tuple[Tensor, Tensor, Tensor]:
         """(images, labels, is_public): the private training images, then the public ones (label -1)."""
@@ -221,11 +208,7 @@ class NearestNeighbour(Metric):
         pixel_is_target = (~bank_public[pixel]) & (bank_y[pixel] == targets)
         for name, model in evaluators.items():
             logits, features = logits_and_features(model, images, ctx.device, ctx.batch_size)
-            if id(model) not in self._bank_features:
-                self._bank_features[id(model)] = logits_and_features(
-                    model, bank_x, ctx.device, ctx.batch_size
-                )[1]
-            near = nearest_indices(features, self._bank_features[id(model)])
+            near = nearest_indices(features, logits_and_features(model, bank_x, ctx.device, ctx.batch_size)[1])
             figures[f"nn_top1@{name}"], figures[f"looks_public@{name}"] = nearest_neighbour_shares(
                 bank_y[near], bank_public[near], targets
             )

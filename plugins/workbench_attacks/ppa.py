@@ -61,7 +61,7 @@ from workbench.attack_toolkit import (
     search,
 )
 from workbench_attacks.gmi import OnGMIPrior
-from workbench_attacks.privacy import _image_batches, _run_model, accuracy_over_restarts, topk_hits
+from workbench_attacks.privacy import accuracy_over_restarts, model_outputs, topk_hits
 
 POINCARE_XI = 1e-4
 """ξ subtracted from the one-hot target before clipping to [0, 1] (PPA `losses/poincare.py`)."""
@@ -504,9 +504,7 @@ class PPA(OnGMIPrior):
         both: `attack.py`, "Unfiltered Evaluation"); empty without an evaluation model."""
         if ctx.evaluation_model is None:
             return {}
-        logits, _ = _run_model(
-            ctx.evaluation_model, _image_batches(images, 256), torch.device(ctx.device), False
-        )
+        logits, _ = model_outputs(ctx.evaluation_model, images, torch.device(ctx.device), 256, features=False)
         top1, _ = accuracy_over_restarts(topk_hits(logits, targets, 1), None)
         top5, _ = accuracy_over_restarts(topk_hits(logits, targets, 5), None)
         return {"top1_unselected": top1, "top5_unselected": top5}
