@@ -16,6 +16,7 @@ from torch.utils.data import TensorDataset
 
 from workbench.api import AttackContext, DataSplits, seeds
 from workbench.attack_toolkit import Chunk, ClassDiscriminator, Group, MinibatchDiscrimination, search
+from workbench.attack_toolkit.networks import FAR_L1
 from workbench_attacks.gmi import GMIParams, GMISearch
 from workbench_attacks.kedmi import (
     KEDMI,
@@ -179,6 +180,31 @@ def test_minibatch_discrimination_on_a_hand_made_batch():
         layer3 = MinibatchDiscrimination(2, kernels=3, kernel_dim=2).double()
         layer3.T.copy_(T.view(2, 3, 2))  # the reference T [in, kernels, dims], flattened row-major
     assert torch.allclose(layer3(x), mbd_reference(x, T, 3, 2), atol=1e-12)
+
+
+def test_minibatch_discrimination_caps_far_pairs_without_changing_a_figure():
+    """Pairs beyond FAR_L1 count as exp(-50) (a speed-up: subnormals are slow on a CPU): in float32 the
+    output has the same bits as the uncapped formula, and in float64 the gradients agree to 1e-15."""
+    torch.manual_seed(0)
+    layer = MinibatchDiscrimination(32, kernels=4, kernel_dim=5)  # T ~ N(0, 1), as the reference initialises it
+    gen = torch.Generator().manual_seed(0)
+    x = (2 * torch.randn(16, 32, generator=gen)).requires_grad_()  # most pairs ~60 apart, some ~15
+
+    def uncapped(x, T):
+        m = (x @ T.flatten(1)).view(len(x), 4, 5)
+        l1 = (m[:, None] - m[None, :]).abs().sum(dim=3)
+        return torch.cat([x, torch.exp(-l1).sum(dim=1) - 1], dim=1), l1
+
+    expected, l1 = uncapped(x, layer.T)
+    off_diagonal = l1[~torch.eye(16, dtype=torch.bool)]
+    assert (off_diagonal > FAR_L1).any() and (off_diagonal < FAR_L1).any()  # both kinds of pair
+    assert torch.equal(layer(x), expected)
+    weights = torch.randn(16, 36, generator=gen, dtype=torch.float64)
+    layer64, x64 = layer.double(), x.detach().double().requires_grad_()
+    got = torch.autograd.grad((layer64(x64) * weights).sum(), [x64, layer64.T])
+    want = torch.autograd.grad((uncapped(x64, layer64.T)[0] * weights).sum(), [x64, layer64.T])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-15)
 
 
 def test_kedmi_discriminator_has_instance_norm_on_every_conv_and_no_dropout():

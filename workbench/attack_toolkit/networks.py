@@ -145,6 +145,13 @@ class Critic(nn.Module):
         return self.score(self.trunk.maps(x)).view(-1)
 
 
+FAR_L1 = 50.0
+"""Minibatch discrimination's L1 distance beyond which a pair counts as exp(-50) = 2e-22 (see
+`MinibatchDiscrimination.forward`): 63 such terms are a millionth of the float32 step at the self
+term's 1, so no sum holds them, and every product with them in the backward pass stays a normal
+float32 (2e-22 times a gradient above 1e-16)."""
+
+
 class MinibatchDiscrimination(nn.Module):
     """Minibatch discrimination (Salimans et al. 2016), as KED-MI's discriminator has it.
 
@@ -168,7 +175,10 @@ class MinibatchDiscrimination(nn.Module):
         # every rank's (gathered with autograd), as one process compares the whole batch.
         batch = gather_with_grad(m) if in_data_parallel() else m
         l1 = (m[:, None] - batch[None, :]).abs().sum(dim=3)  # [N, N, kernels]
-        closeness = torch.exp(-l1).sum(dim=1) - 1
+        # With T ~ N(0, 1) most pairs are ~100 apart and exp(-l1) is a float32 subnormal or 0, which a CPU
+        # computes (and every product with it in the backward pass) tens of times slower: capped at FAR_L1,
+        # KED-MI's D step took 19 ms instead of 53. The figures are the same (CHANGELOG).
+        closeness = torch.exp(-l1.clamp(max=FAR_L1)).sum(dim=1) - 1
         return torch.cat([x, closeness], dim=1)
 
 
