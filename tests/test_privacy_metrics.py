@@ -344,3 +344,20 @@ def test_model_outputs_runs_a_model_once_per_images_and_weights():
     torch.testing.assert_close(moved, logits + 1)
     model_outputs(CountingEvaluator(), images, torch.device("cpu"), 4)  # another model
     assert model.images_seen == 30
+
+
+def test_model_outputs_keeps_at_most_its_byte_budget(monkeypatch):
+    from workbench_attacks import privacy
+
+    model = CountingEvaluator()
+    images = [torch.full((10, 1, 2, 2), float(i)) for i in range(3)]
+    one_entry = 10 * 3 * 4 + 10 * 4 * 4  # logits [10, 3] and features [10, 4], float32
+    monkeypatch.setattr(privacy, "_OUTPUTS_BYTES", 2 * one_entry)
+    monkeypatch.setattr(privacy, "_OUTPUTS", privacy.OrderedDict())
+    for x in images:
+        privacy.model_outputs(model, x, torch.device("cpu"), 4)
+    assert len(privacy._OUTPUTS) == 2 and model.images_seen == 30
+    privacy.model_outputs(model, images[2], torch.device("cpu"), 4)  # kept: the newest two
+    assert model.images_seen == 30
+    privacy.model_outputs(model, images[0], torch.device("cpu"), 4)  # dropped first: run again
+    assert model.images_seen == 40

@@ -151,10 +151,12 @@ def _require_evaluation_model(ctx: EvalContext, metric: str) -> nn.Module:
     return model
 
 
-# Each evaluator sees the same private images once per metric and per attack otherwise: 12 judgements of
-# the main job computed the features of every private digit 40 times (a fifth of a judgement's time).
+# Otherwise each evaluator sees the same private images once per metric and per attack: the main job's
+# 12 judgements computed the features of every private digit about 40 times, about half their time.
 _OUTPUTS: OrderedDict[tuple, tuple[weakref.ref, Tensor, Tensor]] = OrderedDict()
-_OUTPUTS_KEPT = 16
+_OUTPUTS_BYTES = 1 << 30
+"""The most the shared outputs hold; the least recently used go first (a CelebA bank's 1000-class
+logits are about 160 MB per evaluator)."""
 
 
 def _state_version(model: nn.Module) -> int:
@@ -198,9 +200,13 @@ def model_outputs(
     logits = torch.cat(all_logits) if all_logits else torch.empty(0)
     feats = torch.cat(all_feats) if all_feats else torch.empty(0)
     _OUTPUTS[key] = (weakref.ref(model), logits, feats)
-    while len(_OUTPUTS) > _OUTPUTS_KEPT:
+    while sum(_nbytes(entry) for entry in _OUTPUTS.values()) > _OUTPUTS_BYTES and len(_OUTPUTS) > 1:
         _OUTPUTS.popitem(last=False)
     return logits.clone(), feats.clone()
+
+
+def _nbytes(entry: tuple[weakref.ref, Tensor, Tensor]) -> int:
+    return entry[1].nbytes + entry[2].nbytes
 
 
 def private_images(
