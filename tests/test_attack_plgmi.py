@@ -140,17 +140,18 @@ def test_params_document_every_field_with_a_reference(registry):
 DIGITS_RECIPE = digits_attack_recipe("PLG-MI on digits", """
 [attacks.plg-mi]
 use = "plg-mi"
+gan_steps = 120
+iterations = 100
+restarts = 2
 """)
+"""A smaller budget than the plugin's digits defaults (400 cGAN steps, 200 inversion steps, 5 restarts),
+which take about 130 s here; this one takes about 50 s on the shared seed-0 target and E."""
 
 
 @pytest.mark.slow
-def test_plgmi_recovers_the_private_digits(run_tiny_recipe, shared_trained_stages, monkeypatch):
-    # Measured with this recipe and the plugin defaults (seed 0, one torch thread): top-1 0.98,
-    # top-5 1.00 (chance 0.2). One thread: on a busy 2-core machine two threads per job spin
-    # against each other and the 400-step cGAN runs many times slower.
-    from workbench.running import context
-
-    monkeypatch.setattr(context, "threads_per_job", lambda jobs: 1)
+def test_plgmi_recovers_the_private_digits(run_tiny_recipe, shared_trained_stages):
+    # Measured with this recipe on a quiet 2-core machine (two torch threads, the recipe's seed set
+    # to 0, 1, 2): top-1 0.91, 0.81, 0.91 (chance 0.2); with the plugin defaults, 0.98 on seed 0.
     _, results = run_tiny_recipe(DIGITS_RECIPE, workers=1)
     figures = results["variants"][0]["attacks"]["plg-mi"]
     assert figures["top1"] >= 0.4, figures
