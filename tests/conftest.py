@@ -1,10 +1,39 @@
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
+from workbench.running.threads import usable_cores
+
 pytest_plugins = ["workbench.testing"]
+
+
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): one pytest worker per CPU this process may use."""
+    return usable_cores()
+
+
+def _pin_xdist_worker() -> None:
+    """Give each pytest-xdist worker its own share of the cores, every thread of it included, before
+    a test starts one: torch, and the runs and subprocesses a test starts (they inherit the mask),
+    then size their thread pools to that share (`usable_cores`). Two workers on two cores with two
+    OpenMP threads each spin against each other: measured on a 2-core machine, 98 s for a sample of
+    the suite against 72 s pinned (80 s without pytest-xdist)."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not worker or not count or not hasattr(os, "sched_setaffinity"):
+        return
+    cores = sorted(os.sched_getaffinity(0))
+    if int(count) > len(cores):
+        return
+    share = set(cores[int(worker.removeprefix("gw")) % int(count)::int(count)])
+    for thread in Path("/proc/self/task").iterdir():
+        os.sched_setaffinity(int(thread.name), share)
+    torch.set_num_threads(len(share))
+
+
+_pin_xdist_worker()
 
 # The TUI hands --plugins-dir to the runs it starts through the environment, and a
 # submitit task exports torch.distributed's variables (a WORLD_SIZE left behind makes every later
@@ -44,6 +73,12 @@ _SHARED_STAGE_FOLDERS = ("target", "evaluation-model", "gmi-gan")
 
 @pytest.fixture(scope="session")
 def _trained_stage_pool(tmp_path_factory):
+    """One pool per session; with pytest-xdist, one for all workers (their temp directories' common
+    parent), so a stage one worker trained is found by the others."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        pool = tmp_path_factory.getbasetemp().parent / "trained-stages"
+        pool.mkdir(exist_ok=True)
+        return pool
     return tmp_path_factory.mktemp("trained-stages")
 
 

@@ -96,3 +96,21 @@ def test_ranks_on_one_machine_share_its_cores(monkeypatch, tmp_path):
     assert run.cpu_threads == threads_per_job(1)  # one variant: every core
     # torchrun --nproc-per-node 2: the two ranks of this machine share its cores
     assert run.replace(world=World(rank=0, size=2, ranks_here=2)).cpu_threads == threads_per_job(2)
+
+
+def test_thread_and_worker_counts_follow_the_cpus_this_process_may_run_on(monkeypatch):
+    """A process allowed 2 of 8 cores (taskset, Slurm, a pinned pytest worker) shares out those 2;
+    where the OS has no affinity mask, every core of the machine."""
+    import os
+
+    from workbench.running.threads import resolve_workers, usable_cores
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3, 5}, raising=False)
+    assert usable_cores() == 2
+    assert [threads_per_job(jobs) for jobs in (1, 2, 4)] == [2, 1, 1]
+    assert resolve_workers(None, 6, torch.device("cpu")) == 2
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert usable_cores() == 8
+    assert [threads_per_job(jobs) for jobs in (1, 2, 4)] == [8, 4, 2]
+    assert resolve_workers(None, 6, torch.device("cpu")) == 6

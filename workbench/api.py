@@ -91,6 +91,7 @@ from workbench.running.evaluators import collect_images, nearest_indices
 from workbench.running.jobs import die_with_parent, execute_outcome
 from workbench.running.losses import accuracy, cross_entropy, upcast
 from workbench.running.oracle import QueryBudget, TargetOracle, ThreatModelError
+from workbench.running.threads import usable_cores
 from workbench.running.trainer import train_classifier
 from workbench.storage.cache import StageCache
 from workbench.storage.checkpoint import (
@@ -166,6 +167,7 @@ __all__ = [
     "train_classifier",
     "training_together",
     "upcast",
+    "usable_cores",
     "weights_fingerprint",
     "world_size",
 ]

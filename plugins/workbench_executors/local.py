@@ -18,6 +18,7 @@ from workbench.api import (
     StrictModel,
     die_with_parent,
     execute_outcome,
+    usable_cores,
 )
 
 
@@ -86,7 +87,7 @@ class ProcessesExecutor:
 
     def __init__(self, params: ProcessesParams):
         self.params = params
-        self.capabilities = ExecutorCapabilities(shares_machine=True, workers=params.workers or os.cpu_count() or 1)
+        self.capabilities = ExecutorCapabilities(shares_machine=True, workers=params.workers or usable_cores())
         self._pool = None
         self._started = None
         self._lost_jobs = False
@@ -95,7 +96,7 @@ class ProcessesExecutor:
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
             self._started = context.SimpleQueue()
-            self._pool = context.Pool(self.params.workers or os.cpu_count() or 1, initializer=_start_worker,
+            self._pool = context.Pool(self.params.workers or usable_cores(), initializer=_start_worker,
                                       initargs=(os.getpid(), self._started))
         return self._pool
 

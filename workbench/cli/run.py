@@ -166,7 +166,9 @@ def _launch_torchrun(nproc: int, recipe: Path, run_dir: Path | None, overrides: 
     for name in sinks:
         argv += ["--sink", name]
     # torchrun would set 1 thread per rank with a warning; share the cores out instead.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    from workbench.running.threads import usable_cores
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, usable_cores() // nproc)))
     logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     try:
         with _environment(ENV_LAUNCHER, "1"):  # the ranks leave the line about a lost rank to this process

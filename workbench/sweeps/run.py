@@ -29,6 +29,7 @@ from workbench.components.protocols import Job
 from workbench.errors import RunError, WorkbenchError
 from workbench.recipe.write import to_toml
 from workbench.running.runner import RunOptions
+from workbench.running.threads import usable_cores
 from workbench.storage.cache import default_cache_dir
 from workbench.storage.checkpoint import atomic_write_text
 from workbench.storage.events import EVENTS_FILE, EventWriter
@@ -213,7 +214,7 @@ class SweepRunner:
         if declared.job_threads:
             return int(declared.job_threads)
         if declared.shares_machine:
-            return max(1, (os.cpu_count() or 1) // (declared.workers or 1))
+            return max(1, usable_cores() // (declared.workers or 1))
         return None
 
     def _job(self, kind: str, run_dir: Path, threads: int | None | str = "executor", **fields: Any) -> Job:
