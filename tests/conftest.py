@@ -24,10 +24,10 @@ def _pin_xdist_worker() -> None:
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
     if not worker or not count or not hasattr(os, "sched_setaffinity"):
         return
-    cores = sorted(os.sched_getaffinity(0))
-    if int(count) > len(cores):
+    cores, workers = sorted(os.sched_getaffinity(0)), int(count)
+    if workers > len(cores):
         return
-    share = set(cores[int(worker.removeprefix("gw")) % int(count)::int(count)])
+    share = set(cores[int(worker.removeprefix("gw"))::workers])
     for thread in Path("/proc/self/task").iterdir():
         os.sched_setaffinity(int(thread.name), share)
     torch.set_num_threads(len(share))

@@ -96,7 +96,7 @@ class ProcessesExecutor:
         if self._pool is None:
             context = multiprocessing.get_context("spawn")
             self._started = context.SimpleQueue()
-            self._pool = context.Pool(self.params.workers or usable_cores(), initializer=_start_worker,
+            self._pool = context.Pool(self.capabilities.workers, initializer=_start_worker,
                                       initargs=(os.getpid(), self._started))
         return self._pool
 
