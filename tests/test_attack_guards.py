@@ -10,8 +10,8 @@ from torch.utils.data import TensorDataset
 
 from workbench import load_registry
 from workbench.api import AttackContext, DataSplits, StageCache, WorkbenchError
-from workbench.components.capabilities import capabilities_of
 from workbench.attack_toolkit import Group, load_or_train, search
+from workbench.components.capabilities import capabilities_of
 from workbench_attacks.gmi import GMIParams, GMISearch
 
 

@@ -106,6 +106,20 @@ def test_load_and_disable_variables_select_installed_plugins(tmp_path, monkeypat
     assert metric_names() == {"alpha-metric"}
 
 
+def test_a_package_installed_after_the_first_manager_is_found_by_the_next(tmp_path, monkeypatch):
+    """The entry points are read once while sys.path is unchanged (installed_entry_points): installing a
+    distribution into a folder already on the path changes the folder, so the next manager finds it, and
+    removing it is seen too."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "gamma" not in get_plugin_manager().info
+    fake_installed_plugins(tmp_path, ["gamma"])
+    assert get_plugin_manager().info["gamma"].distribution == "gamma"
+    import shutil
+
+    shutil.rmtree(tmp_path / "gamma-1.0.dist-info")
+    assert "gamma" not in get_plugin_manager().info
+
+
 def test_missing_plugins_dir_is_reported_by_path(tmp_path):
     manager = get_plugin_manager(entrypoints=False, plugins_dir=tmp_path / "nope")
     assert any(str(tmp_path / "nope") in p and "not a directory" in p for p in manager.problems)

@@ -118,7 +118,7 @@ def test_a_plugin_calling_sys_exit_at_import_is_named_and_the_rest_keep_working(
     (problem,) = manager.problems
     assert "quitter.py" in problem and "sys.exit(3)" in problem and "fine" in manager.info
 
-    import importlib.metadata
+    import workbench.components.manager
 
     class Quitter:
         name, value, dist = "quitter-ep", "quitter_pkg:plugin", None
@@ -126,7 +126,7 @@ def test_a_plugin_calling_sys_exit_at_import_is_named_and_the_rest_keep_working(
         def load(self):
             raise SystemExit(1)
 
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [Quitter()])
+    monkeypatch.setattr(workbench.components.manager, "installed_entry_points", lambda: (Quitter(),))
     manager = get_plugin_manager()
     assert any("'quitter-ep'" in p and "sys.exit(1)" in p for p in manager.problems)
     code, out, err = _cli(monkeypatch, capsys, "--plugins-dir", str(folder), "plugins", "list")
