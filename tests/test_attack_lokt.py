@@ -23,6 +23,7 @@ from workbench_attacks.lokt import (
     LOKTSearch,
     SurrogateEnsemble,
     inversion_rows,
+    label_dataset,
     surrogate_loss,
     tacgan_d_loss,
     tacgan_g_loss,
@@ -228,6 +229,42 @@ def test_one_surrogate_step_equals_hand_written_adam():
     with torch.no_grad():
         want = (surrogate(g(data[0].double(), data[1])).argmax(1) == data[2]).double().mean().item()
     assert agreement == pytest.approx(want)
+
+
+def test_the_surrogates_train_alike_on_kept_and_on_regenerated_images(monkeypatch):
+    """`label_dataset` keeps G's images when they fit in `KEPT_IMAGES_BYTES` (computed once for T's labels)
+    and the surrogates then index them; above the cap they regenerate each batch, as the reference. Both
+    are G's same images, so the trained surrogates are equal."""
+    import workbench_attacks.lokt as lokt
+
+    g, _d, target = tiny()
+    g.eval()
+    p = LOKTParams(z_dim=3, data_per_class=5, max_batch=4, surrogate_epochs=2, surrogate_batch_size=4)
+    queried = []
+
+    def labels(x):
+        queried.append(len(x))
+        return target(x).argmax(1)
+
+    kept = label_dataset(g, labels, p, 3, device=torch.device("cpu"), rng=torch.Generator().manual_seed(3))
+    monkeypatch.setattr(lokt, "KEPT_IMAGES_BYTES", 15 * 16 * 8 - 1)  # one image short of the data set
+    regenerated = label_dataset(g, labels, p, 3, device=torch.device("cpu"), rng=torch.Generator().manual_seed(3))
+    assert queried == [4, 4, 4, 3] * 2  # T labels the same 15 images either way
+    assert regenerated.images is None and kept.images.shape == (15, 1, 4, 4)
+    assert torch.equal(kept.labels, regenerated.labels) and torch.equal(kept.z, regenerated.z)
+    with torch.no_grad():
+        torch.testing.assert_close(kept.images, g(kept.z.double(), kept.condition), rtol=0, atol=0)
+
+    surrogates = []
+    for data in (kept, regenerated):
+        torch.manual_seed(5)
+        surrogate = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).double()
+        agreement = train_surrogate(surrogate, g, data, p, device=torch.device("cpu"), rng=torch.Generator().manual_seed(6))
+        surrogates.append((surrogate, agreement))
+    (first, agree_first), (second, agree_second) = surrogates
+    assert agree_first == agree_second
+    for a, b in zip(first.parameters(), second.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_two_inversion_steps_equal_hand_written_adam_on_the_surrogates():
