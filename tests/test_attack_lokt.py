@@ -19,6 +19,7 @@ from workbench.api import AttackContext, DataSplits, TargetOracle, WorkbenchErro
 from workbench.attack_toolkit import Group, ImagePool, group_stream, search
 from workbench_attacks.lokt import (
     LOKT,
+    LabelledLatents,
     LOKTParams,
     LOKTSearch,
     SurrogateEnsemble,
@@ -204,7 +205,8 @@ def test_one_surrogate_step_equals_hand_written_adam():
     surrogate = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).double()
     start = [q.detach().clone() for q in surrogate.parameters()]
     gen = torch.Generator().manual_seed(4)
-    data = (torch.randn(6, 3, generator=gen), torch.randint(3, (6,), generator=gen), torch.randint(3, (6,), generator=gen))
+    data = LabelledLatents(torch.randn(6, 3, generator=gen), torch.randint(3, (6,), generator=gen),
+                           torch.randint(3, (6,), generator=gen))
     p = LOKTParams(surrogate_epochs=1, surrogate_epoch_steps=1, surrogate_batch_size=4, surrogate_lr=0.05,
                    crop_scale=(0.5, 0.9), rotation=20)
     agreement = train_surrogate(surrogate, g, data, p, device=torch.device("cpu"), rng=torch.Generator().manual_seed(9))

@@ -370,12 +370,10 @@ def endless_batches(size: int, batch: int, rng: torch.Generator):
         pending = pending[batch:]
 
 
-def train_surrogate(surrogate: nn.Module, generator: nn.Module,
-                    data: LabelledLatents | tuple[Tensor, Tensor, Tensor], p: LOKTParams, *, device: torch.device,
-                    rng: torch.Generator) -> float:
+def train_surrogate(surrogate: nn.Module, generator: nn.Module, data: LabelledLatents, p: LOKTParams, *,
+                    device: torch.device, rng: torch.Generator) -> float:
     """One surrogate, in place, on G's images of the labelled latents (`train_surrogate_model.py:60-100,
     205-262`); returns its final agreement with T's labels over the data set (no private data)."""
-    data = LabelledLatents(*data)
     z, t = data.z, data.labels
     if p.surrogate_optimizer == "sgd":
         opt = torch.optim.SGD(surrogate.parameters(), lr=p.surrogate_lr, momentum=0.9,

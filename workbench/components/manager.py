@@ -88,7 +88,8 @@ class PluginManager:
         self.info.pop(name, None)
 
 
-_ENTRY_POINTS: dict[tuple, tuple[importlib.metadata.EntryPoint, ...]] = {}
+_entry_points_read: tuple[tuple, tuple[importlib.metadata.EntryPoint, ...]] | None = None
+"""(`_path_state()` when read, the entry points then)."""
 
 
 def _path_state() -> tuple:
@@ -108,11 +109,11 @@ def installed_entry_points() -> tuple[importlib.metadata.EntryPoint, ...]:
     metadata (about 40 ms with 170 packages), so they are kept while `sys.path` and its folders are
     unchanged: a process that builds many managers (the TUI, a test suite) reads them once, and one
     that installs a plugin package sees it on its next manager."""
+    global _entry_points_read
     state = _path_state()
-    if state not in _ENTRY_POINTS:
-        _ENTRY_POINTS.clear()
-        _ENTRY_POINTS[state] = tuple(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
-    return _ENTRY_POINTS[state]
+    if _entry_points_read is None or _entry_points_read[0] != state:
+        _entry_points_read = state, tuple(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    return _entry_points_read[1]
 
 
 def _names_from_env(var: str) -> set[str] | None:
